@@ -1,0 +1,133 @@
+"""``fewshot-serve``: the command line (train, evaluate)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from .meta_learning import ALGORITHMS
+from .sources import DATASETS, DataSpec
+
+
+def _lrs(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or comma-separated numbers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("learning rates must be non-negative")
+    return values
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data")
+    group.add_argument("--data-root", type=Path, default=None,
+                       help="dataset folder (default: $FEWSHOT_SERVE_DATA or ../shared/datasets)")
+    group.add_argument("--download", action="store_true", help="download Omniglot / CIFAR-100 with torchvision")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fewshot-serve", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="meta-learn an initialization and export it as safetensors")
+    train.add_argument("--algorithm", choices=ALGORITHMS, default="maml")
+    train.add_argument("--dataset", choices=DATASETS, default="omniglot")
+    _add_data_arguments(train)
+    train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
+    train.add_argument("--channels", type=int, choices=(1, 3), default=None)
+    train.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
+    train.add_argument("--ways", type=int, default=5)
+    train.add_argument("--shots", type=int, default=1)
+    train.add_argument("--queries", type=int, default=15, help="query examples per class")
+    train.add_argument("--inner-steps", type=int, default=1, help="inner SGD steps during meta-training")
+    train.add_argument("--test-steps", type=int, default=None, help="inner steps at test/serving time (default: --inner-steps)")
+    train.add_argument("--inner-lr", type=_lrs, default=(0.4,), help="inner learning rate, or one per step: 0.4,0.2")
+    train.add_argument("--meta-lr", type=float, default=None, help="Adam lr (MAML/FOMAML, default 1e-3) or Reptile ε (default 1.0)")
+    train.add_argument("--meta-batch", type=int, default=32, help="tasks per outer update")
+    train.add_argument("--iterations", type=int, default=1000)
+    train.add_argument("--val-every", type=int, default=100)
+    train.add_argument("--val-episodes", type=int, default=100)
+    train.add_argument("--checkpoint-every", type=int, default=50)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    train.add_argument("--vmap", dest="vectorize", action=argparse.BooleanOptionalAction, default=None,
+                       help="adapt a meta-batch's tasks in one vmap pass (default: on CUDA only)")
+    train.add_argument("--run-dir", type=Path, default=None, help="checkpoint/log/plot folder (default: OUT.run)")
+    train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    train.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+
+    evaluate = commands.add_parser("evaluate", help="mean accuracy (or MSE) and 95%% CI on the test split")
+    evaluate.add_argument("model", type=Path)
+    evaluate.add_argument("--dataset", choices=DATASETS, default=None, help="default: the model's own")
+    _add_data_arguments(evaluate)
+    evaluate.add_argument("--ways", type=int, default=5)
+    evaluate.add_argument("--shots", type=int, default=1)
+    evaluate.add_argument("--queries", type=int, default=15)
+    evaluate.add_argument("--steps", type=int, default=None, help="inner steps (default: the model's test-time steps)")
+    evaluate.add_argument("--episodes", type=int, default=600)
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--device", default=None)
+    return parser
+
+
+def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .trainer import TrainConfig, train
+
+    config = TrainConfig(
+        out=args.out, algorithm=args.algorithm,
+        data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, args.channels, args.split_seed),
+        ways=args.ways, shots=args.shots, queries=args.queries, inner_steps=args.inner_steps,
+        test_steps=args.test_steps, inner_lrs=args.inner_lr, meta_lr=args.meta_lr, meta_batch=args.meta_batch,
+        iterations=args.iterations, val_every=args.val_every, val_episodes=args.val_episodes,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, vectorize=args.vectorize,
+        run_dir=args.run_dir, resume=args.resume, command="fewshot-serve " + shlex.join(argv),
+    )
+    result = train(config)
+    print(json.dumps({"model": str(result.model_path), "best_val": result.best_score,
+                      "best_iteration": result.best_iteration, "seconds": round(result.seconds, 1)}))
+    return 0
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_episodes
+    from .model_file import load_model
+    from .sources import load_splits, pick_device, task_sampler
+
+    device = pick_device(args.device)
+    network, recipe = load_model(args.model, device)
+    spec = DataSpec(args.dataset or recipe.dataset, args.data_root, args.download, split_seed=recipe.split_seed)
+    preprocessing = None if recipe.preprocessing is None else recipe.image_preprocessing()
+    test_split = load_splits(spec, preprocessing)["test"] if preprocessing is not None else None
+    sampler = task_sampler(spec, test_split, preprocessing, args.ways, args.shots, args.queries, augment=False)
+    steps = recipe.test_steps if args.steps is None else args.steps
+    result = evaluate_episodes(network, sampler, tuple(recipe.inner_lrs), steps, args.episodes, args.seed, device,
+                               progress=True)
+    label = "accuracy" if result.metric == "accuracy" else "MSE"
+    scale = 100.0 if result.metric == "accuracy" else 1.0
+    unit = "%" if result.metric == "accuracy" else ""
+    print(f"{spec.dataset} {args.ways}-way {args.shots}-shot, {steps} steps, {result.episodes} test episodes: "
+          f"{label} {scale * result.mean:.2f}{unit} ± {scale * result.ci95:.2f}{unit} (95% CI)")
+    print(json.dumps({result.metric: round(result.mean, 5), "ci95": round(result.ci95, 5), "ways": args.ways,
+                      "shots": args.shots, "steps": steps, "episodes": result.episodes}))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return run_train(args, argv)
+        return run_evaluate(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"fewshot-serve: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

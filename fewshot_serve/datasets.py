@@ -1,0 +1,204 @@
+"""Datasets of many classes, decoded once into one uint8 tensor, and their class splits.
+
+Every image is decoded, fitted and resized once by the model's :class:`Preprocessing` and kept
+as ``uint8`` (Omniglot at 28x28: 4 MB for the whole of it), so sampling an episode is tensor
+indexing and never touches the disk.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from .preprocessing import Preprocessing, open_image
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+#: Where datasets are looked for when no --data-root is given (this variable, else ../shared).
+DATA_ENV = "FEWSHOT_SERVE_DATA"
+
+
+def default_data_root() -> Path:
+    """``$FEWSHOT_SERVE_DATA``, else the ``shared/datasets`` folder beside this checkout."""
+    if os.environ.get(DATA_ENV):
+        return Path(os.environ[DATA_ENV])
+    return Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def default_omniglot_root() -> Path:
+    return default_data_root() / "omniglot" / "images_background_subset"
+
+
+@dataclass
+class ImageClasses:
+    """Images of many classes: class ``c`` owns ``images[offsets[c]:offsets[c + 1]]``.
+
+    ``groups`` names each class's group (an Omniglot alphabet, or the class itself), the unit
+    that train/val/test splits keep apart.
+    """
+
+    images: Tensor  # uint8 [M, C, S, S]
+    offsets: Tensor  # int64 [n_classes + 1]
+    names: list[str]
+    groups: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def counts(self) -> Tensor:
+        return self.offsets[1:] - self.offsets[:-1]
+
+    def subset(self, classes: Sequence[int]) -> "ImageClasses":
+        parts = [self.images[self.offsets[c] : self.offsets[c + 1]] for c in classes]
+        counts = torch.tensor([len(p) for p in parts], dtype=torch.long)
+        offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
+        return ImageClasses(
+            torch.cat(parts) if parts else self.images[:0],
+            offsets,
+            [self.names[c] for c in classes],
+            [self.groups[c] for c in classes],
+        )
+
+
+def load_class_folders(
+    class_dirs: Sequence[tuple[str, str, Path]], preprocessing: Preprocessing, description: str
+) -> ImageClasses:
+    """Decode every image of ``(name, group, folder)`` classes with ``preprocessing``."""
+    files: list[list[Path]] = []
+    for name, _, folder in class_dirs:
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise ValueError(f"class {name!r} has no images in {folder}")
+        files.append(images)
+    flat = [path for paths in files for path in paths]
+
+    def decode(path: Path) -> Tensor:
+        return preprocessing.to_uint8(open_image(path))
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
+        decoded = list(tqdm(pool.map(decode, flat), total=len(flat), desc=f"decoding {description}", leave=False))
+    counts = torch.tensor([len(paths) for paths in files], dtype=torch.long)
+    return ImageClasses(
+        images=torch.stack(decoded),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        names=[name for name, _, _ in class_dirs],
+        groups=[group for _, group, _ in class_dirs],
+    )
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def load_omniglot(root: Path, preprocessing: Preprocessing) -> ImageClasses:
+    """Omniglot as ``alphabet/character/*.png`` (the ../shared layout and torchvision's).
+
+    ``root`` may be an ``images_background``-style folder of alphabets, or a folder holding
+    such folders (torchvision's ``omniglot-py``), whose alphabets are then all used.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Omniglot not found at {root}; pass --data-root, set ${DATA_ENV}, or use --download"
+        )
+    if (root / "omniglot-py").is_dir():
+        root = root / "omniglot-py"
+    alphabet_roots = [d for d in _subdirs(root) if d.name.startswith("images_")] or [root]
+    classes = [
+        (f"{alphabet.name}/{character.name}", alphabet.name, character)
+        for alphabet_root in alphabet_roots
+        for alphabet in _subdirs(alphabet_root)
+        for character in _subdirs(alphabet)
+    ]
+    if not classes:
+        raise ValueError(f"no alphabet/character folders under {root}")
+    return load_class_folders(classes, preprocessing, "Omniglot")
+
+
+def download_omniglot(root: Path) -> Path:
+    """Fetch Omniglot's background and evaluation sets with torchvision; returns the data folder."""
+    from torchvision.datasets import Omniglot
+
+    for background in (True, False):
+        Omniglot(str(root), background=background, download=True)
+    return Path(root) / "omniglot-py"
+
+
+def load_folder_tree(root: Path, preprocessing: Preprocessing) -> ImageClasses:
+    """Any ``root/<class>/*.jpg`` tree: each sub-folder is one class (and its own split group)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"no such folder: {root}")
+    classes = [(d.name, d.name, d) for d in _subdirs(root)]
+    if not classes:
+        raise ValueError(f"{root} holds no class folders")
+    return load_class_folders(classes, preprocessing, root.name)
+
+
+# The CIFAR-FS class split of Bertinetto et al. (ICLR 2019); the other 64 classes are for training.
+CIFAR_FS_VAL = (
+    "otter motorcycle television lamp crocodile shark butterfly beaver beetle tractor flatfish "
+    "maple_tree camel crab sea cattle"
+).split()
+CIFAR_FS_TEST = (
+    "baby bed bicycle chimpanzee fox leopard man pickup_truck plain poppy rocket rose snail "
+    "sweet_pepper table telephone wardrobe whale woman worm"
+).split()
+
+
+def load_cifar100(root: Path, preprocessing: Preprocessing, download: bool) -> ImageClasses:
+    """All 60,000 CIFAR-100 images (train and test parts) grouped by fine class, via torchvision."""
+    from torchvision.datasets import CIFAR100
+
+    parts = [CIFAR100(str(root), train=train, download=download) for train in (True, False)]
+    names = parts[0].classes
+    per_class: list[list[Tensor]] = [[] for _ in names]
+    for part in parts:
+        for array, label in zip(part.data, part.targets):
+            per_class[label].append(torch.from_numpy(array).permute(2, 0, 1))
+    if preprocessing.image_size != 32 or preprocessing.channels != 3:
+        raise ValueError("CIFAR-FS models use 32x32 RGB input")
+    counts = torch.tensor([len(images) for images in per_class], dtype=torch.long)
+    return ImageClasses(
+        images=torch.stack([image for images in per_class for image in images]),
+        offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
+        names=list(names),
+        groups=list(names),
+    )
+
+
+SPLITS = ("train", "val", "test")
+
+
+def split_by_group(
+    classes: ImageClasses, seed: int, val_fraction: float = 0.125, test_fraction: float = 0.25
+) -> dict[str, ImageClasses]:
+    """Deterministic disjoint train/val/test splits of whole groups, shuffled by ``seed``."""
+    groups = sorted(set(classes.groups))
+    random.Random(seed).shuffle(groups)
+    n_test = max(1, round(test_fraction * len(groups)))
+    n_val = max(1, round(val_fraction * len(groups)))
+    if n_test + n_val >= len(groups):
+        raise ValueError(f"{len(groups)} class groups are too few for a train/val/test split")
+    assignment = {g: "test" for g in groups[:n_test]}
+    assignment.update({g: "val" for g in groups[n_test : n_test + n_val]})
+    return _split(classes, lambda i: assignment.get(classes.groups[i], "train"))
+
+
+def split_cifar_fs(classes: ImageClasses) -> dict[str, ImageClasses]:
+    val, test = set(CIFAR_FS_VAL), set(CIFAR_FS_TEST)
+    return _split(classes, lambda i: "val" if classes.names[i] in val else "test" if classes.names[i] in test else "train")
+
+
+def _split(classes: ImageClasses, split_of) -> dict[str, ImageClasses]:
+    return {
+        split: classes.subset([i for i in range(len(classes)) if split_of(i) == split]) for split in SPLITS
+    }

@@ -1,0 +1,96 @@
+"""Task samplers: N-way K-shot image episodes and the sinusoid regression tasks of MAML.
+
+Both turn a ``torch.Generator`` into a :class:`TaskBatch` on the compute device, so a seeded run
+draws the same tasks every time, and resuming restores the generator's state.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .datasets import ImageClasses
+from .meta_learning import TaskBatch
+from .preprocessing import Preprocessing
+
+
+class ImageEpisodes:
+    """N-way K-shot episodes with Q queries per class from one split of a dataset.
+
+    Labels 0..N-1 are given to the N sampled classes in random order in every episode. With
+    ``rotate``, each class also appears rotated by 90, 180 and 270 degrees as three new classes
+    (the Omniglot augmentation of Santoro et al. 2016).
+    """
+
+    def __init__(
+        self,
+        classes: ImageClasses,
+        preprocessing: Preprocessing,
+        ways: int,
+        shots: int,
+        queries: int,
+        rotate: bool = False,
+    ) -> None:
+        if ways < 2 or shots < 1 or queries < 1:
+            raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1 (got {ways}, {shots}, {queries})")
+        self.classes, self.preprocessing = classes, preprocessing
+        self.ways, self.shots, self.queries = ways, shots, queries
+        self.rotations = 4 if rotate else 1
+        if len(classes) * self.rotations < ways:
+            raise ValueError(f"{ways}-way episodes need {ways} classes; this split has {len(classes) * self.rotations}")
+        fewest = int(classes.counts().min())
+        if fewest < shots + queries:
+            raise ValueError(
+                f"{shots} shots + {queries} queries need {shots + queries} images per class; "
+                f"a class in this split has only {fewest}"
+            )
+
+    def sample_uint8(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One episode as uint8 images: support ``[N*K, C, S, S]``, labels, query ``[N*Q, ...]``, labels."""
+        n_virtual = len(self.classes) * self.rotations
+        chosen = torch.randperm(n_virtual, generator=generator)[: self.ways]
+        support, query = [], []
+        for virtual in chosen.tolist():
+            cls, turns = divmod(virtual, self.rotations)
+            start, stop = int(self.classes.offsets[cls]), int(self.classes.offsets[cls + 1])
+            picks = start + torch.randperm(stop - start, generator=generator)[: self.shots + self.queries]
+            images = self.classes.images[picks]
+            if turns:
+                images = torch.rot90(images, turns, dims=(-2, -1))
+            support.append(images[: self.shots])
+            query.append(images[self.shots :])
+        labels = torch.arange(self.ways)
+        return (
+            torch.cat(support),
+            labels.repeat_interleave(self.shots),
+            torch.cat(query),
+            labels.repeat_interleave(self.queries),
+        )
+
+    def sample(self, generator: torch.Generator, tasks: int, device: torch.device | str) -> TaskBatch:
+        episodes = [self.sample_uint8(generator) for _ in range(tasks)]
+        xs, ys, xq, yq = (torch.stack(part).to(device) for part in zip(*episodes))
+        normalize = self.preprocessing.normalize
+        return TaskBatch(normalize(xs), ys, normalize(xq), yq, self.ways)
+
+
+class SinusoidTasks:
+    """y = A·sin(x − φ), A ~ U[0.1, 5], φ ~ U[0, π], x ~ U[−5, 5] (Finn et al. 2017, section 5.1)."""
+
+    ways = 1
+
+    def __init__(self, shots: int, queries: int) -> None:
+        if shots < 1 or queries < 1:
+            raise ValueError("sinusoid tasks need shots >= 1 and queries >= 1")
+        self.shots, self.queries = shots, queries
+
+    def sample(self, generator: torch.Generator, tasks: int, device: torch.device | str) -> TaskBatch:
+        amplitude = 0.1 + 4.9 * torch.rand(tasks, 1, 1, generator=generator)
+        phase = math.pi * torch.rand(tasks, 1, 1, generator=generator)
+        x = -5.0 + 10.0 * torch.rand(tasks, self.shots + self.queries, 1, generator=generator)
+        y = amplitude * torch.sin(x - phase)
+        x, y = x.to(device), y.to(device)
+        k = self.shots
+        return TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:], self.ways)

@@ -1,0 +1,205 @@
+"""MAML, FOMAML and Reptile: three outer updates around the one inner loop.
+
+* MAML (Finn et al. 2017): the exact gradient of the query loss after the inner loop with respect
+  to the initialization, differentiating through every inner step (second order).
+* FOMAML: the same, with the inner gradients treated as constants, so the meta-gradient is the
+  query-loss gradient at the adapted parameters.
+* Reptile (Nichol et al. 2018): no query loss; move the initialization towards the adapted
+  parameters, θ ← θ + ε·mean_i(θ'_i − θ), with ε annealed linearly to zero.
+
+Tasks of a meta-batch are adapted in one ``torch.func.vmap`` pass (``vectorize=True``); the
+per-task loop is kept as the reference the tests compare it with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor
+from torch.func import grad_and_value, vmap
+
+from .inner_loop import Params, adapt, predict
+from .networks import MetaNetwork
+
+ALGORITHMS = ("maml", "fomaml", "reptile")
+
+
+class TaskBatch(NamedTuple):
+    """A meta-batch of T tasks of equal shape, as float tensors on the compute device."""
+
+    x_support: Tensor  # [T, S, *input]
+    y_support: Tensor  # [T, S]
+    x_query: Tensor  # [T, Q, *input]
+    y_query: Tensor  # [T, Q]
+    ways: int  # classes per task (1 for regression)
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """How a task adapts: per-step learning rates and step counts for training and testing."""
+
+    inner_lrs: tuple[float, ...]
+    train_steps: int
+    test_steps: int
+
+    def __post_init__(self) -> None:
+        if not self.inner_lrs:
+            raise ValueError("at least one inner learning rate is needed")
+        if self.train_steps < 0 or self.test_steps < 0:
+            raise ValueError("inner step counts must be >= 0")
+
+
+def task_outcome(
+    network: MetaNetwork,
+    meta_params: Params,
+    x_support: Tensor,
+    y_support: Tensor,
+    x_query: Tensor,
+    y_query: Tensor,
+    *,
+    ways: int,
+    inner_lrs: Sequence[float],
+    steps: int,
+    first_order: bool,
+) -> tuple[Tensor, Tensor, Params, Params]:
+    """Adapt to one task; return its query loss, metric, start and adapted parameters.
+
+    The metric is accuracy for classification and the loss itself (MSE) for regression.
+    """
+    start = network.task_parameters(meta_params, ways)
+    adapted = adapt(network, start, x_support, y_support, inner_lrs, steps, first_order).params
+    outputs = predict(network, adapted, x_support, x_query)
+    loss = network.loss(outputs, y_query)
+    if network.task_kind == "classification":
+        metric = (outputs.argmax(-1) == y_query).float().mean()
+    else:
+        metric = loss.detach()
+    return loss, metric, start, adapted
+
+
+def _over_tasks(fn: Callable, meta_params: Params, batch: TaskBatch, vectorize: bool):
+    """Apply ``fn(meta_params, xs, ys, xq, yq)`` to every task, stacking the results."""
+    data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+    if vectorize:
+        return vmap(fn, in_dims=(None, 0, 0, 0, 0))(meta_params, *data)
+    return _stack([fn(meta_params, *task) for task in zip(*data)])
+
+
+def _stack(results: list):
+    """Stack a list of equally structured (tuple / dict / tensor) results along a new dim 0."""
+    first = results[0]
+    if isinstance(first, Tensor):
+        return torch.stack(results)
+    if isinstance(first, dict):
+        return {k: _stack([r[k] for r in results]) for k in first}
+    return tuple(_stack(list(parts)) for parts in zip(*results))
+
+
+def meta_gradient(
+    network: MetaNetwork,
+    meta_params: Params,
+    batch: TaskBatch,
+    inner: InnerLoop,
+    first_order: bool,
+    vectorize: bool = True,
+) -> tuple[Params, Tensor, Tensor]:
+    """MAML (``first_order=False``) or FOMAML meta-gradient of the mean query loss.
+
+    Returns the gradient for every meta-parameter, the mean query loss and the mean metric.
+    """
+    outcome = partial(
+        task_outcome, network, ways=batch.ways, inner_lrs=inner.inner_lrs, steps=inner.train_steps,
+        first_order=first_order,
+    )
+
+    def mean_query_loss(params: Params) -> tuple[Tensor, Tensor]:
+        losses, metrics, _, _ = _over_tasks(outcome, params, batch, vectorize)
+        return losses.mean(), metrics.mean()
+
+    grads, (loss, metric) = grad_and_value(mean_query_loss, has_aux=True)(meta_params)
+    return grads, loss.detach(), metric
+
+
+def reptile_displacement(
+    network: MetaNetwork,
+    meta_params: Params,
+    batch: TaskBatch,
+    inner: InnerLoop,
+    vectorize: bool = True,
+) -> tuple[Params, Tensor, Tensor]:
+    """Mean over tasks of θ'ᵢ − θ, with the per-class head copies folded back into the shared row."""
+    outcome = partial(
+        task_outcome, network, ways=batch.ways, inner_lrs=inner.inner_lrs, steps=inner.train_steps,
+        first_order=True,
+    )
+
+    def displacement(params: Params, *task: Tensor):
+        loss, metric, start, adapted = outcome(params, *task)
+        moved = {}
+        for key, theta in params.items():
+            delta = adapted[key] - start[key]
+            moved[key] = delta if delta.shape == theta.shape else delta.mean(0, keepdim=True)
+        return moved, loss, metric
+
+    with torch.no_grad():
+        moved, losses, metrics = _over_tasks(displacement, meta_params, batch, vectorize)
+    return {k: v.mean(0) for k, v in moved.items()}, losses.mean(), metrics.mean()
+
+
+class MetaLearner:
+    """Owns the meta-parameters (the network's own parameters) and applies one outer update."""
+
+    def __init__(
+        self,
+        network: MetaNetwork,
+        algorithm: str,
+        inner: InnerLoop,
+        meta_lr: float,
+        iterations: int,
+        vectorize: bool = True,
+    ) -> None:
+        if algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        self.network, self.algorithm, self.inner = network, algorithm, inner
+        self.meta_lr, self.iterations, self.vectorize = meta_lr, iterations, vectorize
+        self.meta_params: Params = dict(network.named_parameters())
+        # Reptile's outer step is its own interpolation; MAML and FOMAML use Adam as in the papers.
+        self.optimizer = None if algorithm == "reptile" else torch.optim.Adam(network.parameters(), lr=meta_lr)
+
+    def reptile_step_size(self, iteration: int) -> float:
+        """ε, annealed linearly from the meta learning rate to zero over the run."""
+        return self.meta_lr * (1.0 - iteration / max(self.iterations, 1))
+
+    def step(self, batch: TaskBatch, iteration: int) -> tuple[float, float]:
+        """One outer update on ``batch``; returns the mean query loss and metric before it."""
+        if self.optimizer is None:
+            moved, loss, metric = reptile_displacement(
+                self.network, self.meta_params, batch, self.inner, self.vectorize
+            )
+            epsilon = self.reptile_step_size(iteration)
+            with torch.no_grad():
+                for key, theta in self.meta_params.items():
+                    theta.add_(moved[key], alpha=epsilon)
+        else:
+            grads, loss, metric = meta_gradient(
+                self.network, self.meta_params, batch, self.inner, self.algorithm == "fomaml", self.vectorize
+            )
+            for key, theta in self.meta_params.items():
+                theta.grad = grads[key]
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        return float(loss), float(metric)
+
+
+def adapted_metrics(
+    network: MetaNetwork, meta_params: Params, batch: TaskBatch, inner_lrs: Sequence[float], steps: int,
+    vectorize: bool = True,
+) -> Tensor:
+    """Per-task query metric after ``steps`` inner steps, as at serving (no meta-gradient)."""
+    outcome = partial(task_outcome, network, ways=batch.ways, inner_lrs=inner_lrs, steps=steps, first_order=True)
+    with torch.no_grad():
+        _, metrics, _, _ = _over_tasks(outcome, meta_params, batch, vectorize)
+    return metrics

@@ -1,0 +1,187 @@
+"""The model file: meta-learned weights in safetensors, the adaptation recipe in its metadata.
+
+The recipe is everything serving needs to adapt exactly as meta-training did: architecture,
+preprocessing, per-step inner learning rates and step counts. Files are untrusted input: loading
+checks the recipe's values and every tensor's name, shape, dtype and finiteness before anything
+is built or computed, and says precisely what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .atomic import atomic_output
+from .meta_learning import ALGORITHMS, InnerLoop
+from .networks import MetaNetwork, build_network
+from .preprocessing import Preprocessing
+
+FORMAT_VERSION = 1
+RECIPE_KEY = "fewshot_serve.recipe"
+MAX_STEPS = 100
+MAX_FILTERS = 1024
+
+
+class ModelFileError(ValueError):
+    """A model file that cannot be used; the message names the file and the problem."""
+
+
+@dataclass
+class Recipe:
+    """How a model was meta-trained and how serving must adapt it."""
+
+    network: dict[str, Any]
+    preprocessing: dict[str, Any] | None  # None for non-image tasks (sinusoid)
+    inner_lrs: list[float]
+    train_steps: int
+    test_steps: int
+    algorithm: str
+    dataset: str
+    ways: int
+    shots: int
+    queries: int
+    class_counts: dict[str, int] = field(default_factory=dict)
+    split_seed: int = 0
+    val_metric: dict[str, float] = field(default_factory=dict)
+    command: str = ""
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def inner_loop(self) -> InnerLoop:
+        return InnerLoop(tuple(self.inner_lrs), self.train_steps, self.test_steps)
+
+    def image_preprocessing(self) -> Preprocessing:
+        if self.preprocessing is None:
+            raise ModelFileError("this model has no image preprocessing (it is not an image model)")
+        return Preprocessing.from_dict(self.preprocessing)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def save_model(
+    path: str | os.PathLike, network: MetaNetwork, recipe: Recipe, params: dict[str, torch.Tensor] | None = None
+) -> None:
+    """Write ``params`` (default: ``network``'s own weights) and ``recipe`` atomically to safetensors."""
+    params = network.state_dict() if params is None else params
+    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+    with atomic_output(path) as temporary:
+        save_file(tensors, str(temporary), metadata={RECIPE_KEY: recipe.to_json()})
+
+
+def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> tuple[MetaNetwork, Recipe]:
+    """Read and validate a model file; returns the network (on ``device``) and its recipe."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            recipe = _parse_recipe(metadata, path)
+            network = build_network(recipe.network)
+            expected = network.state_dict()
+            names = set(handle.keys())
+            _check_names(path, names, set(expected))
+            tensors = {}
+            for name in sorted(names):
+                tensor = handle.get_tensor(name)
+                _check_tensor(path, name, tensor, expected[name].shape)
+                tensors[name] = tensor.float()
+    except ModelFileError:
+        raise
+    except Exception as error:  # safetensors' own errors for truncated or malformed files
+        raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
+    network.load_state_dict(tensors)
+    return network.to(device).eval(), recipe
+
+
+def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:
+    if RECIPE_KEY not in metadata:
+        raise ModelFileError(f"{path}: no {RECIPE_KEY!r} metadata; not a fewshot-serve model file")
+    try:
+        data = json.loads(metadata[RECIPE_KEY])
+    except json.JSONDecodeError as error:
+        raise ModelFileError(f"{path}: recipe metadata is not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise ModelFileError(f"{path}: recipe metadata must be a JSON object")
+    version = data.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path}: unknown format version {version!r}; this fewshot-serve reads version {FORMAT_VERSION}"
+        )
+    try:
+        recipe = Recipe(**data)
+    except TypeError as error:
+        raise ModelFileError(f"{path}: recipe fields are wrong ({error})") from None
+    problems = _recipe_problems(recipe)
+    if problems:
+        raise ModelFileError(f"{path}: invalid recipe: " + "; ".join(problems))
+    return recipe
+
+
+def _is_int(value: Any, low: int, high: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
+
+
+def _recipe_problems(recipe: Recipe) -> list[str]:
+    problems = []
+    if not _is_int(recipe.train_steps, 0, MAX_STEPS) or not _is_int(recipe.test_steps, 0, MAX_STEPS):
+        problems.append(f"step counts must be integers in [0, {MAX_STEPS}]")
+    lrs = recipe.inner_lrs
+    if not isinstance(lrs, list) or not 1 <= len(lrs) <= MAX_STEPS or not all(
+        isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v < 1e3 for v in lrs
+    ):
+        problems.append("inner_lrs must be 1 to 100 finite non-negative numbers")
+    if recipe.algorithm not in ALGORITHMS:
+        problems.append(f"unknown algorithm {recipe.algorithm!r}")
+    network = recipe.network if isinstance(recipe.network, dict) else {}
+    architecture = network.get("architecture")
+    if architecture == "conv4":
+        if set(network) != {"architecture", "in_channels", "filters", "image_size"}:
+            problems.append("conv4 needs exactly in_channels, filters and image_size")
+        elif not (_is_int(network["filters"], 1, MAX_FILTERS) and _is_int(network["in_channels"], 1, 3)):
+            problems.append(f"conv4 filters must be in [1, {MAX_FILTERS}] and in_channels in [1, 3]")
+        try:
+            preprocessing = Preprocessing.from_dict(recipe.preprocessing or {})
+        except (TypeError, ValueError, KeyError) as error:
+            problems.append(f"bad preprocessing ({error})")
+        else:
+            if (preprocessing.image_size, preprocessing.channels) != (
+                network.get("image_size"),
+                network.get("in_channels"),
+            ):
+                problems.append("preprocessing image size/channels disagree with the network")
+    elif architecture == "mlp":
+        if set(network) != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
+            problems.append("mlp needs exactly one integer 'hidden' in [1, 4096]")
+    else:
+        problems.append(f"unknown architecture {architecture!r}")
+    return problems
+
+
+def _check_names(path: Path, found: set[str], expected: set[str]) -> None:
+    missing, extra = sorted(expected - found), sorted(found - expected)
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"missing tensors {missing}")
+        if extra:
+            parts.append(f"unexpected tensors {extra}")
+        raise ModelFileError(f"{path}: " + "; ".join(parts))
+
+
+def _check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: torch.Size) -> None:
+    if not tensor.is_floating_point():
+        raise ModelFileError(f"{path}: tensor {name!r} has dtype {tensor.dtype}; weights must be floating point")
+    if tensor.shape != shape:
+        raise ModelFileError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
+    if not torch.isfinite(tensor).all():
+        raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")

@@ -1,0 +1,114 @@
+"""From a dataset name to task samplers for each split, with that dataset's standard recipe.
+
+The trainer and the evaluator both come through here, so ``evaluate`` rebuilds exactly the
+test split the model file's recipe (dataset name and split seed) was trained beside.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from .datasets import (
+    ImageClasses,
+    default_data_root,
+    default_omniglot_root,
+    download_omniglot,
+    load_cifar100,
+    load_folder_tree,
+    load_omniglot,
+    split_by_group,
+    split_cifar_fs,
+)
+from .episodes import ImageEpisodes, SinusoidTasks
+from .networks import Conv4, MetaNetwork, SinusoidMLP
+from .preprocessing import Preprocessing
+
+DATASETS = ("omniglot", "cifar-fs", "folder", "sinusoid")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data, where, and at which image size (``None``: the dataset's standard)."""
+
+    dataset: str
+    data_root: Path | None = None
+    download: bool = False
+    image_size: int | None = None
+    channels: int | None = None
+    split_seed: int = 0
+
+
+def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
+    """The dataset's preprocessing before mean/std are measured on its training split."""
+    if spec.dataset == "sinusoid":
+        return None
+    if spec.dataset == "omniglot":
+        size, channels, invert, fit = 28, 1, True, "pad"
+    elif spec.dataset == "cifar-fs":
+        size, channels, invert, fit = 32, 3, False, "squash"
+    elif spec.dataset == "folder":
+        size, channels, invert, fit = 84, 3, False, "squash"
+    else:
+        raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
+    size = spec.image_size or size
+    channels = spec.channels or channels
+    return Preprocessing(size, channels, invert, fit, (0.0,) * channels, (1.0,) * channels)
+
+
+def standard_network(spec: DataSpec, preprocessing: Preprocessing | None) -> MetaNetwork:
+    """Conv4 with 64 filters for grayscale characters, 32 for colour images; the MLP for sinusoids."""
+    if preprocessing is None:
+        return SinusoidMLP()
+    filters = 64 if preprocessing.channels == 1 else 32
+    return Conv4(preprocessing.channels, filters, preprocessing.image_size)
+
+
+def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    """Decode the dataset and split its classes into disjoint train/val/test sets."""
+    if spec.dataset == "omniglot":
+        root = spec.data_root or default_omniglot_root()
+        if spec.download:
+            root = download_omniglot(root)
+        return split_by_group(load_omniglot(root, preprocessing), spec.split_seed)
+    if spec.dataset == "cifar-fs":
+        root = spec.data_root or default_data_root() / "cifar100"
+        return split_cifar_fs(load_cifar100(root, preprocessing, spec.download))
+    if spec.dataset == "folder":
+        if spec.data_root is None:
+            raise ValueError("--dataset folder needs --data-root pointing at a folder of class folders")
+        return split_by_group(load_folder_tree(spec.data_root, preprocessing), spec.split_seed)
+    raise ValueError(f"dataset {spec.dataset!r} has no image classes")
+
+
+def measured_preprocessing(preprocessing: Preprocessing, train: ImageClasses) -> Preprocessing:
+    """``preprocessing`` with mean/std measured on the training images (stored in the recipe)."""
+    pixels = train.images.float().div_(255.0).transpose(0, 1).flatten(1)
+    mean = tuple(round(float(v), 6) for v in pixels.mean(1))
+    std = tuple(round(max(float(v), 1e-3), 6) for v in pixels.std(1))
+    return replace(preprocessing, mean=mean, std=std)
+
+
+def task_sampler(
+    spec: DataSpec,
+    split: ImageClasses | None,
+    preprocessing: Preprocessing | None,
+    ways: int,
+    shots: int,
+    queries: int,
+    augment: bool,
+) -> ImageEpisodes | SinusoidTasks:
+    """The sampler for one split; Omniglot training classes get the rotation augmentation."""
+    if spec.dataset == "sinusoid":
+        return SinusoidTasks(shots, queries)
+    assert split is not None and preprocessing is not None
+    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=augment and spec.dataset == "omniglot")
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``None`` means CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
