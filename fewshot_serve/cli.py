@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     train.add_argument("--vmap", dest="vectorize", action=argparse.BooleanOptionalAction, default=None,
-                       help="adapt a meta-batch's tasks in one vmap pass (default: on CUDA only)")
+                       help="adapt a meta-batch's tasks in one vmap pass (default: where measured faster)")
     train.add_argument("--run-dir", type=Path, default=None, help="checkpoint/log/plot folder (default: OUT.run)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
@@ -124,7 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "train":
             return run_train(args, argv)
         return run_evaluate(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"fewshot-serve: error: {error}", file=sys.stderr)
         return 2
 

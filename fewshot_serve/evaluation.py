@@ -9,7 +9,7 @@ import torch
 from tqdm import tqdm
 
 from .episodes import ImageEpisodes, SinusoidTasks
-from .meta_learning import adapted_metrics
+from .meta_learning import adapted_metrics, vmap_is_faster
 from .networks import MetaNetwork
 
 
@@ -41,12 +41,13 @@ def evaluate_episodes(
         raise ValueError("evaluation needs at least one episode")
     generator = torch.Generator().manual_seed(seed)
     meta_params = {k: v.detach() for k, v in network.named_parameters()}
+    vectorize = vmap_is_faster(network, device)
     scores = []
     with tqdm(total=episodes, desc="evaluating", disable=not progress, leave=False) as bar:
         while len(scores) < episodes:
             tasks = min(batch_size, episodes - len(scores))
             batch = sampler.sample(generator, tasks, device)
-            scores.extend(adapted_metrics(network, meta_params, batch, inner_lrs, steps).tolist())
+            scores.extend(adapted_metrics(network, meta_params, batch, inner_lrs, steps, vectorize).tolist())
             bar.update(tasks)
     values = torch.tensor(scores, dtype=torch.float64)
     spread = float(values.std()) if episodes > 1 else 0.0

@@ -118,7 +118,8 @@ class Preprocessing:
             raise ValueError("std must be positive and mean finite")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready (lists, not tuples), as stored in a recipe."""
+        return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":

@@ -9,6 +9,7 @@ much work and, with the same seed, ends with exactly the weights an uninterrupte
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ from tqdm import tqdm
 from .atomic import atomic_output, atomic_write_text
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
-from .meta_learning import ALGORITHMS, InnerLoop, MetaLearner
+from .meta_learning import ALGORITHMS, InnerLoop, MetaLearner, vmap_is_faster
 from .model_file import Recipe, save_model
 from .sources import (
     DataSpec,
@@ -55,7 +56,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     seed: int = 0
     device: str | None = None
-    vectorize: bool | None = None  # None: vmap on CUDA, per-task loop on CPU (faster there, measured)
+    vectorize: bool | None = None  # None: whichever is faster here (see vmap_is_faster)
     run_dir: Path | None = None  # None: <out without suffix>.run
     resume: bool = False
     command: str = ""
@@ -113,7 +114,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     torch.manual_seed(config.seed)
     network = standard_network(spec, preprocessing).to(device)
     inner = InnerLoop(config.inner_lrs, config.inner_steps, config.test_steps)
-    vectorize = device.type == "cuda" if config.vectorize is None else config.vectorize
+    vectorize = vmap_is_faster(network, device) if config.vectorize is None else config.vectorize
     learner = MetaLearner(network, config.algorithm, inner, config.meta_lr, config.iterations, vectorize)
     generator = torch.Generator().manual_seed(config.seed)
     higher = higher_is_better(network.task_kind)
@@ -161,6 +162,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         tic = time.perf_counter()
         batch = train_tasks.sample(generator, config.meta_batch, device)
         loss, metric = learner.step(batch, iteration)
+        if not math.isfinite(loss):
+            raise FloatingPointError(
+                f"meta-training diverged at iteration {iteration + 1} (query loss {loss}); lower --inner-lr or "
+                f"--meta-lr. The last checkpoint in {run_dir} and the model exported with it are kept."
+            )
         rate = config.meta_batch / (time.perf_counter() - tic)
         done = iteration + 1
         log.append({"iteration": done, "loss": loss, "metric": metric, "tasks_per_s": rate})

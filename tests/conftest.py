@@ -1,0 +1,48 @@
+"""Shared fixtures: small generated datasets, so the suite runs anywhere without ../shared."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+from PIL import Image, ImageDraw
+
+from fewshot_serve.datasets import default_omniglot_root
+
+
+def draw_glyph(class_seed: int, image_seed: int, size: int = 32, colour: bool = False) -> Image.Image:
+    """A class-specific stroke pattern (black ink on white), jittered per image."""
+    strokes = random.Random(class_seed)
+    jitter = random.Random(image_seed)
+    image = Image.new("RGB" if colour else "L", (size, size), "white")
+    pen = ImageDraw.Draw(image)
+    ink = tuple(strokes.randrange(0, 160) for _ in range(3)) if colour else 0
+    for _ in range(3):
+        points = [(strokes.uniform(4, size - 4) + jitter.uniform(-1.5, 1.5),
+                   strokes.uniform(4, size - 4) + jitter.uniform(-1.5, 1.5)) for _ in range(3)]
+        pen.line(points, fill=ink, width=3)
+    return image
+
+
+def write_class_tree(root: Path, classes: int, per_class: int, colour: bool = False) -> Path:
+    for c in range(classes):
+        folder = root / f"class{c:02d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            draw_glyph(c, 1000 * c + i, colour=colour).save(folder / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def glyph_tree(tmp_path_factory) -> Path:
+    """24 generated grayscale classes of 8 images each, laid out one folder per class."""
+    return write_class_tree(tmp_path_factory.mktemp("glyphs"), classes=24, per_class=8)
+
+
+@pytest.fixture(scope="session")
+def omniglot_root() -> Path:
+    root = default_omniglot_root()
+    if not root.is_dir():
+        pytest.skip(f"real Omniglot data not found at {root} (set FEWSHOT_SERVE_DATA to its datasets folder)")
+    return root

@@ -1,0 +1,96 @@
+"""Episode sampling and class splits."""
+
+import pytest
+import torch
+
+from fewshot_serve.datasets import load_folder_tree, split_by_group
+from fewshot_serve.episodes import ImageEpisodes, SinusoidTasks
+from fewshot_serve.preprocessing import Preprocessing
+
+GRAY16 = Preprocessing(16, 1, True, "pad", (0.0,), (1.0,))
+
+
+@pytest.fixture(scope="module")
+def glyphs(glyph_tree):
+    return load_folder_tree(glyph_tree, GRAY16)
+
+
+def test_dataset_is_one_uint8_tensor(glyphs):
+    assert glyphs.images.dtype == torch.uint8
+    assert glyphs.images.shape == (24 * 8, 1, 16, 16)
+    assert glyphs.counts().tolist() == [8] * 24
+
+
+def test_episode_shapes_and_labels(glyphs):
+    sampler = ImageEpisodes(glyphs, GRAY16, ways=5, shots=2, queries=3)
+    batch = sampler.sample(torch.Generator().manual_seed(0), tasks=4, device="cpu")
+    assert batch.x_support.shape == (4, 10, 1, 16, 16) and batch.x_query.shape == (4, 15, 1, 16, 16)
+    assert batch.x_support.dtype == torch.float32
+    for ys, yq in zip(batch.y_support, batch.y_query):
+        assert sorted(ys.tolist()) == sorted(list(range(5)) * 2)
+        assert sorted(yq.tolist()) == sorted(list(range(5)) * 3)
+
+
+def test_labels_are_assigned_to_classes_at_random_per_episode(glyphs):
+    sampler = ImageEpisodes(glyphs, GRAY16, ways=3, shots=1, queries=1)
+    generator = torch.Generator().manual_seed(0)
+    # which image gets label 0 changes between episodes; with a fixed assignment it never would
+    label_zero = {tuple(sampler.sample_uint8(generator)[0][0].flatten().tolist()) for _ in range(20)}
+    assert len(label_zero) > 5
+
+
+def test_support_and_query_images_of_an_episode_are_distinct_draws(glyphs):
+    sampler = ImageEpisodes(glyphs, GRAY16, ways=4, shots=4, queries=4)
+    xs, ys, xq, yq = sampler.sample_uint8(torch.Generator().manual_seed(1))
+    for label in range(4):
+        images = torch.cat([xs[ys == label], xq[yq == label]])
+        assert len({tuple(im.flatten().tolist()) for im in images}) == 8  # 8 different files
+
+
+def test_same_seed_same_episodes(glyphs):
+    sampler = ImageEpisodes(glyphs, GRAY16, ways=5, shots=1, queries=2)
+    a = sampler.sample(torch.Generator().manual_seed(3), 2, "cpu")
+    b = sampler.sample(torch.Generator().manual_seed(3), 2, "cpu")
+    assert all(torch.equal(x, y) for x, y in zip(a[:4], b[:4]))
+
+
+def test_rotation_augmentation_quadruples_classes(glyphs):
+    sampler = ImageEpisodes(glyphs.subset([0]), GRAY16, ways=4, shots=1, queries=1, rotate=True)
+    xs, _, _, _ = sampler.sample_uint8(torch.Generator().manual_seed(0))
+    assert len({tuple(im.flatten().tolist()) for im in xs}) == 4  # one class, four rotations
+
+
+def test_splits_are_disjoint_cover_everything_and_depend_only_on_seed(glyphs):
+    splits = split_by_group(glyphs, seed=5)
+    names = [set(splits[s].names) for s in ("train", "val", "test")]
+    assert not (names[0] & names[1] or names[0] & names[2] or names[1] & names[2])
+    assert set.union(*names) == set(glyphs.names)
+    assert len(names[2]) == 6 and len(names[1]) == 3
+    again = split_by_group(glyphs, seed=5)
+    assert all(again[s].names == splits[s].names for s in splits)
+    assert split_by_group(glyphs, seed=6)["test"].names != splits["test"].names
+
+
+def test_splits_keep_groups_together(glyphs):
+    glyphs.groups = [f"alphabet{i // 4}" for i in range(24)]  # 6 alphabets of 4 characters
+    try:
+        splits = split_by_group(glyphs, seed=0)
+        groups = [set(splits[s].groups) for s in ("train", "val", "test")]
+        assert not (groups[0] & groups[1] or groups[0] & groups[2] or groups[1] & groups[2])
+    finally:
+        glyphs.groups = list(glyphs.names)
+
+
+def test_sampler_rejects_impossible_episodes(glyphs):
+    with pytest.raises(ValueError, match="images per class"):
+        ImageEpisodes(glyphs, GRAY16, ways=5, shots=5, queries=5)
+    with pytest.raises(ValueError, match="classes"):
+        ImageEpisodes(glyphs.subset([0, 1]), GRAY16, ways=5, shots=1, queries=1)
+
+
+def test_sinusoid_tasks_follow_the_maml_ranges():
+    batch = SinusoidTasks(shots=5, queries=20).sample(torch.Generator().manual_seed(0), 500, "cpu")
+    x = torch.cat([batch.x_support, batch.x_query], 1)
+    y = torch.cat([batch.y_support, batch.y_query], 1)
+    assert x.shape == (500, 25, 1) and x.min() >= -5 and x.max() <= 5
+    assert y.abs().max() <= 5.0 and y.abs().amax(1).max() > 4.0

@@ -1,0 +1,96 @@
+"""Export -> load round trip, and clear refusals of bad model files."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from fewshot_serve.model_file import RECIPE_KEY, ModelFileError, Recipe, load_model, save_model
+from fewshot_serve.networks import Conv4
+from fewshot_serve.preprocessing import Preprocessing
+
+
+def make_recipe(**overrides) -> Recipe:
+    fields = dict(
+        network={"architecture": "conv4", "in_channels": 1, "filters": 4, "image_size": 16},
+        preprocessing=Preprocessing(16, 1, True, "pad", (0.1,), (0.3,)).to_dict(),
+        inner_lrs=[0.4, 0.3], train_steps=2, test_steps=4, algorithm="maml", dataset="omniglot",
+        ways=5, shots=1, queries=15, class_counts={"train": 10, "val": 2, "test": 3}, split_seed=0,
+        val_metric={"accuracy": 0.9}, command="fewshot-serve train ...",
+    )
+    fields.update(overrides)
+    return Recipe(**fields)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    torch.manual_seed(0)
+    network = Conv4(1, 4, 16)
+    path = tmp_path / "model.safetensors"
+    save_model(path, network, make_recipe())
+    return path, network
+
+
+def test_round_trip_gives_identical_parameters_and_recipe(saved):
+    path, network = saved
+    loaded, recipe = load_model(path)
+    assert recipe == make_recipe()
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert recipe.inner_loop.inner_lrs == (0.4, 0.3) and recipe.image_preprocessing().mean == (0.1,)
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def rewrite(path, tensors=None, recipe=None, metadata=None):
+    base = {k: v.clone() for k, v in Conv4(1, 4, 16).state_dict().items()}
+    tensors = base if tensors is None else tensors(base)
+    if metadata is None:
+        metadata = {RECIPE_KEY: json.dumps(recipe if recipe is not None else json.loads(make_recipe().to_json()))}
+    save_file(tensors, str(path), metadata=metadata)
+    return path
+
+
+def recipe_with(**changes):
+    data = json.loads(make_recipe().to_json())
+    data.update(changes)
+    return data
+
+
+@pytest.mark.parametrize("tensors, recipe, metadata, message", [
+    (lambda t: {k: v for k, v in t.items() if k != "head.bias"}, None, None, r"missing tensors \['head.bias'\]"),
+    (lambda t: {**t, "extra": torch.zeros(1)}, None, None, r"unexpected tensors \['extra'\]"),
+    (lambda t: {**t, "head.weight": torch.zeros(5, 4)}, None, None, "has shape .5, 4., expected .1, 4."),
+    (lambda t: {**t, "head.bias": torch.zeros(1, dtype=torch.int64)}, None, None, "must be floating point"),
+    (lambda t: {**t, "head.bias": torch.tensor([float("nan")])}, None, None, "NaN"),
+    (None, recipe_with(format_version=99), None, "unknown format version 99"),
+    (None, recipe_with(test_steps=-1), None, "step counts"),
+    (None, recipe_with(train_steps=10**9), None, "step counts"),
+    (None, recipe_with(inner_lrs=[]), None, "inner_lrs"),
+    (None, recipe_with(algorithm="sgd"), None, "unknown algorithm"),
+    (None, recipe_with(network={"architecture": "conv4", "in_channels": 1, "filters": 4, "image_size": 100000}),
+     None, "image size"),
+    (None, recipe_with(preprocessing={**make_recipe().preprocessing, "image_size": 100000}), None, "image_size"),
+    (None, recipe_with(network={"architecture": "resnet"}), None, "unknown architecture"),
+    (None, recipe_with(surprise=1), None, "recipe fields"),
+    (None, None, {}, "not a fewshot-serve model file"),
+    (None, None, {RECIPE_KEY: "{not json"}, "not valid JSON"),
+])
+def test_bad_files_are_rejected_with_a_clear_error(tmp_path, tensors, recipe, metadata, message):
+    path = rewrite(tmp_path / "bad.safetensors", tensors, recipe, metadata)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_truncated_and_non_safetensors_files_are_rejected(saved, tmp_path):
+    path, _ = saved
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(path.read_bytes()[:-100])
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        load_model(truncated)
+    pickle_like = tmp_path / "model.pt"
+    pickle_like.write_bytes(b"\x80\x04\x95 this is a pickle, and it is never unpickled")
+    with pytest.raises(ModelFileError, match="not a readable safetensors"):
+        load_model(pickle_like)
+    with pytest.raises(ModelFileError, match="no such model file"):
+        load_model(tmp_path / "absent.safetensors")
