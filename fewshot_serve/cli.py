@@ -1,4 +1,4 @@
-"""``fewshot-serve``: the command line (train, evaluate)."""
+"""``fewshot-serve``: the command line (train, evaluate, export-onnx)."""
 
 from __future__ import annotations
 
@@ -72,7 +72,30 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=600)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
+    export = commands.add_parser("export-onnx", help="adapt to a support folder and write the classifier as ONNX")
+    export.add_argument("model", type=Path)
+    export.add_argument("--support", type=Path, required=True, help="folder with one sub-folder of images per class")
+    export.add_argument("--steps", type=int, default=None, help="inner steps (default: the model's test-time steps)")
+    export.add_argument("--device", default=None)
+    export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
     return parser
+
+
+def run_export_onnx(args: argparse.Namespace) -> int:
+    from .datasets import IMAGE_SUFFIXES
+    from .serving import load
+
+    if not args.support.is_dir():
+        raise FileNotFoundError(f"no such support folder: {args.support}")
+    support = {
+        folder.name: sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        for folder in sorted(args.support.iterdir()) if folder.is_dir() and not folder.name.startswith(".")
+    }
+    adapted = load(args.model, args.device).adapt(support, steps=args.steps)
+    adapted.export_onnx(args.out)
+    print(json.dumps({"onnx": str(args.out), "labels": adapted.labels,
+                      "support_loss": [round(v, 4) for v in adapted.support_losses]}))
+    return 0
 
 
 def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -123,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "train":
             return run_train(args, argv)
+        if args.command == "export-onnx":
+            return run_export_onnx(args)
         return run_evaluate(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"fewshot-serve: error: {error}", file=sys.stderr)

@@ -81,7 +81,7 @@ def load_class_folders(
     flat = [path for paths in files for path in paths]
 
     def decode(path: Path) -> Tensor:
-        return preprocessing.to_uint8(open_image(path))
+        return torch.from_numpy(preprocessing.to_uint8(open_image(path)))
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         decoded = list(tqdm(pool.map(decode, flat), total=len(flat), desc=f"decoding {description}", leave=False))

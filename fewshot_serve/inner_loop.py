@@ -13,7 +13,6 @@ from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from torch.func import functional_call
 
 from .networks import MetaNetwork
 
@@ -47,7 +46,7 @@ def adapt(
     """
 
     def support_loss(p: Params) -> Tensor:
-        return network.loss(functional_call(network, p, (x_support,)), y_support)
+        return network.loss(network.apply_params(p, x_support), y_support)
 
     grad_and_loss = torch.func.grad_and_value(support_loss)
     losses = []
@@ -65,5 +64,5 @@ def adapt(
 def predict(network: MetaNetwork, params: Params, x_support: Tensor, x_query: Tensor) -> Tensor:
     """Query outputs of adapted ``params``; normalization statistics come from the support set."""
     n_support = x_support.shape[0]
-    outputs = functional_call(network, params, (torch.cat([x_support, x_query]),), {"n_ref": n_support})
+    outputs = network.apply_params(params, torch.cat([x_support, x_query]), n_support)
     return outputs[n_support:]

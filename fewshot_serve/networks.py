@@ -1,8 +1,8 @@
 """The networks that get meta-learned: Conv4 for images, a small MLP for sinusoid regression.
 
-Both are ordinary ``nn.Module``s whose parameters are only ever *read* through
-``torch.func.functional_call`` with a params dict, so one module instance can serve any number
-of concurrent adaptations without copies.
+Both are ``nn.Module``s that own the meta-parameters, but compute as pure functions of a
+params dict (:meth:`MetaNetwork.apply_params`), so one instance serves any number of concurrent
+adaptations without copies and without ever being modified.
 
 Two choices here matter for serving:
 
@@ -42,33 +42,40 @@ def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> 
 
 
 class SupportBatchNorm(nn.Module):
-    """Affine BatchNorm whose statistics come from the support rows of the batch."""
+    """The affine parameters of a BatchNorm whose statistics come from the support rows."""
 
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
-        return support_norm(x, self.weight, self.bias, n_ref)
-
 
 class ConvBlock(nn.Module):
-    """3x3 conv -> support BatchNorm -> ReLU -> 2x2 max-pool."""
+    """Parameters of 3x3 conv -> support BatchNorm -> ReLU -> 2x2 max-pool."""
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
         self.norm = SupportBatchNorm(out_channels)
 
-    def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
-        return F.max_pool2d(F.relu(self.norm(self.conv(x), n_ref)), 2)
-
 
 class MetaNetwork(nn.Module):
-    """What the inner loop needs from a network besides ``forward(x, n_ref)``."""
+    """A network whose computation is a pure function of a params dict.
+
+    The modules only own and name the meta-parameters. :meth:`apply_params` computes with any
+    params dict without touching the module, so concurrent adaptations on one instance are safe
+    (``torch.func.functional_call`` would swap the module's attributes during each call, and two
+    threads would see each other's weights).
+    """
 
     task_kind: str  # "classification" or "regression"
+
+    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        """The network's output on ``x`` with ``params``; normalization statistics from ``x[:n_ref]``."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.apply_params(dict(self.named_parameters()), x, n_ref)
 
     def config(self) -> dict[str, Any]:
         """The architecture's hyper-parameters, enough for :func:`build_network` to rebuild it."""
@@ -110,13 +117,43 @@ class Conv4(MetaNetwork):
             "image_size": self.image_size,
         }
 
-    def features(self, x: Tensor, n_ref: int | None = None) -> Tensor:
-        for block in self.blocks:
-            x = block(x, n_ref)
-        return x.flatten(1)
+    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        for i in range(len(self.blocks)):
+            prefix = f"blocks.{i}."
+            x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
+            x = support_norm(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"], n_ref)
+            x = F.max_pool2d(F.relu(x), 2)
+        return F.linear(x.flatten(1), params["head.weight"], params["head.bias"])
 
-    def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.head(self.features(x, n_ref))
+    @torch.no_grad()
+    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+        """The adapted classifier as a plain eval-mode network ending in softmax.
+
+        Each BatchNorm's support statistics under ``params`` become its running statistics, so
+        the result computes exactly what :func:`~fewshot_serve.inner_loop.predict` does, one
+        image at a time, from standard layers that export to ONNX.
+        """
+        layers: list[nn.Module] = []
+        x = x_support
+        for i in range(len(self.blocks)):
+            prefix = f"blocks.{i}."
+            weight = params[prefix + "conv.weight"]
+            conv = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=3, padding=1)
+            conv.weight.copy_(weight)
+            conv.bias.copy_(params[prefix + "conv.bias"])
+            h = conv.to(x.device)(x)
+            norm = nn.BatchNorm2d(weight.shape[0], eps=BN_EPS)
+            norm.weight.copy_(params[prefix + "norm.weight"])
+            norm.bias.copy_(params[prefix + "norm.bias"])
+            norm.running_mean.copy_(h.mean(dim=(0, 2, 3)))
+            norm.running_var.copy_(h.var(dim=(0, 2, 3), unbiased=False))
+            block = [conv, norm.to(x.device).eval(), nn.ReLU(), nn.MaxPool2d(2)]
+            x = nn.Sequential(*block[1:])(h)
+            layers += block
+        head = nn.Linear(self.feature_dim, params["head.weight"].shape[0])
+        head.weight.copy_(params["head.weight"])
+        head.bias.copy_(params["head.bias"])
+        return nn.Sequential(*layers, nn.Flatten(), head, nn.Softmax(dim=-1)).to(x.device).eval()
 
     def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
         params = dict(meta_params)
@@ -143,8 +180,10 @@ class SinusoidMLP(MetaNetwork):
     def config(self) -> dict[str, Any]:
         return {"architecture": "mlp", "hidden": self.hidden}
 
-    def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.layers(x)
+    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        for index in (0, 2):
+            x = F.relu(F.linear(x, params[f"layers.{index}.weight"], params[f"layers.{index}.bias"]))
+        return F.linear(x, params["layers.4.weight"], params["layers.4.bias"])
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.mse_loss(outputs, targets)

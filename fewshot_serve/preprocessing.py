@@ -3,6 +3,7 @@
 A :class:`Preprocessing` is part of a model file's recipe. Training decodes each dataset image
 once through :meth:`Preprocessing.to_uint8` and keeps the result; serving sends every upload
 through the same method, so the pixels a served model sees are made exactly as in training.
+This module needs only numpy and Pillow, so the ONNX runtime path works without torch.
 """
 
 from __future__ import annotations
@@ -15,9 +16,7 @@ from pathlib import Path
 from typing import Any, Union
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
 
 #: Anything :func:`open_image` accepts.
 ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
@@ -128,8 +127,8 @@ class Preprocessing:
         fields["std"] = tuple(float(v) for v in fields["std"])
         return cls(**fields)
 
-    def to_uint8(self, image: Image.Image) -> Tensor:
-        """Colour-convert, fit and resize one decoded image to a ``[C, S, S]`` uint8 tensor."""
+    def to_uint8(self, image: Image.Image) -> np.ndarray:
+        """Colour-convert, fit and resize one decoded image to a ``[C, S, S]`` uint8 array."""
         pil = _flatten_onto_paper(image)
         pil = pil.convert("L" if self.channels == 1 else "RGB")
         if self.fit == "pad" and pil.width != pil.height:
@@ -140,12 +139,17 @@ class Preprocessing:
         array = np.asarray(pil, dtype=np.uint8)
         if self.invert:
             array = 255 - array
-        tensor = torch.from_numpy(array.copy())
-        return tensor.unsqueeze(0) if self.channels == 1 else tensor.permute(2, 0, 1).contiguous()
+        return np.ascontiguousarray(array[None] if self.channels == 1 else array.transpose(2, 0, 1))
 
-    def normalize(self, images: Tensor) -> Tensor:
-        """uint8 ``[..., C, S, S]`` -> standardized float32 on the same device."""
+    def normalize(self, images):
+        """uint8 ``[..., C, S, S]`` (torch tensor or numpy array) -> standardized float32."""
         shape = (-1, 1, 1)
+        if isinstance(images, np.ndarray):
+            mean = np.asarray(self.mean, dtype=np.float32).reshape(shape)
+            std = np.asarray(self.std, dtype=np.float32).reshape(shape)
+            return (images.astype(np.float32) / 255.0 - mean) / std
+        import torch
+
         mean = torch.tensor(self.mean, device=images.device).view(shape)
         std = torch.tensor(self.std, device=images.device).view(shape)
         return (images.float() / 255.0 - mean) / std

@@ -1,0 +1,44 @@
+"""Export an adapted classifier to ONNX, with its labels and preprocessing in the metadata."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import torch
+from torch import nn
+
+from .atomic import atomic_output
+from .preprocessing import Preprocessing
+
+LABELS_KEY = "fewshot_serve.labels"
+PREPROCESSING_KEY = "fewshot_serve.preprocessing"
+INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
+
+
+def export_onnx(network: nn.Module, labels: list[str], preprocessing: Preprocessing, path: str | os.PathLike) -> None:
+    """Write ``network`` (float images ``[batch, C, S, S]`` -> probabilities) to ``path`` atomically."""
+    import onnx
+
+    example = torch.zeros(2, preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
+    cpu_network = network.to("cpu") if next(network.parameters()).device.type != "cpu" else network
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            cpu_network, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},),
+        )
+    model = program.model_proto
+    onnx.helper.set_model_props(model, {
+        LABELS_KEY: json.dumps(labels),
+        PREPROCESSING_KEY: json.dumps(preprocessing.to_dict()),
+    })
+    model.doc_string = (
+        "fewshot-serve adapted classifier. Input 'images': float32 [batch, C, S, S], made from each image by "
+        "the preprocessing in metadata '" + PREPROCESSING_KEY + "' (grayscale/RGB, fit, resize to S, optional "
+        "inversion, /255, (x - mean) / std). Output 'probabilities': [batch, classes] in the order of '"
+        + LABELS_KEY + "'."
+    )
+    with atomic_output(path) as temporary:
+        onnx.save(model, str(temporary))

@@ -1,0 +1,157 @@
+"""The adaptation API: load a model file, adapt it to a user's support set, classify queries.
+
+An upload's path to a prediction::
+
+    FewShotModel.adapt(support)                     this file: validate the request
+      -> open_image / Preprocessing.to_uint8        preprocessing.py: decode, fit, resize as trained
+      -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
+      -> Conv4.freeze                               networks.py: adapted weights + support statistics
+    AdaptedClassifier.classify(queries)             this file: the frozen network, softmax
+
+The meta-learned weights are read, never written: every adaptation builds its own tensors, so
+concurrent requests (threads of one server) cannot see each other's classes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .inner_loop import adapt
+from .model_file import Recipe, load_model
+from .networks import MetaNetwork
+from .preprocessing import ImageError, ImageLike, Preprocessing, open_image
+from .sources import pick_device
+
+#: Request limits (documented in README.md); beyond them a request is refused with InputError.
+MAX_CLASSES = 100
+MAX_IMAGES_PER_CLASS = 100
+MAX_SUPPORT_IMAGES = 500
+MAX_QUERIES = 500
+MAX_LABEL_LENGTH = 100
+
+
+class InputError(ValueError):
+    """A request that cannot be served as given; the message says what to change."""
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None) -> "FewShotModel":
+    """Load a model file for serving. ``device=None``: CUDA when present, else CPU."""
+    device = pick_device(None if device is None else str(device))
+    network, recipe = load_model(path, device)
+    if network.task_kind != "classification":
+        raise InputError(f"{path} is a {network.task_kind} model; serving classifies images")
+    return FewShotModel(network, recipe, device)
+
+
+class FewShotModel:
+    """A meta-learned initialization ready to adapt to new classes."""
+
+    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device) -> None:
+        self.network, self.recipe, self.device = network, recipe, device
+        self.preprocessing: Preprocessing = recipe.image_preprocessing()
+        self._meta_params = {k: v.detach() for k, v in network.named_parameters()}
+        for param in network.parameters():
+            param.requires_grad_(False)
+
+    def prepare(self, images: Sequence[ImageLike], what: str) -> np.ndarray:
+        """Decode and preprocess images into one uint8 ``[n, C, S, S]`` array."""
+        return np.stack([self.preprocessing.to_uint8(open_image(image, f"{what} #{i + 1}"))
+                         for i, image in enumerate(images)])
+
+    def adapt(self, support: Mapping[str, Sequence[ImageLike]], steps: int | None = None) -> "AdaptedClassifier":
+        """Adapt to ``{label: [images...]}`` with the file's inner loop (``steps=None``: its test-time steps)."""
+        started = time.perf_counter()
+        labels = validate_support(support)
+        steps = self.recipe.test_steps if steps is None else steps
+        if not isinstance(steps, int) or not 0 <= steps <= 100:
+            raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
+        arrays, targets = [], []
+        for index, (label, images) in enumerate(zip(labels, support.values())):
+            arrays.append(self.prepare(images, f"class {label!r} image"))
+            targets += [index] * len(images)
+        x = self.preprocessing.normalize(torch.from_numpy(np.concatenate(arrays)).to(self.device))
+        y = torch.tensor(targets, device=self.device)
+        start = self.network.task_parameters(self._meta_params, len(labels))
+        adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True)
+        losses = adaptation.support_losses.tolist()
+        if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
+            raise InputError("adaptation diverged on these images (non-finite loss); try fewer steps")
+        classifier = self.network.freeze(adaptation.params, x)
+        return AdaptedClassifier(labels, classifier, self, losses, time.perf_counter() - started)
+
+
+def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
+    """Check a support set's shape and names; returns the cleaned labels in order."""
+    if not isinstance(support, Mapping):
+        raise InputError("the support set must be a mapping {label: [images, ...]}")
+    if len(support) < 2:
+        raise InputError(f"at least 2 classes are needed, got {len(support)}")
+    if len(support) > MAX_CLASSES:
+        raise InputError(f"at most {MAX_CLASSES} classes per request, got {len(support)}")
+    labels, total = [], 0
+    for name, images in support.items():
+        label = name.strip() if isinstance(name, str) else ""
+        if not label:
+            raise InputError(f"class names must be non-empty text, got {name!r}")
+        if len(label) > MAX_LABEL_LENGTH:
+            raise InputError(f"class name {label[:20]!r}... is longer than {MAX_LABEL_LENGTH} characters")
+        if label in labels:
+            raise InputError(f"class name {label!r} is used twice")
+        if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
+            raise InputError(f"class {label!r}: give a list of images")
+        if len(images) == 0:
+            raise InputError(f"class {label!r} has no images")
+        if len(images) > MAX_IMAGES_PER_CLASS:
+            raise InputError(f"class {label!r} has {len(images)} images; at most {MAX_IMAGES_PER_CLASS} per class")
+        labels.append(label)
+        total += len(images)
+    if total > MAX_SUPPORT_IMAGES:
+        raise InputError(f"{total} support images; at most {MAX_SUPPORT_IMAGES} per request")
+    return labels
+
+
+@dataclass
+class AdaptedClassifier:
+    """A classifier for one user's classes: the frozen adapted network and its labels."""
+
+    labels: list[str]
+    network: nn.Sequential  # eval mode; images -> probabilities
+    model: FewShotModel
+    support_losses: list[float]  # support loss before each inner step
+    seconds: float  # wall time of adapt()
+
+    def probabilities(self, x: Tensor) -> Tensor:
+        """Preprocessed float input ``[n, C, S, S]`` -> class probabilities ``[n, ways]``."""
+        with torch.inference_mode():
+            return self.network(x.to(self.model.device))
+
+    def classify(self, queries: Sequence[ImageLike]) -> list[dict[str, float]]:
+        """Class probabilities (summing to 1) for each query image, in the order of ``labels``."""
+        if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
+            raise InputError("queries must be a list of images")
+        if len(queries) == 0:
+            raise InputError("no query images given")
+        if len(queries) > MAX_QUERIES:
+            raise InputError(f"{len(queries)} queries; at most {MAX_QUERIES} per request")
+        uint8 = torch.from_numpy(self.model.prepare(queries, "query"))
+        x = self.model.preprocessing.normalize(uint8)
+        rows = self.probabilities(x).cpu().tolist()
+        return [dict(zip(self.labels, row)) for row in rows]
+
+    def export_onnx(self, path: str | os.PathLike) -> None:
+        """Write this classifier as ONNX (float images ``[batch, C, S, S]`` -> probabilities).
+
+        Its metadata holds the labels and the preprocessing, which :class:`OnnxClassifier` applies.
+        """
+        from .onnx_export import export_onnx
+
+        export_onnx(self.network, self.labels, self.model.preprocessing, path)
+
+
