@@ -1,0 +1,232 @@
+"""The Gradio app: name classes, upload or draw a few images of each, Adapt, then classify queries.
+
+Each browser session keeps its own :class:`AdaptedClassifier` in ``gr.State``; the shared
+:class:`FewShotModel` is never modified, so many users adapt at once without seeing each other's
+classes. Every handler turns bad input into a readable ``gr.Error`` message, never a traceback.
+
+The ``classify`` API endpoint does the whole round trip in one call for ``gradio_client``::
+
+    from gradio_client import Client, handle_file
+    client = Client("http://127.0.0.1:7860/")
+    result = client.predict([handle_file("a1.png"), handle_file("b1.png")], '["alpha", "beta"]',
+                            [handle_file("query.png")], api_name="/classify")
+    # {"labels": ["alpha", "beta"], "predictions": [{"alpha": 0.97, "beta": 0.03}], "adapt_seconds": 0.05}
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+from PIL import Image
+
+from .preprocessing import MAX_IMAGE_PIXELS
+from .serving import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, load
+
+UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveals more)
+SHOWN_AT_START = 5
+MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per file
+
+LIMITS_TEXT = (
+    f"Limits: up to {MAX_CLASSES} classes and {MAX_IMAGES_PER_CLASS} images per class, {MAX_QUERIES} queries per "
+    f"request, {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_IMAGE_PIXELS // 10**6} megapixels per image."
+)
+
+
+def readable_errors(handler: Callable) -> Callable:
+    """Show bad input as its message and anything unexpected as a short notice, never a traceback."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return handler(*args)
+        except gr.Error:
+            raise
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:  # keep serving; the details stay in the server log
+            raise gr.Error(f"Something went wrong ({type(error).__name__}); please try again.") from error
+
+    return wrapper
+
+
+def drawn_image(sketch: Any) -> Image.Image | None:
+    """The sketchpad's drawing, or None when nothing was drawn."""
+    if not isinstance(sketch, dict) or sketch.get("composite") is None:
+        return None
+    composite = sketch["composite"]
+    image = composite if isinstance(composite, Image.Image) else Image.fromarray(np.asarray(composite))
+    pixels = np.asarray(image.convert("RGBA"))
+    drawn = pixels[..., 3] > 0 if image.mode in ("RGBA", "LA") else pixels[..., :3].min(-1) < 250
+    return image if drawn.any() else None
+
+
+def file_paths(files: Any) -> list[str]:
+    """Paths of gr.File uploads, refusing files over the size limit before decoding them."""
+    paths = []
+    for item in files or []:
+        path = item if isinstance(item, str) else getattr(item, "name", None) or item.get("path")
+        if os.path.getsize(path) > MAX_UPLOAD_BYTES:
+            raise ValueError(f"{Path(path).name} is larger than {MAX_UPLOAD_BYTES // 2**20} MB")
+        paths.append(path)
+    return paths
+
+
+def loss_plot(losses: list[float]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(4, 2.4))
+    axis.plot(range(len(losses)), losses, marker="o")
+    axis.set_xlabel("inner step")
+    axis.set_ylabel("support loss")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+def top3_caption(row: dict[str, float]) -> str:
+    best = sorted(row.items(), key=lambda item: -item[1])[:3]
+    return " · ".join(f"{label} {100 * p:.0f}%" for label, p in best)
+
+
+def build_app(model: FewShotModel) -> gr.Blocks:
+    """The page and its handlers around one loaded model."""
+
+    @readable_errors
+    def add_drawing(sketch: Any, drawings: list) -> tuple[list, list, None]:
+        image = drawn_image(sketch)
+        if image is None:
+            raise ValueError("draw something on the sketchpad first")
+        drawings = drawings + [image]
+        return drawings, drawings, None
+
+    @readable_errors
+    def adapt_to_support(*slots: Any) -> tuple[AdaptedClassifier, str, Any]:
+        names, uploads, drawings = slots[:UI_CLASSES], slots[UI_CLASSES : 2 * UI_CLASSES], slots[2 * UI_CLASSES :]
+        support: dict[str, list] = {}
+        for name, files, drawn in zip(names, uploads, drawings):
+            images = file_paths(files) + list(drawn or [])
+            if not (name or "").strip() and not images:
+                continue  # an unused slot
+            if not (name or "").strip():
+                raise ValueError("every class with images needs a name")
+            if name.strip() in support:
+                raise ValueError(f"class name {name.strip()!r} is used twice")
+            support[name.strip()] = images
+        adapted = model.adapt(support)
+        status = (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
+                  f"({len(adapted.support_losses)} steps on {model.device.type.upper()}).")
+        return adapted, status, loss_plot(adapted.support_losses)
+
+    @readable_errors
+    def classify_queries(adapted: AdaptedClassifier | None, files: Any, sketch: Any) -> tuple[list, dict]:
+        if adapted is None:
+            raise ValueError("press Adapt first")
+        queries: list = file_paths(files)
+        drawing = drawn_image(sketch)
+        if drawing is not None:
+            queries.append(drawing)
+        rows = adapted.classify(queries)
+        gallery = [(q if isinstance(q, Image.Image) else str(q), top3_caption(r)) for q, r in zip(queries, rows)]
+        return gallery, rows[-1]
+
+    @readable_errors
+    def export_classifier(adapted: AdaptedClassifier | None) -> str:
+        if adapted is None:
+            raise ValueError("press Adapt first")
+        path = Path(tempfile.mkdtemp(prefix="fewshot-onnx-")) / "fewshot-classifier.onnx"
+        adapted.export_onnx(path)
+        return str(path)
+
+    @readable_errors
+    def classify_api(support_files: Any, labels_json: str, query_files: Any) -> dict[str, Any]:
+        """One-call API: support files with one label each (a JSON list), then query files."""
+        try:
+            labels = json.loads(labels_json)
+        except (TypeError, json.JSONDecodeError):
+            raise ValueError("labels must be a JSON list with one class name per support file") from None
+        paths = file_paths(support_files)
+        if not isinstance(labels, list) or len(labels) != len(paths):
+            raise ValueError(f"got {len(paths)} support files but {len(labels) if isinstance(labels, list) else 0} labels")
+        support: dict[str, list] = {}
+        for label, path in zip(labels, paths):
+            support.setdefault(str(label).strip(), []).append(path)
+        adapted = model.adapt(support)
+        return {"labels": adapted.labels, "predictions": adapted.classify(file_paths(query_files)),
+                "adapt_seconds": round(adapted.seconds, 4)}
+
+    recipe = model.recipe
+    with gr.Blocks(title="fewshot-serve") as app:
+        gr.Markdown(
+            "# fewshot-serve\nName a few classes, give each one or more images (upload or draw), press **Adapt**, "
+            f"then classify new images. Model: `{recipe.algorithm}` {recipe.network['architecture']} meta-trained on "
+            f"{recipe.dataset}; adapts in {recipe.test_steps} gradient steps.\n\n{LIMITS_TEXT}"
+        )
+        adapted_state = gr.State(None)
+        names, uploads, drawings, slots = [], [], [], []
+        with gr.Row():
+            for index in range(UI_CLASSES):
+                with gr.Column(visible=index < SHOWN_AT_START, min_width=220) as slot:
+                    name = gr.Textbox(label=f"Class {index + 1} name", max_length=100)
+                    files = gr.File(label="Upload images", file_count="multiple", file_types=["image"])
+                    sketch = gr.Sketchpad(label="…or draw", type="pil", height=220, canvas_size=(280, 280))
+                    add = gr.Button("Add drawing", size="sm")
+                    drawn = gr.State([])
+                    gallery = gr.Gallery(label="Drawings", height=90, columns=6)
+                    add.click(add_drawing, [sketch, drawn], [drawn, gallery, sketch], api_visibility="private")
+                names.append(name)
+                uploads.append(files)
+                drawings.append(drawn)
+                slots.append(slot)
+        shown = gr.State(SHOWN_AT_START)
+        add_class = gr.Button("Add class")
+        add_class.click(lambda n: (min(n + 1, UI_CLASSES), *[gr.Column(visible=i < n + 1) for i in range(UI_CLASSES)]),
+                        shown, [shown, *slots], api_visibility="private")
+        adapt_button = gr.Button("Adapt", variant="primary")
+        with gr.Row():
+            status = gr.Markdown()
+            plot = gr.Plot(label="Support loss during adaptation")
+        adapt_button.click(adapt_to_support, [*names, *uploads, *drawings], [adapted_state, status, plot], api_visibility="private")
+
+        gr.Markdown("## Classify")
+        with gr.Row():
+            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"])
+            query_sketch = gr.Sketchpad(label="…or draw a query", type="pil", height=220, canvas_size=(280, 280))
+        classify_button = gr.Button("Classify", variant="primary")
+        with gr.Row():
+            results = gr.Gallery(label="Queries with their top-3 classes", columns=6)
+            last = gr.Label(label="Last query", num_top_classes=3)
+        classify_button.click(classify_queries, [adapted_state, query_files, query_sketch], [results, last],
+                              api_visibility="private")
+        with gr.Row():
+            export_button = gr.Button("Prepare ONNX download")
+            download = gr.DownloadButton("Download ONNX", value=None)
+        export_button.click(export_classifier, adapted_state, download, api_visibility="private")
+
+        api_support = gr.File(file_count="multiple", visible=False)
+        api_labels = gr.Textbox(visible=False)
+        api_queries = gr.File(file_count="multiple", visible=False)
+        api_result = gr.JSON(visible=False)
+        gr.Button(visible=False).click(classify_api, [api_support, api_labels, api_queries], api_result,
+                                       api_name="classify")
+    return app
+
+
+def launch(model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
+           block: bool = True) -> gr.Blocks:
+    """Load ``model_path`` and serve the app; ``block=False`` returns once it is listening (tests)."""
+    app = build_app(load(model_path))
+    app.queue(default_concurrency_limit=4)
+    app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
+               max_file_size=MAX_UPLOAD_BYTES, show_error=False, quiet=not block)
+    return app
