@@ -139,7 +139,7 @@ class Preprocessing:
         array = np.asarray(pil, dtype=np.uint8)
         if self.invert:
             array = 255 - array
-        return np.ascontiguousarray(array[None] if self.channels == 1 else array.transpose(2, 0, 1))
+        return np.array(array[None] if self.channels == 1 else array.transpose(2, 0, 1), order="C")  # writable copy
 
     def normalize(self, images):
         """uint8 ``[..., C, S, S]`` (torch tensor or numpy array) -> standardized float32."""

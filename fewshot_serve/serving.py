@@ -69,15 +69,27 @@ class FewShotModel:
         """Adapt to ``{label: [images...]}`` with the file's inner loop (``steps=None``: its test-time steps)."""
         started = time.perf_counter()
         labels = validate_support(support)
-        steps = self.recipe.test_steps if steps is None else steps
-        if not isinstance(steps, int) or not 0 <= steps <= 100:
-            raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
         arrays, targets = [], []
         for index, (label, images) in enumerate(zip(labels, support.values())):
             arrays.append(self.prepare(images, f"class {label!r} image"))
             targets += [index] * len(images)
         x = self.preprocessing.normalize(torch.from_numpy(np.concatenate(arrays)).to(self.device))
-        y = torch.tensor(targets, device=self.device)
+        adapted = self.adapt_tensors(x, torch.tensor(targets, device=self.device), labels, steps)
+        adapted.seconds = time.perf_counter() - started
+        return adapted
+
+    def adapt_tensors(
+        self, x: Tensor, y: Tensor, labels: Sequence[str] | int, steps: int | None = None
+    ) -> "AdaptedClassifier":
+        """Adapt to preprocessed support images ``x`` with targets ``y`` in ``range(len(labels))``.
+
+        ``labels`` may be a class count, for callers that have no names (benchmarks).
+        """
+        started = time.perf_counter()
+        labels = [str(i) for i in range(labels)] if isinstance(labels, int) else list(labels)
+        steps = self.recipe.test_steps if steps is None else steps
+        if not isinstance(steps, int) or not 0 <= steps <= 100:
+            raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
         start = self.network.task_parameters(self._meta_params, len(labels))
         adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True)
         losses = adaptation.support_losses.tolist()

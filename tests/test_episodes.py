@@ -94,3 +94,38 @@ def test_sinusoid_tasks_follow_the_maml_ranges():
     y = torch.cat([batch.y_support, batch.y_query], 1)
     assert x.shape == (500, 25, 1) and x.min() >= -5 and x.max() <= 5
     assert y.abs().max() <= 5.0 and y.abs().amax(1).max() > 4.0
+
+
+def test_omniglot_reads_the_torchvision_layout(tmp_path):
+    from conftest import write_class_tree
+    from fewshot_serve.datasets import load_omniglot
+
+    for part, alphabets in (("images_background", ("Alpha", "Beta")), ("images_evaluation", ("Gamma",))):
+        for alphabet in alphabets:
+            write_class_tree(tmp_path / "omniglot-py" / part / alphabet, classes=2, per_class=3)
+    classes = load_omniglot(tmp_path, Preprocessing(28, 1, True, "pad", (0.0,), (1.0,)))
+    assert classes.groups == ["Alpha", "Alpha", "Beta", "Beta", "Gamma", "Gamma"]
+    assert classes.names[0] == "Alpha/class00" and classes.images.shape == (18, 1, 28, 28)
+
+
+def test_cifar_fs_uses_the_standard_64_16_20_class_split(monkeypatch):
+    import numpy as np
+    import torchvision.datasets
+
+    from fewshot_serve.datasets import CIFAR_FS_TEST, CIFAR_FS_VAL, load_cifar100, split_cifar_fs
+
+    names = sorted(CIFAR_FS_VAL + CIFAR_FS_TEST + [f"train_class_{i:02d}" for i in range(64)])
+
+    class FakeCIFAR100:  # CIFAR-100's shape: uint8 HxWx3 images, fine labels, class names
+        def __init__(self, root, train, download):
+            count = 3 if train else 1
+            self.classes = names
+            self.targets = [c for c in range(100) for _ in range(count)]
+            self.data = np.full((100 * count, 32, 32, 3), 7, dtype=np.uint8)
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", FakeCIFAR100)
+    classes = load_cifar100("unused", Preprocessing(32, 3, False, "squash", (0.0,) * 3, (1.0,) * 3), download=False)
+    assert classes.counts().tolist() == [4] * 100 and classes.images.shape == (400, 3, 32, 32)
+    splits = split_cifar_fs(classes)
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [64, 16, 20]
+    assert set(splits["test"].names) == set(CIFAR_FS_TEST)

@@ -1,0 +1,200 @@
+"""Adaptation latency: load -> adapt -> classify, ours against the textbook baseline, peers and the FLOP bound.
+
+    python benchmarks/adapt_latency.py [--model models/omniglot-conv4.safetensors] [--repeats 50]
+
+For 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries, at the file's test-time step
+count, every contestant adapts the same weights on the same preprocessed inputs and classifies the
+same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound, and writes JSON.
+
+* ours: ``FewShotModel.adapt_tensors`` + ``AdaptedClassifier.probabilities`` (the serving path
+  minus image decoding).
+* textbook: deep-copy the module, ``torch.optim.SGD``, ``.backward()`` per step (the MAML tutorial).
+* higher / learn2learn: run when importable (``pip install -r benchmarks/requirements-peers.txt``).
+* bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+import fewshot_serve
+from fewshot_serve.networks import Conv4
+
+ROOT = Path(__file__).resolve().parents[1]
+SETTINGS = ((5, 1), (5, 5), (20, 1))
+QUERIES = 75
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq) -> torch.Tensor:
+    """The tutorial way: a deep copy per task, an SGD optimizer, backward() per step."""
+    learner = copy.deepcopy(network)
+    learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
+    learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
+    for param in learner.parameters():
+        param.requires_grad_(True)
+    optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lrs[min(step, len(lrs) - 1)]
+        optimizer.zero_grad()
+        F.cross_entropy(learner(xs), ys).backward()
+        optimizer.step()
+    with torch.no_grad():
+        return learner(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+
+
+def conv4_flops(network: Conv4, n_images: int) -> float:
+    """Multiply-adds x 2 of one forward pass of Conv4 over ``n_images`` (convolutions and head)."""
+    flops, side, channels = 0.0, network.image_size, network.in_channels
+    for _ in range(4):
+        flops += 2 * side * side * network.filters * channels * 9
+        side, channels = side // 2, network.filters
+    return n_images * (flops + 2 * network.feature_dim)
+
+
+def measured_peak_flops(seconds: float = 1.0) -> float:
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    timed(lambda: a @ b, repeats=3)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        count += 1
+    return count * 2 * 1024**3 / (time.perf_counter() - start)
+
+
+def optional_peers() -> dict[str, Callable]:
+    peers: dict[str, Callable] = {}
+    try:
+        import higher  # noqa: F401
+
+        def with_higher(network, ways, lrs, steps, xs, ys, xq):
+            learner = copy.deepcopy(network)
+            learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
+            learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
+            optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
+            with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt):
+                for _ in range(steps):
+                    diffopt.step(F.cross_entropy(fmodel(xs), ys))
+                with torch.no_grad():
+                    return fmodel(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+
+        peers["higher"] = with_higher
+    except ImportError:
+        pass
+    try:
+        import learn2learn
+
+        def with_learn2learn(network, ways, lrs, steps, xs, ys, xq):
+            learner = copy.deepcopy(network)
+            learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
+            learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
+            clone = learn2learn.algorithms.MAML(learner, lr=lrs[0], first_order=True).clone()
+            for _ in range(steps):
+                clone.adapt(F.cross_entropy(clone(xs), ys))
+            with torch.no_grad():
+                return clone(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+
+        peers["learn2learn"] = with_learn2learn
+    except ImportError:
+        pass
+    return peers
+
+
+def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
+    model = fewshot_serve.load(model_path, device=device)
+    network, recipe = model.network, model.recipe
+    steps, lrs = recipe.test_steps, list(recipe.inner_lrs)
+    size, channels = recipe.network["image_size"], recipe.network["in_channels"]
+    peak = measured_peak_flops() if device == "cpu" else None
+    peers = {"textbook": textbook, **optional_peers()}
+    report = {"machine": platform.processor() or platform.machine(), "device": device,
+              "threads": torch.get_num_threads(), "steps": steps, "peak_matmul_gflops": peak and peak / 1e9,
+              "settings": {}}
+    generator = torch.Generator().manual_seed(0)
+    for ways, shots in settings:
+        xs = torch.randn(ways * shots, channels, size, size, generator=generator).to(device)
+        ys = torch.arange(ways).repeat_interleave(shots).to(device)
+        xq = torch.randn(QUERIES, channels, size, size, generator=generator).to(device)
+        sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+        def ours():
+            probabilities = model.adapt_tensors(xs, ys, ways).probabilities(xq)
+            sync()
+            return probabilities
+
+        reference = ours()
+        row = {"ours": timed(ours, repeats)}
+        for name, peer in peers.items():
+            def call(peer=peer):
+                result = peer(network, ways, lrs, steps, xs, ys, xq)
+                sync()
+                return result
+            torch.testing.assert_close(call(), reference, atol=1e-4, rtol=1e-3)  # same work, same answer
+            row[name] = timed(call, repeats)
+        # forward + backward (~3x forward) per step on the support, then one forward on support + queries
+        flops = steps * 3 * conv4_flops(network, len(xs)) + conv4_flops(network, len(xs) + QUERIES)
+        entry = {name: {"p50_ms": 1e3 * percentile(t, 0.5), "p95_ms": 1e3 * percentile(t, 0.95)}
+                 for name, t in row.items()}
+        entry["gflop"] = flops / 1e9
+        if peak:
+            entry["bound_ms"] = 1e3 * flops / peak
+        report["settings"][f"{ways}-way {shots}-shot"] = entry
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"device {report['device']}, {report['threads']} threads, {report['steps']} steps, {QUERIES} queries"
+          + (f", peak matmul {report['peak_matmul_gflops']:.0f} GFLOP/s" if report["peak_matmul_gflops"] else ""))
+    for setting, entry in report["settings"].items():
+        ours = entry["ours"]["p50_ms"]
+        print(f"\n{setting}: {entry['gflop']:.2f} GFLOP of work")
+        for name, times in entry.items():
+            if isinstance(times, dict):
+                ratio = "" if name == "ours" else f"   {name} / ours = {times['p50_ms'] / ours:.2f}x"
+                print(f"  {name:12s} p50 {times['p50_ms']:8.2f} ms   p95 {times['p95_ms']:8.2f} ms{ratio}")
+        if "bound_ms" in entry:
+            print(f"  {'FLOP bound':12s}     {entry['bound_ms']:8.2f} ms          ours / bound = {ours / entry['bound_ms']:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4.safetensors")
+    parser.add_argument("--repeats", type=int, default=50)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt_latency.json")
+    args = parser.parse_args()
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    reports = [run(args.model, args.repeats, device) for device in devices]
+    for report in reports:
+        print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(reports, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
