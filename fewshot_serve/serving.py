@@ -142,7 +142,7 @@ class AdaptedClassifier:
     def probabilities(self, x: Tensor) -> Tensor:
         """Preprocessed float input ``[n, C, S, S]`` -> class probabilities ``[n, ways]``."""
         with torch.inference_mode():
-            return self.network(x.to(self.model.device))
+            return self.network(x.to(self.model.device).contiguous(memory_format=torch.channels_last))
 
     def classify(self, queries: Sequence[ImageLike]) -> list[dict[str, float]]:
         """Class probabilities (summing to 1) for each query image, in the order of ``labels``."""
