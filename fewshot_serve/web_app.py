@@ -16,6 +16,7 @@ The ``classify`` API endpoint does the whole round trip in one call for ``gradio
 from __future__ import annotations
 
 import functools
+import html
 import json
 import os
 import tempfile
@@ -48,8 +49,8 @@ def readable_errors(handler: Callable) -> Callable:
             return handler(*args)
         except gr.Error:
             raise
-        except ValueError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+        except ValueError as error:  # escaped: the page renders error messages as HTML
+            raise gr.Error(html.escape(str(error)), print_exception=False) from None
         except Exception as error:  # keep serving; the details stay in the server log
             raise gr.Error(f"Something went wrong ({type(error).__name__}); please try again.") from error
 

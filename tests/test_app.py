@@ -77,3 +77,96 @@ def test_blank_sketchpad_counts_as_no_drawing():
     inked = blank.copy()
     inked.putpixel((10, 10), (0, 0, 0, 255))
     assert drawn_image({"composite": inked}) is inked
+
+
+def image_file(folder, name, image, **save_options):
+    path = folder / name
+    image.save(path, **save_options)
+    return handle_file(str(path))
+
+
+@pytest.fixture(scope="module")
+def odd_files(tmp_path_factory):
+    """Each odd upload of issue 5, keyed by what it is."""
+    from PIL import Image
+
+    folder = tmp_path_factory.mktemp("odd")
+    glyph = draw_glyph(40, 7)
+    files = {
+        "animated gif": image_file(folder, "anim.gif", glyph, save_all=True,
+                                   append_images=[draw_glyph(41, 1), draw_glyph(42, 1)], duration=100),
+        "16-bit png": image_file(folder, "deep.png", Image.fromarray(
+            (__import__("numpy").asarray(glyph, dtype="uint16") * 257).astype("uint16"))),
+        "cmyk jpeg": image_file(folder, "cmyk.jpg", glyph.convert("CMYK")),
+        "alpha png": image_file(folder, "alpha.png", glyph.convert("RGBA")),
+        "1x1 png": image_file(folder, "tiny.png", Image.new("L", (1, 1), 0)),
+        "all black": image_file(folder, "black.png", Image.new("L", (28, 28), 0)),
+        "all white": image_file(folder, "white.png", Image.new("L", (28, 28), 255)),
+    }
+    (folder / "empty.png").write_bytes(b"")
+    files["0-byte file"] = handle_file(str(folder / "empty.png"))
+    whole = folder / "whole.png"
+    glyph.save(whole)
+    (folder / "truncated.png").write_bytes(whole.read_bytes()[:-40])
+    files["truncated png"] = handle_file(str(folder / "truncated.png"))
+    Image.new("1", (20000, 20000)).save(folder / "bomb.png")
+    files["decompression bomb"] = handle_file(str(folder / "bomb.png"))
+    return files
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("0-byte file", "empty"), ("truncated png", "not a readable image"),
+    ("decompression bomb", "decompression bomb|pixels is more than"),
+])
+def test_broken_uploads_get_a_clear_message(server, glyph_files, odd_files, kind, message):
+    with pytest.raises(Exception, match=message):
+        server.predict([handle_file(glyph_files[0, 0]), odd_files[kind]], '["a", "b"]',
+                       [handle_file(glyph_files[0, 2])], api_name="/classify")
+
+
+@pytest.mark.parametrize("kind", ["animated gif", "16-bit png", "cmyk jpeg", "alpha png", "1x1 png",
+                                  "all black", "all white"])
+def test_unusual_but_valid_uploads_are_classified(server, glyph_files, odd_files, kind):
+    result = server.predict([handle_file(glyph_files[0, 0]), odd_files[kind]], '["a", "b"]',
+                            [odd_files[kind], handle_file(glyph_files[0, 2])], api_name="/classify")
+    assert all(abs(sum(row.values()) - 1) < 1e-4 for row in result["predictions"])
+
+
+@pytest.mark.parametrize("labels, message", [
+    (["x", "x"], "at least 2 classes"),  # the same label twice is one class
+    (["ok", "   "], "non-empty"),
+    (["ok"], "2 support files but 1 labels"),
+])
+def test_bad_labels_get_a_clear_message(server, glyph_files, labels, message):
+    with pytest.raises(Exception, match=message):
+        server.predict([handle_file(glyph_files[0, 0]), handle_file(glyph_files[1, 0])], json.dumps(labels),
+                       [handle_file(glyph_files[0, 2])], api_name="/classify")
+
+
+def test_html_in_class_names_stays_text(server, glyph_files, tmp_path):
+    name = "<script>alert(1)</script>"
+    result = server.predict([handle_file(glyph_files[0, 0]), handle_file(glyph_files[1, 0])],
+                            json.dumps([name, "<b>bold</b>"]), [handle_file(glyph_files[0, 2])], api_name="/classify")
+    assert result["labels"] == [name, "<b>bold</b>"]
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    with pytest.raises(Exception) as raised:  # echoed in an error message: escaped, not markup
+        server.predict([handle_file(glyph_files[0, 0]), handle_file(str(fake))],
+                       json.dumps(["ok", name]), [handle_file(glyph_files[0, 2])], api_name="/classify")
+    assert "&lt;script&gt;" in str(raised.value) and "<script>" not in str(raised.value)
+
+
+def test_request_limits_are_enforced_with_a_clear_message(server, glyph_files):
+    one = handle_file(glyph_files[0, 0])
+    with pytest.raises(Exception, match="at most 100 classes"):
+        server.predict([one] * 200, json.dumps([f"c{i}" for i in range(200)]), [one], api_name="/classify")
+    # just past each limit (tests/test_serving.py sends 500 images in a class and 1000 queries)
+    with pytest.raises(Exception, match="at most 100 per class"):
+        server.predict([one] * 101 + [handle_file(glyph_files[1, 0])], json.dumps(["a"] * 101 + ["b"]), [one],
+                       api_name="/classify")
+    with pytest.raises(Exception, match="at most 500 per request"):
+        server.predict([one, handle_file(glyph_files[1, 0])], '["a", "b"]', [one] * 501, api_name="/classify")
+    with pytest.raises(Exception, match="no query images"):
+        server.predict([one, handle_file(glyph_files[1, 0])], '["a", "b"]', [], api_name="/classify")
+    result = server.predict([one, handle_file(glyph_files[1, 0])], '["a", "b"]', [one], api_name="/classify")
+    assert result["labels"] == ["a", "b"]  # and the server still answers

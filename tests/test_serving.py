@@ -147,7 +147,8 @@ def decompression_bomb() -> bytes:
     ({"a": [draw_glyph(0, 0)], " a ": [draw_glyph(1, 0)]}, "used twice"),
     ({"a": [draw_glyph(0, 0)], "b": draw_glyph(1, 0)}, "list of images"),
     ({f"c{i}": [draw_glyph(0, 0)] for i in range(MAX_CLASSES + 1)}, f"at most {MAX_CLASSES} classes"),
-    ({"a": [draw_glyph(0, 0)] * (MAX_IMAGES_PER_CLASS + 1), "b": [draw_glyph(1, 0)]}, "at most"),
+    ({"a": [draw_glyph(0, 0)] * 500, "b": [draw_glyph(1, 0)]}, f"at most {MAX_IMAGES_PER_CLASS} per class"),
+    ({f"c{i}": [draw_glyph(0, 0)] for i in range(200)}, f"at most {MAX_CLASSES} classes"),
 ])
 def test_bad_support_sets_raise_input_error(model, support, message):
     with pytest.raises(InputError, match=message):
@@ -182,6 +183,8 @@ def test_empty_queries_are_refused(model):
         adapted.classify([])
     with pytest.raises(InputError, match="list of images"):
         adapted.classify(draw_glyph(0, 0))
+    with pytest.raises(InputError, match="at most 500 per request"):
+        adapted.classify([draw_glyph(0, 0)] * 1000)
 
 
 def test_blank_images_give_finite_probabilities(model):
