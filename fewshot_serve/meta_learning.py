@@ -64,13 +64,15 @@ def task_outcome(
     inner_lrs: Sequence[float],
     steps: int,
     first_order: bool,
+    composable: bool,
 ) -> tuple[Tensor, Tensor, Params, Params]:
     """Adapt to one task; return its query loss, metric, start and adapted parameters.
 
     The metric is accuracy for classification and the loss itself (MSE) for regression.
+    ``composable`` must be True under ``torch.func`` transforms (see :func:`adapt`).
     """
     start = network.task_parameters(meta_params, ways)
-    adapted = adapt(network, start, x_support, y_support, inner_lrs, steps, first_order).params
+    adapted = adapt(network, start, x_support, y_support, inner_lrs, steps, first_order, composable).params
     outputs = predict(network, adapted, x_support, x_query)
     loss = network.loss(outputs, y_query)
     if network.task_kind == "classification":
@@ -114,13 +116,29 @@ def meta_gradient(
         task_outcome, network, ways=batch.ways, inner_lrs=inner.inner_lrs, steps=inner.train_steps,
         first_order=first_order,
     )
+    data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
+    if vectorize:
+        def mean_query_loss(params: Params) -> tuple[Tensor, Tensor]:
+            task = partial(outcome, composable=True)
+            losses, metrics, _, _ = vmap(task, in_dims=(None, 0, 0, 0, 0))(params, *data)
+            return losses.mean(), metrics.mean()
 
-    def mean_query_loss(params: Params) -> tuple[Tensor, Tensor]:
-        losses, metrics, _, _ = _over_tasks(outcome, params, batch, vectorize)
-        return losses.mean(), metrics.mean()
-
-    grads, (loss, metric) = grad_and_value(mean_query_loss, has_aux=True)(meta_params)
-    return grads, loss.detach(), metric
+        grads, (loss, metric) = grad_and_value(mean_query_loss, has_aux=True)(meta_params)
+        return grads, loss.detach(), metric
+    # The reference: plain autograd, one task's graph alive at a time, gradients accumulated.
+    params = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in meta_params.items()}
+    total: Params = {k: torch.zeros_like(v) for k, v in params.items()}
+    losses, metrics = [], []
+    for task in zip(*data):
+        with torch.enable_grad():
+            loss, metric, _, _ = outcome(params, *task, composable=False)
+            grads = torch.autograd.grad(loss, list(params.values()))
+        for key, grad in zip(params, grads):
+            total[key] += grad
+        losses.append(loss.detach())
+        metrics.append(metric)
+    tasks = len(losses)
+    return {k: v / tasks for k, v in total.items()}, torch.stack(losses).mean(), torch.stack(metrics).mean()
 
 
 def reptile_displacement(
@@ -133,7 +151,7 @@ def reptile_displacement(
     """Mean over tasks of θ'ᵢ − θ, with the per-class head copies folded back into the shared row."""
     outcome = partial(
         task_outcome, network, ways=batch.ways, inner_lrs=inner.inner_lrs, steps=inner.train_steps,
-        first_order=True,
+        first_order=True, composable=vectorize,
     )
 
     def displacement(params: Params, *task: Tensor):
@@ -209,7 +227,8 @@ def adapted_metrics(
     vectorize: bool = True,
 ) -> Tensor:
     """Per-task query metric after ``steps`` inner steps, as at serving (no meta-gradient)."""
-    outcome = partial(task_outcome, network, ways=batch.ways, inner_lrs=inner_lrs, steps=steps, first_order=True)
+    outcome = partial(task_outcome, network, ways=batch.ways, inner_lrs=inner_lrs, steps=steps, first_order=True,
+                      composable=vectorize)
     with torch.no_grad():
         _, metrics, _, _ = _over_tasks(outcome, meta_params, batch, vectorize)
     return metrics

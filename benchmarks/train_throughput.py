@@ -1,0 +1,154 @@
+"""Meta-training throughput: tasks/s and peak memory per algorithm, ours (vmap and loop) against higher.
+
+    python benchmarks/train_throughput.py [--meta-batch 32] [--repeats 3] [--settings 5x1 20x1]
+
+Every contestant computes the outer update of the same Conv4 on the same Omniglot-shaped meta-batch
+(28x28 grayscale, 15 queries per class, 1 inner step at lr 0.4) and is first checked to produce the
+same meta-gradient (or Reptile displacement) as ours. Each contestant runs in a fresh subprocess,
+so its peak resident memory (CPU) or peak allocated memory (CUDA) is its own. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
+from fewshot_serve.networks import Conv4
+
+ROOT = Path(__file__).resolve().parents[1]
+INNER = InnerLoop(inner_lrs=(0.4,), train_steps=1, test_steps=1)
+CONTESTANTS = ("ours-vmap", "ours-loop", "higher")
+
+
+def make_batch(ways: int, shots: int, queries: int, tasks: int, device: str, size: int) -> TaskBatch:
+    g = torch.Generator().manual_seed(0)
+    labels = lambda per: torch.arange(ways).repeat_interleave(per).repeat(tasks, 1).to(device)  # noqa: E731
+    return TaskBatch(torch.randn(tasks, ways * shots, 1, size, size, generator=g).to(device), labels(shots),
+                     torch.randn(tasks, ways * queries, 1, size, size, generator=g).to(device), labels(queries), ways)
+
+
+def higher_update(network: Conv4, batch: TaskBatch, algorithm: str) -> dict[str, torch.Tensor]:
+    """The same outer update written the `higher` way: a module copy with an expanded head per task."""
+    import higher
+
+    meta = copy.deepcopy(network)
+    totals = {k: torch.zeros_like(v) for k, v in meta.named_parameters()}
+    for xs, ys, xq, yq in zip(*batch[:4]):
+        learner = copy.deepcopy(meta)
+        learner.head.weight = torch.nn.Parameter(meta.head.weight.detach().repeat(batch.ways, 1))
+        learner.head.bias = torch.nn.Parameter(meta.head.bias.detach().repeat(batch.ways))
+        optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
+        with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
+                                  track_higher_grads=algorithm == "maml") as (fmodel, diffopt):
+            for _ in range(INNER.train_steps):
+                diffopt.step(F.cross_entropy(fmodel(xs), ys))
+            loss = F.cross_entropy(fmodel(torch.cat([xs, xq]), len(xs))[len(xs):], yq)
+            grads = torch.autograd.grad(loss, fmodel.parameters(time=0) if algorithm == "maml" else fmodel.parameters())
+        for (key, total), grad in zip(totals.items(), grads):
+            total += (grad.sum(0, keepdim=True) if key.startswith("head") else grad) / len(batch.x_support)
+    return totals
+
+
+def update(contestant: str, algorithm: str, network: Conv4, batch: TaskBatch) -> dict[str, torch.Tensor]:
+    params = dict(network.named_parameters())
+    if contestant == "higher":
+        return higher_update(network, batch, algorithm)
+    vectorize = contestant == "ours-vmap"
+    if algorithm == "reptile":
+        return reptile_displacement(network, params, batch, INNER, vectorize)[0]
+    return meta_gradient(network, params, batch, INNER, algorithm == "fomaml", vectorize)[0]
+
+
+def measure(contestant: str, algorithm: str, ways: int, shots: int, queries: int, tasks: int, repeats: int,
+            device: str, size: int) -> dict:
+    torch.manual_seed(0)
+    network = Conv4(1, 64, size).to(device)
+    with torch.no_grad():
+        network.head.weight.normal_(0, 0.01)
+    batch = make_batch(ways, shots, queries, tasks, device, size)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    for _ in range(3):  # warm-up: oneDNN primitives and the allocator's memory settle after a few calls
+        result = update(contestant, algorithm, network, batch)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        update(contestant, algorithm, network, batch)
+    sync()
+    seconds = (time.perf_counter() - start) / repeats
+    peak = (torch.cuda.max_memory_allocated() if device.startswith("cuda")
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    reference = update("ours-loop", algorithm, network, batch)  # after the peak was read
+    scale = max(float(v.abs().max()) for v in reference.values())  # relative to the largest gradient entry
+    error = max(float((result[k] - reference[k]).abs().max()) for k in reference) / scale
+    return {"tasks_per_s": tasks / seconds, "peak_mb": peak / 2**20, "max_relative_difference": error}
+
+
+def run_isolated(contestant: str, algorithm: str, setting: str, args: argparse.Namespace) -> dict | None:
+    command = [sys.executable, __file__, "--one", contestant, algorithm, setting, "--meta-batch", str(args.meta_batch),
+               "--queries", str(args.queries), "--repeats", str(args.repeats), "--device", args.device,
+               "--image-size", str(args.image_size)]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--meta-batch", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--settings", nargs="+", default=["5x1", "20x1"], help="WAYSxSHOTS")
+    parser.add_argument("--algorithms", nargs="+", default=["maml", "fomaml", "reptile"])
+    parser.add_argument("--image-size", type=int, default=28)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
+    parser.add_argument("--one", nargs=3, metavar=("CONTESTANT", "ALGORITHM", "SETTING"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        contestant, algorithm, setting = args.one
+        ways, shots = map(int, setting.split("x"))
+        print(json.dumps(measure(contestant, algorithm, ways, shots, args.queries, args.meta_batch, args.repeats,
+                                 args.device, args.image_size)))
+        return
+    try:
+        import higher  # noqa: F401
+        contestants = CONTESTANTS
+    except ImportError:
+        contestants = CONTESTANTS[:2]
+        print("higher is not installed (pip install -r benchmarks/requirements-peers.txt): comparing ours only")
+    report = {"device": args.device, "threads": torch.get_num_threads(), "meta_batch": args.meta_batch,
+              "queries": args.queries, "results": {}}
+    print(f"device {args.device}, meta-batch {args.meta_batch}, {args.queries} queries/class, 1 inner step")
+    print(f"{'setting':8s} {'algorithm':8s} {'contestant':10s} {'tasks/s':>9s} {'peak MB':>9s} {'rel. diff':>10s}  vs ours-vmap")
+    for setting in args.settings:
+        for algorithm in args.algorithms:
+            rows = {}
+            for contestant in contestants:
+                if contestant == "higher" and algorithm == "reptile":
+                    continue  # higher has no Reptile; the displacement needs no higher-order machinery
+                rows[contestant] = run_isolated(contestant, algorithm, setting, args)
+                row = rows[contestant]
+                if "error" in row:
+                    print(f"{setting:8s} {algorithm:8s} {contestant:10s} failed: {row['error']}")
+                    continue
+                ratio = rows["ours-vmap"]["tasks_per_s"] / row["tasks_per_s"] if "tasks_per_s" in rows.get("ours-vmap", {}) else float("nan")
+                print(f"{setting:8s} {algorithm:8s} {contestant:10s} {row['tasks_per_s']:9.2f} {row['peak_mb']:9.0f} "
+                      f"{row['max_relative_difference']:10.1e}  {ratio:.2f}x")
+            report["results"][f"{setting} {algorithm}"] = rows
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
