@@ -16,6 +16,8 @@ Two choices here matter for serving:
   initial logits equal for every class, so the adapted model is invariant to the order of the
   classes and works for any N >= 2 regardless of the N used in meta-training. Unlike a
   zero-initialized head, the shared row is itself meta-learned (zero is one point it may learn).
+  As with a zero head, the first inner step moves only the head (the loss gradient reaching the
+  features, sum_c (p_c - y_c) w, is zero while the rows are equal), so recipes use >= 2 steps.
 """
 
 from __future__ import annotations

@@ -1,0 +1,46 @@
+"""Each benchmark script runs in a tiny configuration, so none of them rots."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+SHIPPED = ROOT / "models" / "omniglot-conv4.safetensors"
+
+import adapt_latency  # noqa: E402
+import serve_throughput  # noqa: E402
+import train_throughput  # noqa: E402
+
+
+def test_adapt_latency_smoke(capsys):
+    report = adapt_latency.run(SHIPPED, repeats=2, device="cpu", settings=((3, 1),))
+    entry = report["settings"]["3-way 1-shot"]
+    assert {"ours", "textbook", "gflop", "bound_ms"} <= set(entry)  # peers must also agree with ours to be timed
+    adapt_latency.print_table(report)
+    assert "ours / bound" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("contestant", ["ours-vmap", "ours-loop"])
+@pytest.mark.parametrize("algorithm", ["maml", "fomaml", "reptile"])
+def test_train_throughput_smoke(contestant, algorithm):
+    row = train_throughput.measure(contestant, algorithm, ways=3, shots=1, queries=2, tasks=2, repeats=1,
+                                   device="cpu", size=16)
+    assert row["tasks_per_s"] > 0 and row["max_relative_difference"] < 1e-4
+
+
+def test_train_throughput_peer_smoke():
+    pytest.importorskip("higher", reason="higher is a benchmark-only peer (benchmarks/requirements-peers.txt)")
+    row = train_throughput.measure("higher", "maml", ways=3, shots=1, queries=2, tasks=2, repeats=1,
+                                   device="cpu", size=16)
+    assert row["max_relative_difference"] < 1e-4
+
+
+def test_serve_throughput_smoke():
+    import fewshot_serve
+
+    model = fewshot_serve.load(SHIPPED, device="cpu")
+    row = serve_throughput.concurrency(model, clients=2, requests=1, ways=3, queries=4)
+    assert row["mismatches"] == 0 and row["tasks_per_s"] > 0
+    assert serve_throughput.batched_adaptation(model, tasks=2, ways=3, queries=4, repeats=1)["speedup"] > 0
