@@ -178,8 +178,9 @@ def build_app(model: FewShotModel) -> gr.Blocks:
         with gr.Row():
             for index in range(UI_CLASSES):
                 with gr.Column(visible=index < SHOWN_AT_START, min_width=220) as slot:
-                    name = gr.Textbox(label=f"Class {index + 1} name", max_length=100)
-                    files = gr.File(label="Upload images", file_count="multiple", file_types=["image"])
+                    name = gr.Textbox(label=f"Class {index + 1} name", max_length=100, elem_id=f"class-{index}-name")
+                    files = gr.File(label="Upload images", file_count="multiple", file_types=["image"],
+                                    elem_id=f"class-{index}-files")
                     sketch = gr.Sketchpad(label="…or draw", type="pil", height=220, canvas_size=(280, 280))
                     add = gr.Button("Add drawing", size="sm")
                     drawn = gr.State([])
@@ -193,20 +194,20 @@ def build_app(model: FewShotModel) -> gr.Blocks:
         add_class = gr.Button("Add class")
         add_class.click(lambda n: (min(n + 1, UI_CLASSES), *[gr.Column(visible=i < n + 1) for i in range(UI_CLASSES)]),
                         shown, [shown, *slots], api_visibility="private")
-        adapt_button = gr.Button("Adapt", variant="primary")
+        adapt_button = gr.Button("Adapt", variant="primary", elem_id="adapt")
         with gr.Row():
-            status = gr.Markdown()
+            status = gr.Markdown(elem_id="status")
             plot = gr.Plot(label="Support loss during adaptation")
         adapt_button.click(adapt_to_support, [*names, *uploads, *drawings], [adapted_state, status, plot], api_visibility="private")
 
         gr.Markdown("## Classify")
         with gr.Row():
-            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"])
+            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"], elem_id="query-files")
             query_sketch = gr.Sketchpad(label="…or draw a query", type="pil", height=220, canvas_size=(280, 280))
-        classify_button = gr.Button("Classify", variant="primary")
+        classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
         with gr.Row():
-            results = gr.Gallery(label="Queries with their top-3 classes", columns=6)
-            last = gr.Label(label="Last query", num_top_classes=3)
+            results = gr.Gallery(label="Queries with their top-3 classes", columns=6, height=320)
+            last = gr.Label(label="Last query", num_top_classes=3, elem_id="last-query")
         classify_button.click(classify_queries, [adapted_state, query_files, query_sketch], [results, last],
                               api_visibility="private")
         with gr.Row():

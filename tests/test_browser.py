@@ -1,0 +1,56 @@
+"""A real browser: headless Chromium fills a 3-way support set by upload, adapts, classifies a query."""
+
+import shutil
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import draw_glyph
+from fewshot_serve.web_app import launch
+
+SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
+if not Path(CHROMIUM).exists():
+    pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
+
+
+def test_upload_adapt_and_classify_in_chromium(tmp_path):
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    app = launch(SHIPPED, port=port, block=False)
+    names = ["alpha", "beta", "gamma"]
+    for c, name in enumerate(names):
+        for i in range(2):
+            draw_glyph(500 + c, 10 * c + i).save(tmp_path / f"{name}{i}.png")
+    draw_glyph(501, 99).save(tmp_path / "query.png")  # a new drawing of "beta"
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.locator("#adapt").wait_for(timeout=60_000)
+            for c, name in enumerate(names):
+                page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
+                page.locator(f"#class-{c}-files input[type=file]").set_input_files(
+                    [str(tmp_path / f"{name}{i}.png") for i in range(2)])
+            page.wait_for_timeout(1000)  # let the uploads land
+            page.locator("#adapt").click()
+            page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
+            page.locator("#query-files input[type=file]").set_input_files([str(tmp_path / "query.png")])
+            page.wait_for_timeout(1000)
+            page.locator("#classify").click()
+            top = page.locator("#last-query h2, #last-query .output-class").first
+            top.wait_for(timeout=60_000)
+            page.wait_for_function("document.querySelector('#last-query').innerText.includes('beta')", timeout=60_000)
+            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
+            assert top.inner_text().strip() == "beta"
+            browser.close()
+    finally:
+        app.close()
+    assert (tmp_path / "app.png").stat().st_size > 10_000
