@@ -20,6 +20,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     temporary = target.with_name(f".{target.name}.{os.getpid()}.tmp")
     try:
         yield temporary
+        os.chmod(temporary, 0o644)  # some writers create 0600 files; results are meant to be shared
         with open(temporary, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, target)

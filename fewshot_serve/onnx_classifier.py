@@ -10,7 +10,8 @@ import numpy as np
 
 from .preprocessing import ImageLike, Preprocessing, open_image
 
-LABELS_KEY = "fewshot_serve.labels"  # kept equal to onnx_export's, which imports torch
+#: ONNX metadata keys, shared with onnx_export (which needs torch; this module does not).
+LABELS_KEY = "fewshot_serve.labels"
 PREPROCESSING_KEY = "fewshot_serve.preprocessing"
 
 

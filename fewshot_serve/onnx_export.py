@@ -10,10 +10,9 @@ import torch
 from torch import nn
 
 from .atomic import atomic_output
+from .onnx_classifier import LABELS_KEY, PREPROCESSING_KEY
 from .preprocessing import Preprocessing
 
-LABELS_KEY = "fewshot_serve.labels"
-PREPROCESSING_KEY = "fewshot_serve.preprocessing"
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import socket
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,9 @@ def omniglot_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real Omniglot data not found at {root} (set FEWSHOT_SERVE_DATA to its datasets folder)")
     return root
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

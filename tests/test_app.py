@@ -1,22 +1,15 @@
 """The Gradio app, launched in-process on a free port and driven with gradio_client."""
 
 import json
-import socket
 from pathlib import Path
 
 import pytest
 from gradio_client import Client, handle_file
 
-from conftest import draw_glyph
+from conftest import draw_glyph, free_port
 from fewshot_serve.web_app import drawn_image, launch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """A real browser: headless Chromium fills a 3-way support set by upload, adapts, classifies a query."""
 
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 
-from conftest import draw_glyph
+from conftest import draw_glyph, free_port
 from fewshot_serve.web_app import launch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
@@ -20,9 +19,7 @@ if not Path(CHROMIUM).exists():
 
 
 def test_upload_adapt_and_classify_in_chromium(tmp_path):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     app = launch(SHIPPED, port=port, block=False)
     names = ["alpha", "beta", "gamma"]
     for c, name in enumerate(names):

@@ -12,17 +12,11 @@ import pytest
 from gradio_client import Client, handle_file
 
 import fewshot_serve
-from conftest import draw_glyph
+from conftest import draw_glyph, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "omniglot-conv4.safetensors"
 CLIENTS, FIRST_ROUND, TOTAL = 32, 10, 1000
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def rss_mb(pid: int) -> float:
