@@ -163,3 +163,30 @@ def test_request_limits_are_enforced_with_a_clear_message(server, glyph_files):
         server.predict([one, handle_file(glyph_files[1, 0])], '["a", "b"]', [], api_name="/classify")
     result = server.predict([one, handle_file(glyph_files[1, 0])], '["a", "b"]', [one], api_name="/classify")
     assert result["labels"] == ["a", "b"]  # and the server still answers
+
+
+def raw_classify(url: str, support: list[str], query: list[str]) -> str:
+    """Call /classify over plain HTTP naming server-side paths; returns the event stream's text."""
+    import httpx
+
+    file = lambda path: {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}  # noqa: E731
+    call = f"{url}gradio_api/call/classify"
+    labels = json.dumps([f"c{i}" for i in range(len(support))])
+    event = httpx.post(call, json={"data": [[file(p) for p in support], labels, [file(p) for p in query]]}).json()
+    return httpx.get(f"{call}/{event['event_id']}", timeout=60).text
+
+
+def test_the_page_cannot_make_the_server_read_arbitrary_paths(server, glyph_files, tmp_path):
+    """A request naming a server-side file it never uploaded is refused; uploaded files work."""
+    import httpx
+
+    url = server.src if server.src.endswith("/") else server.src + "/"
+    with open(glyph_files[0, 0], "rb") as a, open(glyph_files[1, 0], "rb") as b:
+        uploaded = httpx.post(f"{url}gradio_api/upload", files=[("files", a), ("files", b)]).json()
+    assert "event: complete" in raw_classify(url, uploaded, uploaded[:1])  # the control: uploads are usable
+    secret = tmp_path / "never-uploaded.png"  # a readable image on the server's disk
+    draw_glyph(9, 9).save(secret)
+    answer = raw_classify(url, [uploaded[0], str(secret)], uploaded[:1])
+    assert "event: error" in answer and "c1" not in answer
+    answer = raw_classify(url, [uploaded[0], str(SHIPPED)], uploaded[:1])
+    assert "event: error" in answer
