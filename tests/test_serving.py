@@ -91,8 +91,11 @@ def test_class_order_does_not_change_predictions(model):
     forward = model.adapt(support).classify(queries)
     backward = model.adapt(dict(reversed(list(support.items())))).classify(queries)
     for a, b in zip(forward, backward):
+        assert max(a, key=a.get) == max(b, key=b.get)
         for label in a:
-            assert a[label] == pytest.approx(b[label], abs=1e-4)  # float32 sums in another order
+            # float32 sums in another order, amplified by 5 steps (up to 1.4e-3 seen with 2 threads);
+            # tests/test_networks.py checks exact invariance in float64 to 1e-9
+            assert a[label] == pytest.approx(b[label], abs=5e-3)
 
 
 def test_unequal_shots_and_many_classes(model):
