@@ -23,4 +23,4 @@ def test_short_fomaml_run_beats_80_percent_on_held_out_alphabets(tmp_path, omnig
     accuracy = evaluate_episodes(network, sampler, (0.4,), 5, episodes=200, seed=0, device=torch.device("cpu"))
     print(f"5-way 1-shot on held-out alphabets {sorted(set(test_alphabets.groups))}: "
           f"{accuracy.mean:.3f} ± {accuracy.ci95:.3f}")
-    assert accuracy.mean - accuracy.ci95 > 0.80  # measured here: 0.906 ± 0.012
+    assert accuracy.mean - accuracy.ci95 > 0.80  # measured here: 0.910 ± 0.011
