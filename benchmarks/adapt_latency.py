@@ -51,11 +51,17 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq) -> torch.Tensor:
-    """The tutorial way: a deep copy per task, an SGD optimizer, backward() per step."""
+def per_task_copy(network: Conv4, ways: int) -> Conv4:
+    """A module copy whose shared head row is repeated once per class: the peers' starting point."""
     learner = copy.deepcopy(network)
     learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
     learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
+    return learner
+
+
+def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq) -> torch.Tensor:
+    """The tutorial way: a deep copy per task, an SGD optimizer, backward() per step."""
+    learner = per_task_copy(network, ways)
     for param in learner.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
@@ -94,9 +100,7 @@ def optional_peers() -> dict[str, Callable]:
         import higher  # noqa: F401
 
         def with_higher(network, ways, lrs, steps, xs, ys, xq):
-            learner = copy.deepcopy(network)
-            learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
-            learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
+            learner = per_task_copy(network, ways)
             optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
             with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt):
                 for _ in range(steps):
@@ -111,9 +115,7 @@ def optional_peers() -> dict[str, Callable]:
         import learn2learn
 
         def with_learn2learn(network, ways, lrs, steps, xs, ys, xq):
-            learner = copy.deepcopy(network)
-            learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
-            learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
+            learner = per_task_copy(network, ways)
             clone = learn2learn.algorithms.MAML(learner, lr=lrs[0], first_order=True).clone()
             for _ in range(steps):
                 clone.adapt(F.cross_entropy(clone(xs), ys))

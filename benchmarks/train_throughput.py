@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
 
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
 from fewshot_serve.networks import Conv4
@@ -44,9 +45,7 @@ def higher_update(network: Conv4, batch: TaskBatch, algorithm: str) -> dict[str,
     meta = copy.deepcopy(network)
     totals = {k: torch.zeros_like(v) for k, v in meta.named_parameters()}
     for xs, ys, xq, yq in zip(*batch[:4]):
-        learner = copy.deepcopy(meta)
-        learner.head.weight = torch.nn.Parameter(meta.head.weight.detach().repeat(batch.ways, 1))
-        learner.head.bias = torch.nn.Parameter(meta.head.bias.detach().repeat(batch.ways))
+        learner = per_task_copy(meta, batch.ways)
         optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):

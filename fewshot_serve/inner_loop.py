@@ -31,6 +31,11 @@ def step_lr(inner_lrs: Sequence[float], step: int) -> float:
     return inner_lrs[min(step, len(inner_lrs) - 1)]
 
 
+def requiring_grad(params: Params) -> Params:
+    """``params`` as tensors autograd can differentiate with respect to (detached copies where needed)."""
+    return {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
+
+
 def adapt(
     network: MetaNetwork,
     params: Params,
@@ -60,7 +65,7 @@ def adapt(
     if composable:
         grad_and_loss = torch.func.grad_and_value(support_loss)
     else:
-        params = {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}
+        params = requiring_grad(params)
     losses = []
     with contextlib.nullcontext() if composable else torch.enable_grad():  # even under an outer no_grad
         for step in range(steps):

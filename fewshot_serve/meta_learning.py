@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from .inner_loop import Params, adapt, predict
+from .inner_loop import Params, adapt, predict, requiring_grad
 from .networks import MetaNetwork
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
@@ -126,7 +126,7 @@ def meta_gradient(
         grads, (loss, metric) = grad_and_value(mean_query_loss, has_aux=True)(meta_params)
         return grads, loss.detach(), metric
     # The reference: plain autograd, one task's graph alive at a time, gradients accumulated.
-    params = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in meta_params.items()}
+    params = requiring_grad(meta_params)
     total: Params = {k: torch.zeros_like(v) for k, v in params.items()}
     losses, metrics = [], []
     for task in zip(*data):
