@@ -192,10 +192,9 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 
 def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: torch.Generator) -> TrainingState:
-    state = load_checkpoint(path)
-    if state.config != config.fingerprint():
-        differing = sorted(k for k in set(state.config) | set(config.fingerprint())
-                           if state.config.get(k) != config.fingerprint().get(k))
+    state, fingerprint = load_checkpoint(path), config.fingerprint()
+    if state.config != fingerprint:
+        differing = sorted(k for k in set(state.config) | set(fingerprint) if state.config.get(k) != fingerprint.get(k))
         raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")
     with torch.no_grad():
         for key, value in state.meta_params.items():
