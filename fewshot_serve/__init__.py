@@ -33,7 +33,7 @@ _EXPORTS = {
     "Conv4": "networks",
     "SinusoidMLP": "networks",
     "TrainConfig": "trainer",
-    "train": "trainer",
+    "Annealing": "meta_learning",
     "DataSpec": "sources",
     "evaluate_episodes": "evaluation",
 }

@@ -57,6 +57,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
     train.add_argument("--vmap", dest="vectorize", action=argparse.BooleanOptionalAction, default=None,
                        help="adapt a meta-batch's tasks in one vmap pass (default: where measured faster)")
+    plus = train.add_argument_group("MAML++ (Antoniou et al. 2019; each off by default)")
+    plus.add_argument("--maml-plus-plus", action="store_true",
+                      help="all five below: learned lrs, per-step norms, multi-step loss over the first 10%% of "
+                           "iterations, first order for the first 30%% (maml), cosine meta-lr")
+    plus.add_argument("--learned-lrs", action="store_true", help="learn an inner lr per layer and step (LSLR)")
+    plus.add_argument("--per-step-norm", action="store_true", help="BatchNorm weights and biases per inner step")
+    plus.add_argument("--multi-step-loss", type=int, default=0, metavar="ITERATIONS",
+                      help="query loss after every inner step, annealed to the last step's over ITERATIONS")
+    plus.add_argument("--first-order-iterations", type=int, default=0, metavar="ITERATIONS",
+                      help="maml: first order for the first ITERATIONS, then second order")
+    plus.add_argument("--cosine-meta-lr", action="store_true", help="cosine-anneal the meta lr to 1%% of --meta-lr")
     train.add_argument("--run-dir", type=Path, default=None, help="checkpoint/log/plot folder (default: OUT.run)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
@@ -101,6 +112,11 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .trainer import TrainConfig, train
 
+    if args.maml_plus_plus:
+        args.learned_lrs = args.per_step_norm = args.cosine_meta_lr = True
+        args.multi_step_loss = args.multi_step_loss or max(1, args.iterations // 10)
+        if args.algorithm == "maml":
+            args.first_order_iterations = args.first_order_iterations or max(1, 3 * args.iterations // 10)
     config = TrainConfig(
         out=args.out, algorithm=args.algorithm,
         data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, args.channels, args.split_seed),
@@ -108,9 +124,13 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         test_steps=args.test_steps, inner_lrs=args.inner_lr, meta_lr=args.meta_lr, meta_batch=args.meta_batch,
         iterations=args.iterations, val_every=args.val_every, val_episodes=args.val_episodes,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, vectorize=args.vectorize,
+        learned_lrs=args.learned_lrs, per_step_norm=args.per_step_norm, multi_step_loss=args.multi_step_loss,
+        first_order_iterations=args.first_order_iterations, cosine_meta_lr=args.cosine_meta_lr,
         run_dir=args.run_dir, resume=args.resume, command="fewshot-serve " + shlex.join(argv),
     )
     result = train(config)
+    if result.model_path is None:  # a torchrun rank other than 0: rank 0 reports
+        return 0
     print(json.dumps({"model": str(result.model_path), "best_val": result.best_score,
                       "best_iteration": result.best_iteration, "seconds": round(result.seconds, 1)}))
     return 0

@@ -21,9 +21,12 @@ Params = dict[str, Tensor]
 
 
 class Adaptation(NamedTuple):
+    #: the network's parameters after the last step, as :meth:`MetaNetwork.apply_params` takes them
     params: Params
     #: support loss before each step, shape ``[steps]`` (what the app plots)
     support_losses: Tensor
+    #: the parameters after each step (``trajectory=True`` only; MAML++'s multi-step loss)
+    trajectory: list[Params]
 
 
 def step_lr(inner_lrs: Sequence[float], step: int) -> float:
@@ -45,8 +48,13 @@ def adapt(
     steps: int,
     first_order: bool = False,
     composable: bool = False,
+    trajectory: bool = False,
 ) -> Adaptation:
     """Take ``steps`` SGD steps from ``params`` on the support loss.
+
+    Only the network's fast weights move; MAML++'s learned learning rates and per-step norm
+    weights (when the network has them) steer the steps and are read, not adapted. ``inner_lrs``
+    is the fixed schedule, used where the network has no learned learning rates.
 
     ``first_order`` treats the inner gradients as constants (FOMAML, Reptile, serving); otherwise
     the steps stay differentiable, so the gradient of anything computed from the result flows
@@ -58,32 +66,38 @@ def adapt(
     baseline with it and 454 MB with nested ``torch.func.grad``. Both compute the same steps, and
     the tests hold the vectorized and looped meta-batches to the same gradients.
     """
+    fast_names = network.fast_weight_names()
+    fixed = {k: v for k, v in params.items() if k not in fast_names}
+    fast = {k: params[k] for k in fast_names}
 
-    def support_loss(p: Params) -> Tensor:
-        return network.loss(network.apply_params(p, x_support), y_support)
+    def support_loss(weights: Params, step: int) -> Tensor:
+        outputs = network.apply_params(network.at_step({**fixed, **weights}, step), x_support)
+        return network.loss(outputs, y_support)
 
     if composable:
         grad_and_loss = torch.func.grad_and_value(support_loss)
     else:
-        params = requiring_grad(params)
-    losses = []
+        fast = requiring_grad(fast)
+    losses, states = [], []
     with contextlib.nullcontext() if composable else torch.enable_grad():  # even under an outer no_grad
         for step in range(steps):
             if composable and first_order:
                 # The enclosing transforms do not record the inner backward at all (cheaper than
                 # detaching afterwards); the inner gradient is still computed by its own transform.
                 with torch.no_grad():
-                    grads, loss = grad_and_loss(params)
+                    grads, loss = grad_and_loss(fast, step)
             elif composable:
-                grads, loss = grad_and_loss(params)
+                grads, loss = grad_and_loss(fast, step)
             else:
-                loss = support_loss(params)
-                grads = dict(zip(params, torch.autograd.grad(loss, list(params.values()), create_graph=not first_order)))
-            lr = step_lr(inner_lrs, step)
-            params = {k: p - lr * grads[k] for k, p in params.items()}
+                loss = support_loss(fast, step)
+                grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)))
+            lrs = network.inner_lrs_at(fixed, step, inner_lrs)
+            fast = {k: p - lrs[k] * grads[k] for k, p in fast.items()}
             losses.append(loss.detach())
+            if trajectory:
+                states.append(network.at_step({**fixed, **fast}, step + 1))
     support_losses = torch.stack(losses) if losses else x_support.new_zeros(0)
-    return Adaptation(params, support_losses)
+    return Adaptation(network.at_step({**fixed, **fast}, steps), support_losses, states)
 
 
 def predict(network: MetaNetwork, params: Params, x_support: Tensor, x_query: Tensor) -> Tensor:

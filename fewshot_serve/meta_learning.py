@@ -13,6 +13,7 @@ per-task loop is kept as the reference the tests compare it with.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Callable, NamedTuple, Sequence
@@ -65,21 +66,28 @@ def task_outcome(
     steps: int,
     first_order: bool,
     composable: bool,
+    step_weights: Sequence[float] | None = None,
 ) -> tuple[Tensor, Tensor, Params, Params]:
     """Adapt to one task; return its query loss, metric, start and adapted parameters.
 
-    The metric is accuracy for classification and the loss itself (MSE) for regression.
-    ``composable`` must be True under ``torch.func`` transforms (see :func:`adapt`).
+    The metric is accuracy for classification and the loss itself (MSE) for regression, both
+    after the last step. ``step_weights`` (MAML++'s multi-step loss) makes the loss the weighted
+    sum of the query losses after every step. ``composable`` must be True under ``torch.func``
+    transforms (see :func:`adapt`).
     """
     start = network.task_parameters(meta_params, ways)
-    adapted = adapt(network, start, x_support, y_support, inner_lrs, steps, first_order, composable).params
-    outputs = predict(network, adapted, x_support, x_query)
+    adaptation = adapt(network, start, x_support, y_support, inner_lrs, steps, first_order, composable,
+                       trajectory=step_weights is not None)
+    outputs = predict(network, adaptation.params, x_support, x_query)
     loss = network.loss(outputs, y_query)
+    if step_weights is not None:
+        loss = sum(weight * network.loss(predict(network, state, x_support, x_query), y_query)
+                   for weight, state in zip(step_weights, adaptation.trajectory))
     if network.task_kind == "classification":
         metric = (outputs.argmax(-1) == y_query).float().mean()
     else:
         metric = loss.detach()
-    return loss, metric, start, adapted
+    return loss, metric, start, adaptation.params
 
 
 def _over_tasks(fn: Callable, meta_params: Params, batch: TaskBatch, vectorize: bool):
@@ -107,14 +115,16 @@ def meta_gradient(
     inner: InnerLoop,
     first_order: bool,
     vectorize: bool = True,
+    step_weights: Sequence[float] | None = None,
 ) -> tuple[Params, Tensor, Tensor]:
     """MAML (``first_order=False``) or FOMAML meta-gradient of the mean query loss.
 
     Returns the gradient for every meta-parameter, the mean query loss and the mean metric.
+    ``step_weights``: MAML++'s multi-step loss (see :func:`task_outcome`).
     """
     outcome = partial(
         task_outcome, network, ways=batch.ways, inner_lrs=inner.inner_lrs, steps=inner.train_steps,
-        first_order=first_order,
+        first_order=first_order, step_weights=step_weights,
     )
     data = (batch.x_support, batch.y_support, batch.x_query, batch.y_query)
     if vectorize:
@@ -177,8 +187,48 @@ def vmap_is_faster(network: MetaNetwork, device: torch.device) -> bool:
     return device.type == "cuda" or network.task_kind != "classification"
 
 
+@dataclass(frozen=True)
+class Annealing:
+    """MAML++'s schedules over a run (Antoniou et al., ICLR 2019); each is off at its default.
+
+    * ``multi_step_loss_iterations``: for this many iterations the query loss after *every*
+      inner step counts, weighted equally at first and annealed towards the last step's; after
+      them only the last step counts. Early on, this gives every step a direct gradient.
+    * ``first_order_iterations``: MAML runs first order (FOMAML) for this many iterations, then
+      second order: cheap, stable early progress, exact gradients to finish.
+    * ``cosine_meta_lr``: Adam's learning rate follows a cosine from the meta learning rate down
+      to 1% of it at the last iteration.
+    """
+
+    multi_step_loss_iterations: int = 0
+    first_order_iterations: int = 0
+    cosine_meta_lr: bool = False
+
+    def step_weights(self, steps: int, iteration: int) -> list[float] | None:
+        """Multi-step loss weights for ``iteration``, or None (last step only) once annealed."""
+        if iteration >= self.multi_step_loss_iterations or steps < 2:
+            return None
+        progress = iteration / self.multi_step_loss_iterations
+        earlier = max((1.0 - progress) / steps, 0.03 / steps)
+        return [earlier] * (steps - 1) + [1.0 - earlier * (steps - 1)]
+
+    def first_order(self, algorithm: str, iteration: int) -> bool:
+        return algorithm == "fomaml" or (algorithm == "maml" and iteration < self.first_order_iterations)
+
+    def meta_lr(self, meta_lr: float, iteration: int, iterations: int) -> float:
+        if not self.cosine_meta_lr:
+            return meta_lr
+        floor = 0.01 * meta_lr
+        return floor + 0.5 * (meta_lr - floor) * (1.0 + math.cos(math.pi * iteration / max(iterations - 1, 1)))
+
+
 class MetaLearner:
-    """Owns the meta-parameters (the network's own parameters) and applies one outer update."""
+    """Owns the meta-parameters (the network's own parameters) and applies one outer update.
+
+    Every schedule is a function of the iteration number alone, so a resumed run continues it
+    exactly. ``reduce`` combines the meta-gradient of this process's share of a meta-batch with
+    the other processes' (see :mod:`fewshot_serve.distributed`); by default there are none.
+    """
 
     def __init__(
         self,
@@ -188,11 +238,15 @@ class MetaLearner:
         meta_lr: float,
         iterations: int,
         vectorize: bool = True,
+        annealing: Annealing = Annealing(),
     ) -> None:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        if algorithm == "reptile" and (network.lr_steps or network.norm_states or annealing != Annealing()):
+            raise ValueError("the MAML++ options need a query loss: use them with maml or fomaml, not reptile")
         self.network, self.algorithm, self.inner = network, algorithm, inner
         self.meta_lr, self.iterations, self.vectorize = meta_lr, iterations, vectorize
+        self.annealing = annealing
         self.meta_params: Params = dict(network.named_parameters())
         # Reptile's outer step is its own interpolation; MAML and FOMAML use Adam as in the papers.
         self.optimizer = None if algorithm == "reptile" else torch.optim.Adam(network.parameters(), lr=meta_lr)
@@ -201,24 +255,35 @@ class MetaLearner:
         """ε, annealed linearly from the meta learning rate to zero over the run."""
         return self.meta_lr * (1.0 - iteration / max(self.iterations, 1))
 
-    def step(self, batch: TaskBatch, iteration: int) -> tuple[float, float]:
-        """One outer update on ``batch``; returns the mean query loss and metric before it."""
+    def update_direction(self, batch: TaskBatch, iteration: int) -> tuple[Params, Tensor, Tensor]:
+        """This iteration's meta-gradient (MAML, FOMAML) or mean displacement (Reptile) on ``batch``."""
         if self.optimizer is None:
-            moved, loss, metric = reptile_displacement(
-                self.network, self.meta_params, batch, self.inner, self.vectorize
-            )
+            return reptile_displacement(self.network, self.meta_params, batch, self.inner, self.vectorize)
+        return meta_gradient(
+            self.network, self.meta_params, batch, self.inner,
+            first_order=self.annealing.first_order(self.algorithm, iteration), vectorize=self.vectorize,
+            step_weights=self.annealing.step_weights(self.inner.train_steps, iteration),
+        )
+
+    def apply(self, direction: Params, iteration: int) -> None:
+        """Move the meta-parameters along ``direction`` (from :meth:`update_direction`)."""
+        if self.optimizer is None:
             epsilon = self.reptile_step_size(iteration)
             with torch.no_grad():
                 for key, theta in self.meta_params.items():
-                    theta.add_(moved[key], alpha=epsilon)
-        else:
-            grads, loss, metric = meta_gradient(
-                self.network, self.meta_params, batch, self.inner, self.algorithm == "fomaml", self.vectorize
-            )
-            for key, theta in self.meta_params.items():
-                theta.grad = grads[key]
-            self.optimizer.step()
-            self.optimizer.zero_grad(set_to_none=True)
+                    theta.add_(direction[key], alpha=epsilon)
+            return
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.annealing.meta_lr(self.meta_lr, iteration, self.iterations)
+        for key, theta in self.meta_params.items():
+            theta.grad = direction[key]
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self, batch: TaskBatch, iteration: int) -> tuple[float, float]:
+        """One outer update on ``batch``; returns the mean query loss and metric before it."""
+        direction, loss, metric = self.update_direction(batch, iteration)
+        self.apply(direction, iteration)
         return float(loss), float(metric)
 
 

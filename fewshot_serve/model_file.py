@@ -1,7 +1,10 @@
 """The model file: meta-learned weights in safetensors, the adaptation recipe in its metadata.
 
 The recipe is everything serving needs to adapt exactly as meta-training did: architecture,
-preprocessing, per-step inner learning rates and step counts. Files are untrusted input: loading
+preprocessing, per-step inner learning rates and step counts. MAML++'s learned learning rates and
+per-step norm weights are tensors of the file like any weight; the recipe's network entry says
+whether the network has them (``lr_steps``, ``norm_states``: format version 2; version 1 files,
+which predate them, still load). Files are untrusted input: loading
 checks the recipe's values and every tensor's name, shape, dtype and finiteness before anything
 is built or computed, and says precisely what is wrong.
 """
@@ -24,7 +27,8 @@ from .meta_learning import ALGORITHMS, InnerLoop
 from .networks import MetaNetwork, build_network
 from .preprocessing import Preprocessing
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 RECIPE_KEY = "fewshot_serve.recipe"
 MAX_STEPS = 100
 MAX_FILTERS = 1024
@@ -113,9 +117,10 @@ def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:
     if not isinstance(data, dict):
         raise ModelFileError(f"{path}: recipe metadata must be a JSON object")
     version = data.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise ModelFileError(
-            f"{path}: unknown format version {version!r}; this fewshot-serve reads version {FORMAT_VERSION}"
+            f"{path}: unknown format version {version!r}; this fewshot-serve reads versions "
+            + ", ".join(map(str, READABLE_VERSIONS))
         )
     try:
         recipe = Recipe(**data)
@@ -144,9 +149,13 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
         problems.append(f"unknown algorithm {recipe.algorithm!r}")
     network = recipe.network if isinstance(recipe.network, dict) else {}
     architecture = network.get("architecture")
+    maml_plus_plus = {"norm_states", "lr_steps"} & set(network)
+    if not all(_is_int(network[key], 0, MAX_STEPS + 1) for key in maml_plus_plus):
+        problems.append(f"norm_states and lr_steps must be integers in [0, {MAX_STEPS + 1}]")
     if architecture == "conv4":
-        if set(network) != {"architecture", "in_channels", "filters", "image_size"}:
-            problems.append("conv4 needs exactly in_channels, filters and image_size")
+        if set(network) - maml_plus_plus != {"architecture", "in_channels", "filters", "image_size"}:
+            problems.append("conv4 needs exactly in_channels, filters and image_size (and optionally "
+                            "norm_states, lr_steps)")
         elif not (_is_int(network["filters"], 1, MAX_FILTERS) and _is_int(network["in_channels"], 1, 3)):
             problems.append(f"conv4 filters must be in [1, {MAX_FILTERS}] and in_channels in [1, 3]")
         try:
@@ -160,8 +169,8 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
             ):
                 problems.append("preprocessing image size/channels disagree with the network")
     elif architecture == "mlp":
-        if set(network) != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
-            problems.append("mlp needs exactly one integer 'hidden' in [1, 4096]")
+        if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
+            problems.append("mlp needs exactly one integer 'hidden' in [1, 4096] (and optionally lr_steps)")
     else:
         problems.append(f"unknown architecture {architecture!r}")
     return problems

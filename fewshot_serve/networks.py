@@ -18,11 +18,20 @@ Two choices here matter for serving:
   zero-initialized head, the shared row is itself meta-learned (zero is one point it may learn).
   As with a zero head, the first inner step moves only the head (the loss gradient reaching the
   features, sum_c (p_c - y_c) w, is zero while the rows are equal), so recipes use >= 2 steps.
+
+Two MAML++ options (Antoniou et al., ICLR 2019) live here too, because they are meta-parameters
+that serving must read from the model file like any weight:
+
+* **Learned per-step learning rates** (``lr_steps > 0``): ``step_lrs[i, k]`` is the inner learning
+  rate of the i-th fast weight (in :meth:`MetaNetwork.fast_weight_names` order) at step k.
+* **Per-step BatchNorm weights** (``norm_states > 0``, Conv4): each norm weight and bias has one
+  row per state of the inner loop (row k is used after k steps). They are learned by the outer
+  loop only, so the inner loop does not adapt them.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,21 +57,25 @@ def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> 
 
 
 class SupportBatchNorm(nn.Module):
-    """The affine parameters of a BatchNorm whose statistics come from the support rows."""
+    """The affine parameters of a BatchNorm whose statistics come from the support rows.
 
-    def __init__(self, channels: int) -> None:
+    With ``states > 0`` the weight and bias hold one row per inner-loop state (MAML++).
+    """
+
+    def __init__(self, channels: int, states: int = 0) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
+        shape = (states, channels) if states else (channels,)
+        self.weight = nn.Parameter(torch.ones(shape))
+        self.bias = nn.Parameter(torch.zeros(shape))
 
 
 class ConvBlock(nn.Module):
     """Parameters of 3x3 conv -> support BatchNorm -> ReLU -> 2x2 max-pool."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
+    def __init__(self, in_channels: int, out_channels: int, norm_states: int = 0) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
-        self.norm = SupportBatchNorm(out_channels)
+        self.norm = SupportBatchNorm(out_channels, norm_states)
 
 
 class MetaNetwork(nn.Module):
@@ -75,6 +88,40 @@ class MetaNetwork(nn.Module):
     """
 
     task_kind: str  # "classification" or "regression"
+    lr_steps: int = 0  # learned per-step inner learning rates (MAML++ LSLR): how many steps
+    norm_states: int = 0  # per-step BatchNorm weights (MAML++ BNWB): rows per norm parameter
+
+    def add_step_lrs(self, steps: int) -> None:
+        """Give every fast weight its own learned learning rate per inner step (call after building)."""
+        self.lr_steps = steps
+        if steps:
+            self.step_lrs = nn.Parameter(torch.zeros(len(self.fast_weight_names()), steps))
+
+    def reset_step_lrs(self, inner_lrs: Sequence[float]) -> None:
+        """Start the learned learning rates at the fixed schedule ``inner_lrs`` (last entry repeats)."""
+        with torch.no_grad():
+            for step in range(self.lr_steps):
+                self.step_lrs[:, step] = inner_lrs[min(step, len(inner_lrs) - 1)]
+
+    def fast_weight_names(self) -> list[str]:
+        """The parameters the inner loop adapts, in ``named_parameters`` order."""
+        return [name for name, _ in self.named_parameters() if self._is_fast_weight(name)]
+
+    def _is_fast_weight(self, name: str) -> bool:
+        return name != "step_lrs"
+
+    def inner_lrs_at(self, params: dict[str, Tensor], step: int, inner_lrs: Sequence[float]) -> dict[str, Any]:
+        """Learning rate of each fast weight at inner step ``step`` (learned ones if the network has them)."""
+        names = self.fast_weight_names()
+        if self.lr_steps:
+            column = params["step_lrs"][:, min(step, self.lr_steps - 1)]
+            return {name: column[i] for i, name in enumerate(names)}
+        lr = inner_lrs[min(step, len(inner_lrs) - 1)]
+        return dict.fromkeys(names, lr)
+
+    def at_step(self, params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        """The params :meth:`apply_params` takes in the inner loop's state ``step`` (after that many steps)."""
+        return {k: v for k, v in params.items() if k != "step_lrs"} if self.lr_steps else params
 
     def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         """The network's output on ``x`` with ``params``; normalization statistics from ``x[:n_ref]``."""
@@ -100,13 +147,16 @@ class Conv4(MetaNetwork):
 
     task_kind = "classification"
 
-    def __init__(self, in_channels: int = 1, filters: int = 64, image_size: int = 28) -> None:
+    def __init__(
+        self, in_channels: int = 1, filters: int = 64, image_size: int = 28, norm_states: int = 0, lr_steps: int = 0
+    ) -> None:
         super().__init__()
         if image_size < 16:
             raise ValueError(f"Conv4 needs images of at least 16x16 pixels, got {image_size}")
         self.in_channels, self.filters, self.image_size = in_channels, filters, image_size
+        self.norm_states = norm_states
         channels = [in_channels, filters, filters, filters, filters]
-        self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(channels, channels[1:]))
+        self.blocks = nn.ModuleList(ConvBlock(a, b, norm_states) for a, b in zip(channels, channels[1:]))
         side = image_size
         for _ in self.blocks:
             side //= 2
@@ -114,6 +164,7 @@ class Conv4(MetaNetwork):
         self.head = nn.Linear(self.feature_dim, 1)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+        self.add_step_lrs(lr_steps)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -121,7 +172,19 @@ class Conv4(MetaNetwork):
             "in_channels": self.in_channels,
             "filters": self.filters,
             "image_size": self.image_size,
+            "norm_states": self.norm_states,
+            "lr_steps": self.lr_steps,
         }
+
+    def _is_fast_weight(self, name: str) -> bool:
+        return super()._is_fast_weight(name) and not (self.norm_states and ".norm." in name)
+
+    def at_step(self, params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        params = super().at_step(params, step)
+        if self.norm_states:
+            row = min(step, self.norm_states - 1)
+            params = {k: v[row] if ".norm." in k else v for k, v in params.items()}
+        return params
 
     def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         for i in range(len(self.blocks)):
@@ -178,15 +241,16 @@ class SinusoidMLP(MetaNetwork):
 
     task_kind = "regression"
 
-    def __init__(self, hidden: int = 40) -> None:
+    def __init__(self, hidden: int = 40, lr_steps: int = 0) -> None:
         super().__init__()
         self.hidden = hidden
         self.layers = nn.Sequential(
             nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
+        self.add_step_lrs(lr_steps)
 
     def config(self) -> dict[str, Any]:
-        return {"architecture": "mlp", "hidden": self.hidden}
+        return {"architecture": "mlp", "hidden": self.hidden, "lr_steps": self.lr_steps}
 
     def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         for index in (0, 2):

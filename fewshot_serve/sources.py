@@ -58,12 +58,17 @@ def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
     return Preprocessing(size, channels, invert, fit, (0.0,) * channels, (1.0,) * channels)
 
 
-def standard_network(spec: DataSpec, preprocessing: Preprocessing | None) -> MetaNetwork:
-    """Conv4 with 64 filters for grayscale characters, 32 for colour images; the MLP for sinusoids."""
+def standard_network(
+    spec: DataSpec, preprocessing: Preprocessing | None, norm_states: int = 0, lr_steps: int = 0
+) -> MetaNetwork:
+    """Conv4 with 64 filters for grayscale characters, 32 for colour images; the MLP for sinusoids.
+
+    ``norm_states`` and ``lr_steps`` add MAML++'s per-step norm weights and learned learning rates.
+    """
     if preprocessing is None:
-        return SinusoidMLP()
+        return SinusoidMLP(lr_steps=lr_steps)
     filters = 64 if preprocessing.channels == 1 else 32
-    return Conv4(preprocessing.channels, filters, preprocessing.image_size)
+    return Conv4(preprocessing.channels, filters, preprocessing.image_size, norm_states, lr_steps)
 
 
 def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:

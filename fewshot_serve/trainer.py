@@ -4,6 +4,10 @@ Everything a run produces lives in its run folder (``checkpoint.safetensors``, `
 ``curves.png``) beside the exported model file. Checkpoints are written atomically every
 ``checkpoint_every`` iterations, so a killed run resumed with ``resume=True`` loses at most that
 much work and, with the same seed, ends with exactly the weights an uninterrupted run would have.
+
+Under ``torchrun`` the ranks share each meta-batch (:mod:`fewshot_serve.distributed`); rank 0
+alone validates and writes. ``--resume`` then needs the run folder on a filesystem every rank
+can read, as each rank restores the checkpoint itself.
 """
 
 from __future__ import annotations
@@ -21,7 +25,8 @@ from tqdm import tqdm
 from .atomic import atomic_output, atomic_write_text
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
-from .meta_learning import ALGORITHMS, InnerLoop, MetaLearner, vmap_is_faster
+from .distributed import Shard, join_from_environment, sharded_step
+from .meta_learning import ALGORITHMS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
 from .model_file import Recipe, save_model
 from .sources import (
     DataSpec,
@@ -57,6 +62,12 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     vectorize: bool | None = None  # None: whichever is faster here (see vmap_is_faster)
+    # MAML++ (Antoniou et al. 2019), each off by default; see networks.py and meta_learning.Annealing
+    learned_lrs: bool = False  # learn a learning rate per fast weight and inner step (LSLR)
+    per_step_norm: bool = False  # BatchNorm weights and biases per inner-loop state (BNWB)
+    multi_step_loss: int = 0  # iterations over which the every-step query loss anneals to the last step's
+    first_order_iterations: int = 0  # MAML: first order for this many iterations, then second order
+    cosine_meta_lr: bool = False  # cosine annealing of Adam's learning rate to 1% of --meta-lr
     run_dir: Path | None = None  # None: <out without suffix>.run
     resume: bool = False
     command: str = ""
@@ -69,6 +80,10 @@ class TrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
         if self.inner_steps < 1:
             raise ValueError("inner-steps must be at least 1")
+        if self.multi_step_loss < 0 or self.first_order_iterations < 0:
+            raise ValueError("multi-step-loss and first-order-iterations must be >= 0")
+        if self.algorithm == "reptile" and self.uses_maml_plus_plus:
+            raise ValueError("the MAML++ options need a query loss: use them with maml or fomaml, not reptile")
         if self.meta_lr is None:
             self.meta_lr = 1.0 if self.algorithm == "reptile" else 1e-3
         if self.test_steps is None:
@@ -76,17 +91,32 @@ class TrainConfig:
         self.out = Path(self.out)
         self.run_dir = Path(self.run_dir) if self.run_dir else self.out.with_suffix(".run")
 
+    @property
+    def uses_maml_plus_plus(self) -> bool:
+        return bool(self.learned_lrs or self.per_step_norm or self.multi_step_loss or self.first_order_iterations
+                    or self.cosine_meta_lr)
+
+    @property
+    def annealing(self) -> Annealing:
+        return Annealing(self.multi_step_loss, self.first_order_iterations, self.cosine_meta_lr)
+
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         settings = asdict(self)
         for volatile in ("resume", "command", "device", "vectorize", "out", "run_dir"):
             settings.pop(volatile)
+        for option in MAML_PLUS_PLUS_OPTIONS:  # absent from runs made before they existed
+            if not settings[option]:
+                settings.pop(option)
         return json.loads(json.dumps(settings, default=str))
+
+
+MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
 
 
 @dataclass
 class TrainResult:
-    model_path: Path
+    model_path: Path | None  # None on torchrun ranks other than 0, which write nothing
     best_score: float | None
     best_iteration: int
     seconds: float
@@ -100,6 +130,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     """Meta-train as ``config`` says and export the best-validating initialization."""
     started = time.perf_counter()
     device = pick_device(config.device)
+    shard, joined = join_from_environment(cuda=device.type == "cuda")
+    if device.type == "cuda" and shard.world > 1:
+        device = torch.device("cuda", shard.local_rank)
+    try:
+        return _train(config, progress and shard.is_main, device, shard, started)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Shard, started: float) -> TrainResult:
     spec = config.data
     preprocessing = standard_preprocessing(spec)
     splits: dict[str, Any] = {"train": None, "val": None, "test": None}
@@ -112,15 +153,23 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     train_tasks, val_tasks = sample("train", True), sample("val", False)
 
     torch.manual_seed(config.seed)
-    network = standard_network(spec, preprocessing).to(device)
+    network = standard_network(
+        spec, preprocessing,
+        norm_states=config.inner_steps + 1 if config.per_step_norm else 0,
+        lr_steps=config.inner_steps if config.learned_lrs else 0,
+    )
+    network.reset_step_lrs(config.inner_lrs)
+    network.to(device)
     inner = InnerLoop(config.inner_lrs, config.inner_steps, config.test_steps)
     vectorize = vmap_is_faster(network, device) if config.vectorize is None else config.vectorize
-    learner = MetaLearner(network, config.algorithm, inner, config.meta_lr, config.iterations, vectorize)
+    learner = MetaLearner(network, config.algorithm, inner, config.meta_lr, config.iterations, vectorize,
+                          config.annealing)
     generator = torch.Generator().manual_seed(config.seed)
     higher = higher_is_better(network.task_kind)
 
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if shard.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, log_path = run_dir / "checkpoint.safetensors", run_dir / "log.jsonl"
     log: list[dict[str, Any]] = []
     state = TrainingState(0, {}, {k: v.detach().clone() for k, v in learner.meta_params.items()}, None, 0,
@@ -146,6 +195,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     )
 
     def checkpoint(iteration: int) -> None:
+        if not shard.is_main:
+            return
         state.iteration = iteration
         state.meta_params = {k: v.detach().clone() for k, v in learner.meta_params.items()}
         state.optimizer = None if learner.optimizer is None else learner.optimizer.state_dict()
@@ -161,7 +212,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     for iteration in range(state.iteration, config.iterations):
         tic = time.perf_counter()
         batch = train_tasks.sample(generator, config.meta_batch, device)
-        loss, metric = learner.step(batch, iteration)
+        loss, metric = sharded_step(learner, batch, iteration, shard)
         if not math.isfinite(loss):
             raise FloatingPointError(
                 f"meta-training diverged at iteration {iteration + 1} (query loss {loss}); lower --inner-lr or "
@@ -172,7 +223,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
         log.append({"iteration": done, "loss": loss, "metric": metric, "tasks_per_s": rate})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", **{"acc" if higher else "mse": f"{metric:.3f}"}, tasks_s=f"{rate:.0f}")
-        if done % config.val_every == 0 or done == config.iterations:
+        if shard.is_main and (done % config.val_every == 0 or done == config.iterations):
             result = evaluate_episodes(
                 network, val_tasks, config.inner_lrs, config.test_steps, config.val_episodes, VALIDATION_SEED, device
             )
@@ -188,7 +239,8 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     bar.close()
     if state.iteration < config.iterations:  # nothing ran (resumed a finished run): still export
         checkpoint(config.iterations)
-    return TrainResult(config.out, state.best_score, state.best_iteration, time.perf_counter() - started)
+    model_path = config.out if shard.is_main else None
+    return TrainResult(model_path, state.best_score, state.best_iteration, time.perf_counter() - started)
 
 
 def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: torch.Generator) -> TrainingState:

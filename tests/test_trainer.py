@@ -55,7 +55,7 @@ def test_a_crashed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_p
     straight = train(config(tmp_path / "straight", glyph_tree, algorithm=algorithm), progress=False)
 
     crashing = config(tmp_path / "crashed", glyph_tree, algorithm=algorithm)
-    real_step, calls = MetaLearner.step, []
+    real_step, calls = MetaLearner.update_direction, []
 
     def step_then_crash(self, batch, iteration):
         calls.append(iteration)
@@ -63,10 +63,10 @@ def test_a_crashed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_p
             raise KeyboardInterrupt
         return real_step(self, batch, iteration)
 
-    monkeypatch.setattr(MetaLearner, "step", step_then_crash)
+    monkeypatch.setattr(MetaLearner, "update_direction", step_then_crash)
     with pytest.raises(KeyboardInterrupt):
         train(crashing, progress=False)
-    monkeypatch.setattr(MetaLearner, "step", real_step)
+    monkeypatch.setattr(MetaLearner, "update_direction", real_step)
     assert load_checkpoint(crashing.run_dir / "checkpoint.safetensors").iteration == 2
     crashing.resume = True
     resumed = train(crashing, progress=False)
