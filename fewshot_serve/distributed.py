@@ -79,7 +79,7 @@ def sharded_direction(
     dist.all_reduce(flat)
     parts = flat.split([direction[k].numel() for k in keys] + [1, 1])
     reduced = {k: part.view_as(direction[k]) for k, part in zip(keys, parts)}
-    return reduced, parts[-2][0], parts[-1][0]
+    return reduced, parts[-2][0].to(loss.dtype), parts[-1][0].to(metric.dtype)
 
 
 def sharded_step(learner: MetaLearner, batch: TaskBatch, iteration: int, shard: Shard) -> tuple[float, float]:

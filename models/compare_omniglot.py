@@ -4,8 +4,11 @@
 
 For each model: accuracy in each ``--settings`` (default 5-way 1-shot; mean ± 95% CI over 600
 episodes of the test split, 15 queries per class, at the file's test-time step count), and 5-way
-1-shot accuracy against the number of adaptation steps. Every model is scored on the very same episodes. Writes
-``omniglot-comparison.json`` and ``omniglot-accuracy-vs-steps.png`` next to this script.
+1-shot accuracy against the number of adaptation steps. Every model is scored on the very same
+episodes. Results are keyed by ``--names`` (default: the algorithm) and merged into
+``<output>.json`` next to this script, so models evaluated in separate runs share one table;
+``<output>.png`` plots accuracy against steps for every model in it. ``--output`` defaults to
+``omniglot-comparison`` (and the plot to ``omniglot-accuracy-vs-steps.png``, as published).
 """
 
 from __future__ import annotations
@@ -33,11 +36,17 @@ def main() -> None:
     parser.add_argument("--settings", nargs="+", default=["5x1"], help="WAYSxSHOTS, e.g. 5x1 5x5 20x1")
     parser.add_argument("--curve-episodes", type=int, default=100)
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--names", nargs="+", default=None, help="one label per model (default: its algorithm)")
+    parser.add_argument("--output", default=None, help="base name of the JSON and PNG (default: the published ones)")
     args = parser.parse_args()
+    if args.names is not None and len(args.names) != len(args.models):
+        parser.error("give one --names label per model")
+    json_path = HERE / f"{args.output or 'omniglot-comparison'}.json"
+    png_path = HERE / (f"{args.output}.png" if args.output else "omniglot-accuracy-vs-steps.png")
     device = torch.device("cpu")
-    results = {}
+    results = json.loads(json_path.read_text()) if json_path.exists() else {}
     splits = None
-    for path in args.models:
+    for index, path in enumerate(args.models):
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
         if splits is None:
@@ -49,34 +58,34 @@ def main() -> None:
             sampler = ImageEpisodes(splits["test"], preprocessing, ways, shots, queries=15)
             result = evaluate_episodes(network, sampler, lrs, recipe.test_steps, args.episodes, seed=0, device=device)
             entry[f"{ways}-way {shots}-shot"] = {"accuracy": result.mean, "ci95": result.ci95}
-            print(f"{recipe.algorithm:8s} {ways:2d}-way {shots}-shot: {100 * result.mean:.2f} ± {100 * result.ci95:.2f}%")
+            print(f"{path.name} {ways:2d}-way {shots}-shot: {100 * result.mean:.2f} ± {100 * result.ci95:.2f}%")
         sampler = ImageEpisodes(splits["test"], preprocessing, 5, 1, queries=15)
         entry["5-way 1-shot by steps"] = {
-            steps: evaluate_episodes(network, sampler, lrs, steps, args.curve_episodes, seed=1, device=device).mean
+            str(steps): evaluate_episodes(network, sampler, lrs, steps, args.curve_episodes, seed=1, device=device).mean
             for steps in STEP_COUNTS
         }
-        results[recipe.algorithm] = entry
-    atomic_write_text(HERE / "omniglot-comparison.json", json.dumps(results, indent=2) + "\n")
-    plot(results)
+        results[args.names[index] if args.names else recipe.algorithm] = entry
+        atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+    plot(results, png_path)
 
 
-def plot(results: dict) -> None:
+def plot(results: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(5, 3.4))
-    for algorithm, entry in results.items():
+    for name, entry in results.items():
         curve = entry["5-way 1-shot by steps"]
-        axis.plot(list(curve), [100 * v for v in curve.values()], marker="o", label=algorithm)
+        axis.plot([int(k) for k in curve], [100 * v for v in curve.values()], marker="o", label=name)
     axis.set_xlabel("adaptation steps at test time")
     axis.set_ylabel("5-way 1-shot accuracy (%)")
     axis.set_title("Omniglot, held-out alphabets")
     axis.grid(alpha=0.3)
     axis.legend()
     figure.tight_layout()
-    with atomic_output(HERE / "omniglot-accuracy-vs-steps.png") as temporary:
+    with atomic_output(path) as temporary:
         figure.savefig(temporary, format="png", dpi=100)
 
 
