@@ -26,7 +26,8 @@ def _lrs(text: str) -> tuple[float, ...]:
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=None,
-                       help="dataset folder (default: $FEWSHOT_SERVE_DATA or ../shared/datasets)")
+                       help="the dataset's folder (default: omniglot/images_background_subset, cifar100/ or "
+                            "mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
     group.add_argument("--download", action="store_true", help="download Omniglot / CIFAR-100 with torchvision")
 
 

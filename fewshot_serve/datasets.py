@@ -7,6 +7,7 @@ indexing and never touches the disk.
 
 from __future__ import annotations
 
+import csv
 import os
 import random
 from concurrent.futures import ThreadPoolExecutor
@@ -72,12 +73,20 @@ def load_class_folders(
     class_dirs: Sequence[tuple[str, str, Path]], preprocessing: Preprocessing, description: str
 ) -> ImageClasses:
     """Decode every image of ``(name, group, folder)`` classes with ``preprocessing``."""
-    files: list[list[Path]] = []
-    for name, _, folder in class_dirs:
+    classes = []
+    for name, group, folder in class_dirs:
         images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not images:
             raise ValueError(f"class {name!r} has no images in {folder}")
-        files.append(images)
+        classes.append((name, group, images))
+    return load_class_files(classes, preprocessing, description)
+
+
+def load_class_files(
+    classes: Sequence[tuple[str, str, Sequence[Path]]], preprocessing: Preprocessing, description: str
+) -> ImageClasses:
+    """Decode the image files of ``(name, group, files)`` classes with ``preprocessing``, in parallel."""
+    files = [list(paths) for _, _, paths in classes]
     flat = [path for paths in files for path in paths]
 
     def decode(path: Path) -> Tensor:
@@ -89,8 +98,8 @@ def load_class_folders(
     return ImageClasses(
         images=torch.stack(decoded),
         offsets=torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)]),
-        names=[name for name, _, _ in class_dirs],
-        groups=[group for _, group, _ in class_dirs],
+        names=[name for name, _, _ in classes],
+        groups=[group for _, group, _ in classes],
     )
 
 
@@ -155,7 +164,11 @@ CIFAR_FS_TEST = (
 
 
 def load_cifar100(root: Path, preprocessing: Preprocessing, download: bool) -> ImageClasses:
-    """All 60,000 CIFAR-100 images (train and test parts) grouped by fine class, via torchvision."""
+    """All 60,000 CIFAR-100 images (train and test parts) grouped by fine class, via torchvision.
+
+    CIFAR-100's Python files are pickles; torchvision unpickles them only after their MD5 sums
+    match the official release, so nothing but that release is ever unpickled.
+    """
     from torchvision.datasets import CIFAR100
 
     parts = [CIFAR100(str(root), train=train, download=download) for train in (True, False)]
@@ -176,6 +189,40 @@ def load_cifar100(root: Path, preprocessing: Preprocessing, download: bool) -> I
 
 
 SPLITS = ("train", "val", "test")
+
+
+def load_mini_imagenet(root: Path, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    """miniImageNet from the Ravi & Larochelle split files: ``root/{train,val,test}.csv`` and ``root/images/``.
+
+    Each CSV has a ``filename,label`` header and one row per image; the split files define the
+    64/16/20 class split, so no seed is involved. Image names must be plain file names inside
+    ``images/`` (a CSV cannot point elsewhere on the disk).
+    """
+    root = Path(root)
+    images = root / "images"
+    missing = [str(root / f"{split}.csv") for split in SPLITS if not (root / f"{split}.csv").is_file()]
+    if missing or not images.is_dir():
+        raise FileNotFoundError(
+            f"miniImageNet not found at {root}: it needs train.csv, val.csv, test.csv and an images/ folder "
+            f"(the Ravi & Larochelle release); missing {', '.join(missing) or str(images)}"
+        )
+    splits = {}
+    for split in SPLITS:
+        by_label: dict[str, list[Path]] = {}
+        with open(root / f"{split}.csv", newline="") as handle:
+            rows = csv.reader(handle)
+            if [cell.strip() for cell in next(rows, [])] != ["filename", "label"]:
+                raise ValueError(f"{root / f'{split}.csv'}: expected the header 'filename,label'")
+            for line, row in enumerate(rows, start=2):
+                if len(row) != 2 or Path(row[0]).name != row[0] or row[0] in ("", ".", ".."):
+                    raise ValueError(f"{root / f'{split}.csv'} line {line}: expected 'file name,label', got {row}")
+                by_label.setdefault(row[1], []).append(images / row[0])
+        classes = [(label, label, paths) for label, paths in sorted(by_label.items())]
+        splits[split] = load_class_files(classes, preprocessing, f"miniImageNet {split}")
+    overlap = set(splits["train"].names) & (set(splits["val"].names) | set(splits["test"].names))
+    if overlap or set(splits["val"].names) & set(splits["test"].names):
+        raise ValueError(f"{root}: the split files share classes ({', '.join(sorted(overlap)[:5])}...)")
+    return splits
 
 
 def split_by_group(

@@ -18,6 +18,7 @@ from .datasets import (
     download_omniglot,
     load_cifar100,
     load_folder_tree,
+    load_mini_imagenet,
     load_omniglot,
     split_by_group,
     split_cifar_fs,
@@ -26,7 +27,7 @@ from .episodes import ImageEpisodes, SinusoidTasks
 from .networks import Conv4, MetaNetwork, SinusoidMLP
 from .preprocessing import Preprocessing
 
-DATASETS = ("omniglot", "cifar-fs", "folder", "sinusoid")
+DATASETS = ("omniglot", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
         size, channels, invert, fit = 28, 1, True, "pad"
     elif spec.dataset == "cifar-fs":
         size, channels, invert, fit = 32, 3, False, "squash"
+    elif spec.dataset == "mini-imagenet":
+        size, channels, invert, fit = 84, 3, False, "squash"
     elif spec.dataset == "folder":
         size, channels, invert, fit = 84, 3, False, "squash"
     else:
@@ -81,6 +84,10 @@ def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, Image
     if spec.dataset == "cifar-fs":
         root = spec.data_root or default_data_root() / "cifar100"
         return split_cifar_fs(load_cifar100(root, preprocessing, spec.download))
+    if spec.dataset == "mini-imagenet":
+        if spec.download:
+            raise ValueError("miniImageNet has no downloader: point --data-root at the folder with its split CSVs")
+        return load_mini_imagenet(spec.data_root or default_data_root() / "mini-imagenet", preprocessing)
     if spec.dataset == "folder":
         if spec.data_root is None:
             raise ValueError("--dataset folder needs --data-root pointing at a folder of class folders")

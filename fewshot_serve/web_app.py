@@ -3,6 +3,8 @@
 Each browser session keeps its own :class:`AdaptedClassifier` in ``gr.State``; the shared
 :class:`FewShotModel` is never modified, so many users adapt at once without seeing each other's
 classes. Every handler turns bad input into a readable ``gr.Error`` message, never a traceback.
+With several model files (say characters and photos) a menu switches between them; each is
+loaded once at start, and switching drops the session's adapted classifier.
 
 The ``classify`` API endpoint does the whole round trip in one call for ``gradio_client``::
 
@@ -10,7 +12,10 @@ The ``classify`` API endpoint does the whole round trip in one call for ``gradio
     client = Client("http://127.0.0.1:7860/")
     result = client.predict([handle_file("a1.png"), handle_file("b1.png")], '["alpha", "beta"]',
                             [handle_file("query.png")], api_name="/classify")
-    # {"labels": ["alpha", "beta"], "predictions": [{"alpha": 0.97, "beta": 0.03}], "adapt_seconds": 0.05}
+    # {"labels": ["alpha", "beta"], "predictions": [{"alpha": 0.97, "beta": 0.03}], "adapt_seconds": 0.05,
+    #  "model": "omniglot-conv4"}
+
+A fourth argument names the model (default: the first one served).
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import gradio as gr
 import numpy as np
@@ -100,8 +105,25 @@ def top3_caption(row: dict[str, float]) -> str:
     return " · ".join(f"{label} {100 * p:.0f}%" for label, p in best)
 
 
-def build_app(model: FewShotModel) -> gr.Blocks:
-    """The page and its handlers around one loaded model."""
+def describe(name: str, model: FewShotModel) -> str:
+    """One line on what a model was meta-trained on and how it adapts."""
+    recipe, size = model.recipe, model.preprocessing.image_size
+    colour = "colour" if model.preprocessing.channels == 3 else "grayscale"
+    return (f"**{name}**: `{recipe.algorithm}` {recipe.network['architecture']} meta-trained on {recipe.dataset}, "
+            f"{size}×{size} {colour} input; adapts in {recipe.test_steps} gradient steps.")
+
+
+def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
+    """The page and its handlers around the loaded models (the first is the default)."""
+    if not models:
+        raise ValueError("the app needs at least one model")
+    default = next(iter(models))
+
+    def model_named(name: str | None) -> tuple[str, FewShotModel]:
+        name = name or default
+        if name not in models:
+            raise ValueError(f"no model named {name!r}; served: {', '.join(models)}")
+        return name, models[name]
 
     @readable_errors
     def add_drawing(sketch: Any, drawings: list) -> tuple[list, list, None]:
@@ -112,7 +134,13 @@ def build_app(model: FewShotModel) -> gr.Blocks:
         return drawings, drawings, None
 
     @readable_errors
-    def adapt_to_support(*slots: Any) -> tuple[AdaptedClassifier, str, Any]:
+    def switch_model(name: str) -> tuple[None, str, str, None]:
+        name, model = model_named(name)
+        return None, describe(name, model), "Model switched: press **Adapt** again.", None
+
+    @readable_errors
+    def adapt_to_support(model_name: str, *slots: Any) -> tuple[AdaptedClassifier, str, Any]:
+        _, model = model_named(model_name)
         names, uploads, drawings = slots[:UI_CLASSES], slots[UI_CLASSES : 2 * UI_CLASSES], slots[2 * UI_CLASSES :]
         support: dict[str, list] = {}
         for name, files, drawn in zip(names, uploads, drawings):
@@ -150,8 +178,9 @@ def build_app(model: FewShotModel) -> gr.Blocks:
         return str(path)
 
     @readable_errors
-    def classify_api(support_files: Any, labels_json: str, query_files: Any) -> dict[str, Any]:
-        """One-call API: support files with one label each (a JSON list), then query files."""
+    def classify_api(support_files: Any, labels_json: str, query_files: Any, model_name: str = "") -> dict[str, Any]:
+        """One-call API: support files with one label each (a JSON list), query files, optionally a model name."""
+        model_name, model = model_named(model_name)
         try:
             labels = json.loads(labels_json)
         except (TypeError, json.JSONDecodeError):
@@ -164,15 +193,17 @@ def build_app(model: FewShotModel) -> gr.Blocks:
             support.setdefault(str(label).strip(), []).append(path)
         adapted = model.adapt(support)
         return {"labels": adapted.labels, "predictions": adapted.classify(file_paths(query_files)),
-                "adapt_seconds": round(adapted.seconds, 4)}
+                "adapt_seconds": round(adapted.seconds, 4), "model": model_name}
 
-    recipe = model.recipe
     with gr.Blocks(title="fewshot-serve") as app:
         gr.Markdown(
             "# fewshot-serve\nName a few classes, give each one or more images (upload or draw), press **Adapt**, "
-            f"then classify new images. Model: `{recipe.algorithm}` {recipe.network['architecture']} meta-trained on "
-            f"{recipe.dataset}; adapts in {recipe.test_steps} gradient steps.\n\n{LIMITS_TEXT}"
+            f"then classify new images.\n\n{LIMITS_TEXT}"
         )
+        with gr.Row():
+            model_menu = gr.Dropdown(list(models), value=default, label="Model", interactive=len(models) > 1,
+                                     elem_id="model", scale=1)
+            model_info = gr.Markdown(describe(default, models[default]), elem_id="model-info")
         adapted_state = gr.State(None)
         names, uploads, drawings, slots = [], [], [], []
         with gr.Row():
@@ -198,7 +229,8 @@ def build_app(model: FewShotModel) -> gr.Blocks:
         with gr.Row():
             status = gr.Markdown(elem_id="status")
             plot = gr.Plot(label="Support loss during adaptation")
-        adapt_button.click(adapt_to_support, [*names, *uploads, *drawings], [adapted_state, status, plot], api_visibility="private")
+        adapt_button.click(adapt_to_support, [model_menu, *names, *uploads, *drawings], [adapted_state, status, plot],
+                           api_visibility="private")
 
         gr.Markdown("## Classify")
         with gr.Row():
@@ -214,20 +246,35 @@ def build_app(model: FewShotModel) -> gr.Blocks:
             export_button = gr.Button("Prepare ONNX download")
             download = gr.DownloadButton("Download ONNX", value=None)
         export_button.click(export_classifier, adapted_state, download, api_visibility="private")
+        model_menu.change(switch_model, model_menu, [adapted_state, model_info, status, plot], api_visibility="private")
 
         api_support = gr.File(file_count="multiple", visible=False)
         api_labels = gr.Textbox(visible=False)
         api_queries = gr.File(file_count="multiple", visible=False)
+        api_model = gr.Textbox(value="", visible=False)
         api_result = gr.JSON(visible=False)
-        gr.Button(visible=False).click(classify_api, [api_support, api_labels, api_queries], api_result,
+        gr.Button(visible=False).click(classify_api, [api_support, api_labels, api_queries, api_model], api_result,
                                        api_name="classify")
     return app
 
 
-def launch(model_path: str | os.PathLike, host: str = "127.0.0.1", port: int = 7860, share: bool = False,
-           block: bool = True) -> gr.Blocks:
-    """Load ``model_path`` and serve the app; ``block=False`` returns once it is listening (tests)."""
-    app = build_app(load(model_path))
+def load_models(paths: Sequence[str | os.PathLike]) -> dict[str, FewShotModel]:
+    """Each model file, loaded, under its file name without the suffix (which must differ)."""
+    models: dict[str, FewShotModel] = {}
+    for path in paths:
+        name = Path(path).stem
+        if name in models:
+            raise ValueError(f"two model files are named {name!r}; rename one")
+        models[name] = load(path)
+    return models
+
+
+def launch(model_paths: str | os.PathLike | Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 7860,
+           share: bool = False, block: bool = True) -> gr.Blocks:
+    """Load the model file(s) and serve the app; ``block=False`` returns once it is listening (tests)."""
+    if isinstance(model_paths, (str, os.PathLike)):
+        model_paths = [model_paths]
+    app = build_app(load_models(model_paths))
     app.queue(default_concurrency_limit=4)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                max_file_size=MAX_UPLOAD_BYTES, show_error=False, quiet=not block)

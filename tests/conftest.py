@@ -42,6 +42,20 @@ def glyph_tree(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def colour_model(tmp_path_factory) -> Path:
+    """A tiny colour-image model (2 iterations on generated colour classes), for serving several models."""
+    from fewshot_serve.sources import DataSpec
+    from fewshot_serve.trainer import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("colour")
+    tree = write_class_tree(root / "classes", classes=24, per_class=4, colour=True)
+    config = TrainConfig(out=root / "colour-conv4.safetensors", algorithm="fomaml",
+                         data=DataSpec("folder", tree, image_size=32), ways=3, shots=1, queries=2, inner_steps=2,
+                         meta_batch=2, iterations=2, val_every=2, val_episodes=2)
+    return train(config, progress=False).model_path
+
+
+@pytest.fixture(scope="session")
 def omniglot_root() -> Path:
     root = default_omniglot_root()
     if not root.is_dir():

@@ -13,9 +13,9 @@ SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safet
 
 
 @pytest.fixture(scope="module")
-def server():
+def server(colour_model):
     port = free_port()
-    app = launch(SHIPPED, port=port, block=False)
+    app = launch([SHIPPED, colour_model], port=port, block=False)
     yield Client(f"http://127.0.0.1:{port}/", verbose=False)
     app.close()
 
@@ -41,6 +41,27 @@ def test_classify_endpoint_round_trip(server, glyph_files):
     predicted = [max(row, key=row.get) for row in result["predictions"]]
     assert predicted == ["alpha", "beta", "gamma"]
     assert all(abs(sum(row.values()) - 1) < 1e-4 for row in result["predictions"])
+
+
+def test_classify_endpoint_serves_the_model_asked_for(server, glyph_files):
+    support = [handle_file(glyph_files[c, i]) for c in range(2) for i in range(2)]
+    labels = json.dumps(["a", "a", "b", "b"])
+    query = [handle_file(glyph_files[0, 2])]
+    assert server.predict(support, labels, query, api_name="/classify")["model"] == "omniglot-conv4"
+    colour = server.predict(support, labels, query, "colour-conv4", api_name="/classify")
+    assert colour["model"] == "colour-conv4" and colour["labels"] == ["a", "b"]
+    with pytest.raises(Exception, match="no model named .*nope.*; served: omniglot-conv4, colour-conv4"):
+        server.predict(support, labels, query, "nope", api_name="/classify")
+
+
+def test_models_with_the_same_name_are_refused(colour_model, tmp_path):
+    from fewshot_serve.web_app import load_models
+
+    (tmp_path / "other").mkdir()
+    twin = tmp_path / "other" / colour_model.name
+    twin.write_bytes(colour_model.read_bytes())
+    with pytest.raises(ValueError, match="two model files are named 'colour-conv4'"):
+        load_models([colour_model, twin])
 
 
 def test_classify_endpoint_reports_bad_input_and_keeps_serving(server, glyph_files, tmp_path):
@@ -172,7 +193,7 @@ def raw_classify(url: str, support: list[str], query: list[str]) -> str:
     file = lambda path: {"path": path, "meta": {"_type": "gradio.FileData"}, "orig_name": "x.png"}  # noqa: E731
     call = f"{url}gradio_api/call/classify"
     labels = json.dumps([f"c{i}" for i in range(len(support))])
-    event = httpx.post(call, json={"data": [[file(p) for p in support], labels, [file(p) for p in query]]}).json()
+    event = httpx.post(call, json={"data": [[file(p) for p in support], labels, [file(p) for p in query], ""]}).json()
     return httpx.get(f"{call}/{event['event_id']}", timeout=60).text
 
 

@@ -1,4 +1,5 @@
-"""A real browser: headless Chromium fills a 3-way support set by upload, adapts, classifies a query."""
+"""A real browser: headless Chromium fills a 3-way support set by upload, adapts, classifies a query,
+then switches to a second model and adapts again."""
 
 import shutil
 from pathlib import Path
@@ -18,9 +19,9 @@ if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-def test_upload_adapt_and_classify_in_chromium(tmp_path):
+def test_upload_adapt_classify_and_switch_models_in_chromium(tmp_path, colour_model):
     port = free_port()
-    app = launch(SHIPPED, port=port, block=False)
+    app = launch([SHIPPED, colour_model], port=port, block=False)
     names = ["alpha", "beta", "gamma"]
     for c, name in enumerate(names):
         for i in range(2):
@@ -47,6 +48,13 @@ def test_upload_adapt_and_classify_in_chromium(tmp_path):
             page.wait_for_function("document.querySelector('#last-query').innerText.includes('beta')", timeout=60_000)
             page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
             assert top.inner_text().strip() == "beta"
+
+            page.locator("#model input").click()
+            page.get_by_role("option", name="colour-conv4").click()
+            page.locator("#model-info").get_by_text("meta-trained on folder, 32×32 colour").wait_for(timeout=30_000)
+            page.locator("#status").get_by_text("Model switched").wait_for(timeout=30_000)
+            page.locator("#adapt").click()
+            page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
             browser.close()
     finally:
         app.close()
