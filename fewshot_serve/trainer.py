@@ -41,6 +41,8 @@ from .sources import (
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
 
+MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
+
 
 @dataclass
 class TrainConfig:
@@ -111,9 +113,6 @@ class TrainConfig:
         return json.loads(json.dumps(settings, default=str))
 
 
-MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
-
-
 @dataclass
 class TrainResult:
     model_path: Path | None  # None on torchrun ranks other than 0, which write nothing
@@ -131,9 +130,11 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     started = time.perf_counter()
     device = pick_device(config.device)
     shard, joined = join_from_environment(cuda=device.type == "cuda")
-    if device.type == "cuda" and shard.world > 1:
-        device = torch.device("cuda", shard.local_rank)
     try:
+        if shard.world > config.meta_batch:
+            raise ValueError(f"--meta-batch {config.meta_batch} is smaller than the {shard.world} processes sharing it")
+        if device.type == "cuda" and shard.world > 1:
+            device = torch.device("cuda", shard.local_rank)
         return _train(config, progress and shard.is_main, device, shard, started)
     finally:
         if joined:

@@ -190,3 +190,41 @@ def test_regression_network_learns_step_lrs_too():
     batch = TaskBatch(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]), 1)
     grads, _, _ = meta_gradient(network, params_of(network), batch, INNER, first_order=False)
     assert grads["step_lrs"].abs().min() > 0
+
+
+def test_serving_adapts_exactly_as_the_trainer_with_the_learned_recipe(tmp_path, glyph_tree):
+    from fewshot_serve.checkpoint import load_checkpoint
+    from fewshot_serve.meta_learning import task_outcome
+    from fewshot_serve.networks import build_network
+    from fewshot_serve.serving import load
+    from fewshot_serve.sources import DataSpec
+    from fewshot_serve.trainer import TrainConfig, train
+
+    config = TrainConfig(out=tmp_path / "plus.safetensors", algorithm="maml",
+                         data=DataSpec("folder", glyph_tree, image_size=16, channels=1), ways=3, shots=1, queries=2,
+                         inner_steps=2, test_steps=3, inner_lrs=(0.4, 0.3), meta_batch=2, iterations=4, val_every=2,
+                         val_episodes=4, learned_lrs=True, per_step_norm=True, multi_step_loss=2,
+                         first_order_iterations=1, cosine_meta_lr=True, meta_lr=0.01)
+    result = train(config, progress=False)
+    best = load_checkpoint(config.run_dir / "checkpoint.safetensors").best_params
+    model = load(result.model_path, "cpu")
+    recipe = model.recipe
+    assert recipe.network["lr_steps"] == 2 and recipe.network["norm_states"] == 3 and recipe.test_steps == 3
+    initial = torch.tensor([[0.4, 0.3]]).expand_as(best["step_lrs"])
+    assert (best["step_lrs"] - initial).abs().max() > 1e-3, "the learned learning rates should have moved"
+
+    trainer_network = build_network(recipe.network)
+    trainer_network.load_state_dict(best)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 1, 16, 16, generator=g)
+    y = torch.tensor([0, 0, 1, 1, 2, 2])
+    _, _, _, adapted = task_outcome(trainer_network, dict(trainer_network.named_parameters()), x, y, x, y, ways=3,
+                                    inner_lrs=tuple(recipe.inner_lrs), steps=recipe.test_steps, first_order=True,
+                                    composable=False)
+    served = model.adapt_tensors(x, y, ["a", "b", "c"]).network
+    for i in range(4):
+        conv, norm = served[4 * i], served[4 * i + 1]
+        torch.testing.assert_close(conv.weight, adapted[f"blocks.{i}.conv.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(norm.weight, adapted[f"blocks.{i}.norm.weight"], rtol=0, atol=0)
+        torch.testing.assert_close(norm.bias, best[f"blocks.{i}.norm.bias"][2], rtol=0, atol=0)  # the last state's row
+    torch.testing.assert_close(served[17].weight, adapted["head.weight"], rtol=0, atol=0)

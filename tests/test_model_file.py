@@ -72,6 +72,10 @@ def recipe_with(**changes):
      None, "image size"),
     (None, recipe_with(preprocessing={**make_recipe().preprocessing, "image_size": 100000}), None, "image_size"),
     (None, recipe_with(network={"architecture": "resnet"}), None, "unknown architecture"),
+    (None, recipe_with(network={"architecture": "conv4", "in_channels": 1, "filters": 4, "image_size": 16,
+                                "norm_states": 10**6}), None, "norm_states and lr_steps"),
+    (None, recipe_with(network={"architecture": "conv4", "in_channels": 1, "filters": 4, "image_size": 16,
+                                "lr_steps": 2}), None, r"missing tensors \['step_lrs'\]"),
     (None, recipe_with(surprise=1), None, "recipe fields"),
     (None, None, {}, "not a fewshot-serve model file"),
     (None, None, {RECIPE_KEY: "{not json"}, "not valid JSON"),
@@ -80,6 +84,20 @@ def test_bad_files_are_rejected_with_a_clear_error(tmp_path, tensors, recipe, me
     path = rewrite(tmp_path / "bad.safetensors", tensors, recipe, metadata)
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
+
+
+def test_maml_plus_plus_tensors_round_trip_and_version_1_files_still_load(tmp_path):
+    torch.manual_seed(0)
+    network = Conv4(1, 4, 16, norm_states=3, lr_steps=2)
+    network.reset_step_lrs((0.5, 0.25))
+    config = network.config()
+    save_model(tmp_path / "plus.safetensors", network, make_recipe(network=config))
+    loaded, recipe = load_model(tmp_path / "plus.safetensors")
+    assert recipe.format_version == 2 and loaded.config() == config
+    assert loaded.step_lrs[:, 1].tolist() == [0.25] * 10 and loaded.blocks[0].norm.weight.shape == (3, 4)
+    old = recipe_with(format_version=1)  # written before MAML++: no norm_states / lr_steps entries
+    loaded, recipe = load_model(rewrite(tmp_path / "v1.safetensors", recipe=old))
+    assert recipe.format_version == 1 and (loaded.lr_steps, loaded.norm_states) == (0, 0)
 
 
 def test_truncated_and_non_safetensors_files_are_rejected(saved, tmp_path):
