@@ -44,7 +44,6 @@ def main() -> None:
     json_path = HERE / f"{args.output or 'omniglot-comparison'}.json"
     png_path = HERE / (f"{args.output}.png" if args.output else "omniglot-accuracy-vs-steps.png")
     device = torch.device("cpu")
-    results = json.loads(json_path.read_text()) if json_path.exists() else {}
     splits = None
     for index, path in enumerate(args.models):
         network, recipe = load_model(path, device)
@@ -64,6 +63,8 @@ def main() -> None:
             str(steps): evaluate_episodes(network, sampler, lrs, steps, args.curve_episodes, seed=1, device=device).mean
             for steps in STEP_COUNTS
         }
+        # re-read before writing: another evaluation may have added its model meanwhile
+        results = json.loads(json_path.read_text()) if json_path.exists() else {}
         results[args.names[index] if args.names else recipe.algorithm] = entry
         atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     plot(results, png_path)
