@@ -1,6 +1,6 @@
 """Adaptation latency: load -> adapt -> classify, ours against the textbook baseline, peers and the FLOP bound.
 
-    python benchmarks/adapt_latency.py [--model models/omniglot-conv4.safetensors] [--repeats 50]
+    python benchmarks/adapt_latency.py [--model models/omniglot-conv4-fomaml.safetensors] [--repeats 50]
 
 For 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries, at the file's test-time step
 count, every contestant adapts the same weights on the same preprocessed inputs and classifies the
@@ -131,6 +131,9 @@ def optional_peers() -> dict[str, Callable]:
 def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     model = fewshot_serve.load(model_path, device=device)
     network, recipe = model.network, model.recipe
+    if network.lr_steps or network.norm_states:
+        raise ValueError(f"{model_path} uses MAML++ options, which the peers' plain SGD loops cannot reproduce; "
+                         "benchmark a model without them (the default, models/omniglot-conv4-fomaml.safetensors)")
     steps, lrs = recipe.test_steps, list(recipe.inner_lrs)
     size, channels = recipe.network["image_size"], recipe.network["in_channels"]
     peak = measured_peak_flops() if device == "cpu" else None
@@ -186,7 +189,8 @@ def print_table(report: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4.safetensors")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4-fomaml.safetensors",
+                        help="a model without MAML++ options, which the peers' plain SGD loops can adapt too")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt_latency.json")
     args = parser.parse_args()

@@ -101,7 +101,7 @@ def batched_adaptation(model, tasks: int, ways: int, queries: int, repeats: int)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4.safetensors")
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4-fomaml.safetensors")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--requests", type=int, default=4, help="requests per client")
     parser.add_argument("--ways", type=int, default=5)

@@ -7,7 +7,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-SHIPPED = ROOT / "models" / "omniglot-conv4.safetensors"
+FOMAML_MODEL = ROOT / "models" / "omniglot-conv4-fomaml.safetensors"  # the benchmarks' default
 
 import adapt_latency  # noqa: E402
 import serve_throughput  # noqa: E402
@@ -15,7 +15,7 @@ import train_throughput  # noqa: E402
 
 
 def test_adapt_latency_smoke(capsys):
-    report = adapt_latency.run(SHIPPED, repeats=2, device="cpu", settings=((3, 1),))
+    report = adapt_latency.run(FOMAML_MODEL, repeats=2, device="cpu", settings=((3, 1),))
     entry = report["settings"]["3-way 1-shot"]
     assert {"ours", "textbook", "gflop", "bound_ms"} <= set(entry)  # peers must also agree with ours to be timed
     adapt_latency.print_table(report)
@@ -40,7 +40,12 @@ def test_train_throughput_peer_smoke():
 def test_serve_throughput_smoke():
     import fewshot_serve
 
-    model = fewshot_serve.load(SHIPPED, device="cpu")
+    model = fewshot_serve.load(FOMAML_MODEL, device="cpu")
     row = serve_throughput.concurrency(model, clients=2, requests=1, ways=3, queries=4)
     assert row["mismatches"] == 0 and row["tasks_per_s"] > 0
     assert serve_throughput.batched_adaptation(model, tasks=2, ways=3, queries=4, repeats=1)["speedup"] > 0
+
+
+def test_adapt_latency_refuses_a_model_the_peers_cannot_reproduce():
+    with pytest.raises(ValueError, match="MAML\\+\\+ options"):
+        adapt_latency.run(ROOT / "models" / "omniglot-conv4.safetensors", repeats=1, device="cpu", settings=((3, 1),))
