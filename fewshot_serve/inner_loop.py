@@ -29,11 +29,6 @@ class Adaptation(NamedTuple):
     trajectory: list[Params]
 
 
-def step_lr(inner_lrs: Sequence[float], step: int) -> float:
-    """Per-step learning rate; steps past the end of the schedule reuse its last entry."""
-    return inner_lrs[min(step, len(inner_lrs) - 1)]
-
-
 def requiring_grad(params: Params) -> Params:
     """``params`` as tensors autograd can differentiate with respect to (detached copies where needed)."""
     return {k: p if p.requires_grad else p.detach().requires_grad_() for k, p in params.items()}

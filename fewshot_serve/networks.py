@@ -39,6 +39,11 @@ from torch import Tensor, nn
 
 BN_EPS = 1e-5
 
+
+def step_lr(inner_lrs: Sequence[float], step: int) -> float:
+    """A fixed schedule's learning rate at ``step``; steps past its end reuse its last entry."""
+    return inner_lrs[min(step, len(inner_lrs) - 1)]
+
 #: Parameters a task copies once per class (dimension 0) before its inner loop.
 HEAD_KEYS = ("head.weight", "head.bias")
 
@@ -101,7 +106,7 @@ class MetaNetwork(nn.Module):
         """Start the learned learning rates at the fixed schedule ``inner_lrs`` (last entry repeats)."""
         with torch.no_grad():
             for step in range(self.lr_steps):
-                self.step_lrs[:, step] = inner_lrs[min(step, len(inner_lrs) - 1)]
+                self.step_lrs[:, step] = step_lr(inner_lrs, step)
 
     def fast_weight_names(self) -> list[str]:
         """The parameters the inner loop adapts, in ``named_parameters`` order."""
@@ -116,8 +121,7 @@ class MetaNetwork(nn.Module):
         if self.lr_steps:
             column = params["step_lrs"][:, min(step, self.lr_steps - 1)]
             return {name: column[i] for i, name in enumerate(names)}
-        lr = inner_lrs[min(step, len(inner_lrs) - 1)]
-        return dict.fromkeys(names, lr)
+        return dict.fromkeys(names, step_lr(inner_lrs, step))
 
     def at_step(self, params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
         """The params :meth:`apply_params` takes in the inner loop's state ``step`` (after that many steps)."""
@@ -128,7 +132,8 @@ class MetaNetwork(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.apply_params(dict(self.named_parameters()), x, n_ref)
+        """The output before any adaptation (inner-loop state 0)."""
+        return self.apply_params(self.at_step(dict(self.named_parameters()), 0), x, n_ref)
 
     def config(self) -> dict[str, Any]:
         """The architecture's hyper-parameters, enough for :func:`build_network` to rebuild it."""
