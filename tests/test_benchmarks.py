@@ -49,3 +49,11 @@ def test_serve_throughput_smoke():
 def test_adapt_latency_refuses_a_model_the_peers_cannot_reproduce():
     with pytest.raises(ValueError, match="MAML\\+\\+ options"):
         adapt_latency.run(ROOT / "models" / "omniglot-conv4.safetensors", repeats=1, device="cpu", settings=((3, 1),))
+
+
+def test_distributed_throughput_smoke(glyph_tree):
+    import distributed_throughput
+
+    report = distributed_throughput.run(2, 2, "fomaml", ["--dataset", "folder", "--data-root", str(glyph_tree),
+                                                         "--image-size", "16", "--channels", "1", "--ways", "3"])
+    assert len(report["tasks_per_s"]) == 3 and all(rate > 0 for rate in report["tasks_per_s"].values())
