@@ -33,6 +33,11 @@ class Shard:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    def check_share(self, tasks: int) -> None:
+        """Refuse a meta-batch of ``tasks`` that leaves some process without a task."""
+        if tasks < self.world:
+            raise ValueError(f"a meta-batch of {tasks} tasks cannot be shared by {self.world} processes")
+
     def tasks(self, batch: TaskBatch) -> TaskBatch:
         """This rank's tasks of ``batch``: every ``world``-th task from task ``rank``."""
         part = slice(self.rank, None, self.world)
@@ -69,8 +74,7 @@ def sharded_direction(
     if shard.world == 1:
         return learner.update_direction(batch, iteration)
     total = batch.x_support.shape[0]
-    if total < shard.world:
-        raise ValueError(f"a meta-batch of {total} tasks cannot be shared by {shard.world} processes")
+    shard.check_share(total)
     local = shard.tasks(batch)
     direction, loss, metric = learner.update_direction(local, iteration)
     share = local.x_support.shape[0] / total

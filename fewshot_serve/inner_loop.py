@@ -86,7 +86,7 @@ def adapt(
             else:
                 loss = support_loss(fast, step)
                 grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)))
-            lrs = network.inner_lrs_at(fixed, step, inner_lrs)
+            lrs = network.inner_lrs_at(fixed, step, inner_lrs, fast_names)
             fast = {k: p - lrs[k] * grads[k] for k, p in fast.items()}
             losses.append(loss.detach())
             if trajectory:

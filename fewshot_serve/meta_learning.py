@@ -26,6 +26,7 @@ from .inner_loop import Params, adapt, predict, requiring_grad
 from .networks import MetaNetwork
 
 ALGORITHMS = ("maml", "fomaml", "reptile")
+REPTILE_REFUSES_MAML_PLUS_PLUS = "the MAML++ options need a query loss: use them with maml or fomaml, not reptile"
 
 
 class TaskBatch(NamedTuple):
@@ -78,15 +79,15 @@ def task_outcome(
     start = network.task_parameters(meta_params, ways)
     adaptation = adapt(network, start, x_support, y_support, inner_lrs, steps, first_order, composable,
                        trajectory=step_weights is not None)
-    outputs = predict(network, adaptation.params, x_support, x_query)
-    loss = network.loss(outputs, y_query)
-    if step_weights is not None:
-        loss = sum(weight * network.loss(predict(network, state, x_support, x_query), y_query)
-                   for weight, state in zip(step_weights, adaptation.trajectory))
+    # the trajectory ends with the final parameters, so its last outputs are the final outputs
+    states = [adaptation.params] if step_weights is None else adaptation.trajectory
+    outputs = [predict(network, state, x_support, x_query) for state in states]
+    losses = [network.loss(state_outputs, y_query) for state_outputs in outputs]
+    loss = losses[-1] if step_weights is None else sum(w * l for w, l in zip(step_weights, losses))
     if network.task_kind == "classification":
-        metric = (outputs.argmax(-1) == y_query).float().mean()
+        metric = (outputs[-1].argmax(-1) == y_query).float().mean()
     else:
-        metric = loss.detach()
+        metric = losses[-1].detach()
     return loss, metric, start, adaptation.params
 
 
@@ -226,8 +227,8 @@ class MetaLearner:
     """Owns the meta-parameters (the network's own parameters) and applies one outer update.
 
     Every schedule is a function of the iteration number alone, so a resumed run continues it
-    exactly. ``reduce`` combines the meta-gradient of this process's share of a meta-batch with
-    the other processes' (see :mod:`fewshot_serve.distributed`); by default there are none.
+    exactly. :meth:`step` is :meth:`update_direction` then :meth:`apply`; run apart, they let
+    :mod:`fewshot_serve.distributed` combine the directions of several processes in between.
     """
 
     def __init__(
@@ -243,7 +244,7 @@ class MetaLearner:
         if algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
         if algorithm == "reptile" and (network.lr_steps or network.norm_states or annealing != Annealing()):
-            raise ValueError("the MAML++ options need a query loss: use them with maml or fomaml, not reptile")
+            raise ValueError(REPTILE_REFUSES_MAML_PLUS_PLUS)
         self.network, self.algorithm, self.inner = network, algorithm, inner
         self.meta_lr, self.iterations, self.vectorize = meta_lr, iterations, vectorize
         self.annealing = annealing

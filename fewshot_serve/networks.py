@@ -39,13 +39,13 @@ from torch import Tensor, nn
 
 BN_EPS = 1e-5
 
+#: Parameters a task copies once per class (dimension 0) before its inner loop.
+HEAD_KEYS = ("head.weight", "head.bias")
+
 
 def step_lr(inner_lrs: Sequence[float], step: int) -> float:
     """A fixed schedule's learning rate at ``step``; steps past its end reuse its last entry."""
     return inner_lrs[min(step, len(inner_lrs) - 1)]
-
-#: Parameters a task copies once per class (dimension 0) before its inner loop.
-HEAD_KEYS = ("head.weight", "head.bias")
 
 
 def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> Tensor:
@@ -115,9 +115,13 @@ class MetaNetwork(nn.Module):
     def _is_fast_weight(self, name: str) -> bool:
         return name != "step_lrs"
 
-    def inner_lrs_at(self, params: dict[str, Tensor], step: int, inner_lrs: Sequence[float]) -> dict[str, Any]:
-        """Learning rate of each fast weight at inner step ``step`` (learned ones if the network has them)."""
-        names = self.fast_weight_names()
+    def inner_lrs_at(
+        self, params: dict[str, Tensor], step: int, inner_lrs: Sequence[float], names: Sequence[str]
+    ) -> dict[str, Any]:
+        """Learning rate of each fast weight at inner step ``step`` (learned ones if the network has them).
+
+        ``names`` are :meth:`fast_weight_names`, which the caller computes once per adaptation.
+        """
         if self.lr_steps:
             column = params["step_lrs"][:, min(step, self.lr_steps - 1)]
             return {name: column[i] for i, name in enumerate(names)}

@@ -26,7 +26,7 @@ from .atomic import atomic_output, atomic_write_text
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
 from .distributed import Shard, join_from_environment, sharded_step
-from .meta_learning import ALGORITHMS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
+from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
 from .model_file import Recipe, save_model
 from .sources import (
     DataSpec,
@@ -85,7 +85,7 @@ class TrainConfig:
         if self.multi_step_loss < 0 or self.first_order_iterations < 0:
             raise ValueError("multi-step-loss and first-order-iterations must be >= 0")
         if self.algorithm == "reptile" and self.uses_maml_plus_plus:
-            raise ValueError("the MAML++ options need a query loss: use them with maml or fomaml, not reptile")
+            raise ValueError(REPTILE_REFUSES_MAML_PLUS_PLUS)
         if self.meta_lr is None:
             self.meta_lr = 1.0 if self.algorithm == "reptile" else 1e-3
         if self.test_steps is None:
@@ -131,8 +131,7 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     device = pick_device(config.device)
     shard, joined = join_from_environment(cuda=device.type == "cuda")
     try:
-        if shard.world > config.meta_batch:
-            raise ValueError(f"--meta-batch {config.meta_batch} is smaller than the {shard.world} processes sharing it")
+        shard.check_share(config.meta_batch)  # before loading any data
         if device.type == "cuda" and shard.world > 1:
             device = torch.device("cuda", shard.local_rank)
         return _train(config, progress and shard.is_main, device, shard, started)
