@@ -1,6 +1,7 @@
 """Run the fewshot-serve web app: `python app.py` (then open http://127.0.0.1:7860).
 
-With no --model it serves every model file in models/ (the Omniglot one first) behind a menu.
+With no --model it serves every model file in models/ behind a menu: the photo model first (what most
+people upload), then the handwriting model, then the rest.
 """
 
 import argparse
@@ -9,11 +10,12 @@ from pathlib import Path
 from fewshot_serve.web_app import launch
 
 MODELS = Path(__file__).resolve().parent / "models"
-DEFAULT_MODEL = MODELS / "omniglot-conv4.safetensors"
+FIRST = [MODELS / "photos-resnet12.safetensors", MODELS / "omniglot-conv4.safetensors"]
 
 
 def shipped_models() -> list[Path]:
-    return [DEFAULT_MODEL] + sorted(p for p in MODELS.glob("*.safetensors") if p != DEFAULT_MODEL)
+    first = [path for path in FIRST if path.exists()]
+    return first + sorted(p for p in MODELS.glob("*.safetensors") if p not in first)
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""``fewshot-serve``: the command line (train, evaluate, export-onnx)."""
+"""``fewshot-serve``: the command line (pretrain, train, evaluate, export-onnx)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .meta_learning import ALGORITHMS
-from .sources import DATASETS, DataSpec
+from .sources import ARCHITECTURES, DATASETS, DataSpec
 
 
 def _lrs(text: str) -> tuple[float, ...]:
@@ -23,11 +23,21 @@ def _lrs(text: str) -> tuple[float, ...]:
     return values
 
 
+def _widths(text: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError("widths must be positive")
+    return values
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=None,
-                       help="the dataset's folder (default: omniglot/images_background_subset, cifar100/ or "
-                            "mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
+                       help="the dataset's folder (default: omniglot/images_background_subset, tiny-imagenet/, "
+                            "cifar100/ or mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
     group.add_argument("--download", action="store_true", help="download Omniglot / CIFAR-100 with torchvision")
 
 
@@ -35,10 +45,44 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    pretrain = commands.add_parser("pretrain", help="supervised pretraining of a ResNet-12 over all training classes")
+    pretrain.add_argument("--dataset", choices=[d for d in DATASETS if d not in ("sinusoid", "omniglot")],
+                          default="tiny-imagenet")
+    _add_data_arguments(pretrain)
+    pretrain.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
+    pretrain.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
+    pretrain.add_argument("--widths", type=_widths, default=None, help="ResNet-12 block widths (default 64,160,320,640)")
+    pretrain.add_argument("--epochs", type=int, default=30)
+    pretrain.add_argument("--batch-size", type=int, default=128)
+    pretrain.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (cosine-annealed to 0)")
+    pretrain.add_argument("--weight-decay", type=float, default=5e-4)
+    pretrain.add_argument("--val-episodes", type=int, default=200)
+    pretrain.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--device", default=None, help="cpu, cuda, cuda:1 ... (default: cuda when present)")
+    pretrain.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                          help="bfloat16 autocast (default: where the hardware supports it)")
+    pretrain.add_argument("--run-dir", type=Path, default=None, help="checkpoint/log/plot folder (default: OUT.run)")
+    pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    pretrain.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+
     train = commands.add_parser("train", help="meta-learn an initialization and export it as safetensors")
     train.add_argument("--algorithm", choices=ALGORITHMS, default="maml")
     train.add_argument("--dataset", choices=DATASETS, default="omniglot")
     _add_data_arguments(train)
+    train.add_argument("--init", type=Path, default=None,
+                       help="start from this model file's weights (e.g. from `fewshot-serve pretrain`); its "
+                            "architecture, preprocessing and dataset split are used")
+    train.add_argument("--freeze-body", action="store_true",
+                       help="with --init and --adapt-from > 0: meta-learn only the adapted blocks, head and "
+                            "temperature, on the frozen blocks' output cached once per image (much faster; no "
+                            "augmentation)")
+    train.add_argument("--architecture", choices=ARCHITECTURES, default=None, help="network (default: conv4)")
+    train.add_argument("--widths", type=_widths, default=None,
+                       help="conv4: filters (default 64 grayscale, 32 colour); resnet12: 4 block widths "
+                            "(default 64,160,320,640)")
+    train.add_argument("--adapt-from", type=int, default=0, choices=range(5), metavar="{0..4}",
+                       help="resnet12: first block the inner loop adapts; 4 adapts only the head (ANIL-style)")
     train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=None)
     train.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
@@ -110,6 +154,23 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .pretraining import PretrainConfig, pretrain
+    from .sources import RESNET12_WIDTHS
+
+    config = PretrainConfig(
+        out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed),
+        widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
+        seed=args.seed, device=args.device, bf16=args.bf16, run_dir=args.run_dir, resume=args.resume,
+        command="fewshot-serve " + shlex.join(argv),
+    )
+    result = pretrain(config)
+    print(json.dumps({"model": str(result.model_path), "best_val_5shot": result.best_score,
+                      "best_epoch": result.best_epoch, "seconds": round(result.seconds, 1)}))
+    return 0
+
+
 def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .trainer import TrainConfig, train
 
@@ -125,6 +186,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         test_steps=args.test_steps, inner_lrs=args.inner_lr, meta_lr=args.meta_lr, meta_batch=args.meta_batch,
         iterations=args.iterations, val_every=args.val_every, val_episodes=args.val_episodes,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, vectorize=args.vectorize,
+        architecture=args.architecture, widths=args.widths, adapt_from=args.adapt_from, init=args.init,
+        freeze_body=args.freeze_body,
         learned_lrs=args.learned_lrs, per_step_norm=args.per_step_norm, multi_step_loss=args.multi_step_loss,
         first_order_iterations=args.first_order_iterations, cosine_meta_lr=args.cosine_meta_lr,
         run_dir=args.run_dir, resume=args.resume, command="fewshot-serve " + shlex.join(argv),
@@ -165,6 +228,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
+        if args.command == "pretrain":
+            return run_pretrain(args, argv)
         if args.command == "train":
             return run_train(args, argv)
         if args.command == "export-onnx":

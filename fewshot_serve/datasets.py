@@ -152,6 +152,30 @@ def load_folder_tree(root: Path, preprocessing: Preprocessing) -> ImageClasses:
     return load_class_folders(classes, preprocessing, root.name)
 
 
+def load_tiny_imagenet(root: Path, preprocessing: Preprocessing) -> ImageClasses:
+    """Tiny ImageNet as ``images/<wnid>/*.JPEG`` with ``words.txt`` (``<wnid>\t<names>``) beside it.
+
+    Each class is named by the first of its human names in ``words.txt`` (``goldfish``), or by its
+    WordNet id where the file lacks it; the id is the class's group, the unit of the split.
+    """
+    root = Path(root)
+    images = root / "images"
+    if not images.is_dir():
+        raise FileNotFoundError(
+            f"Tiny ImageNet not found at {root} (expected {images}/<wnid>/*.JPEG); pass --data-root or set ${DATA_ENV}"
+        )
+    names = {}
+    if (root / "words.txt").is_file():
+        for line in (root / "words.txt").read_text(encoding="utf-8").splitlines():
+            wnid, _, words = line.partition("\t")
+            if words.strip():
+                names[wnid.strip()] = words.split(",")[0].strip()
+    classes = [(names.get(d.name, d.name), d.name, d) for d in _subdirs(images)]
+    if not classes:
+        raise ValueError(f"{images} holds no class folders")
+    return load_class_folders(classes, preprocessing, "Tiny ImageNet")
+
+
 # The CIFAR-FS class split of Bertinetto et al. (ICLR 2019); the other 64 classes are for training.
 CIFAR_FS_VAL = (
     "otter motorcycle television lamp crocodile shark butterfly beaver beetle tractor flatfish "

@@ -7,6 +7,7 @@ draws the same tasks every time, and resuming restores the generator's state.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -21,7 +22,8 @@ class ImageEpisodes:
 
     Labels 0..N-1 are given to the N sampled classes in random order in every episode. With
     ``rotate``, each class also appears rotated by 90, 180 and 270 degrees as three new classes
-    (the Omniglot augmentation of Santoro et al. 2016).
+    (the Omniglot augmentation of Santoro et al. 2016). ``augment`` transforms each episode's uint8
+    images with the sampler's generator (photo augmentation of training classes).
     """
 
     def __init__(
@@ -32,12 +34,14 @@ class ImageEpisodes:
         shots: int,
         queries: int,
         rotate: bool = False,
+        augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
     ) -> None:
         if ways < 2 or shots < 1 or queries < 1:
             raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1 (got {ways}, {shots}, {queries})")
         self.classes, self.preprocessing = classes, preprocessing
         self.ways, self.shots, self.queries = ways, shots, queries
         self.rotations = 4 if rotate else 1
+        self.augment = augment
         if len(classes) * self.rotations < ways:
             raise ValueError(f"{ways}-way episodes need {ways} classes; this split has {len(classes) * self.rotations}")
         fewest = int(classes.counts().min())
@@ -47,27 +51,35 @@ class ImageEpisodes:
                 f"a class in this split has only {fewest}"
             )
 
-    def sample_uint8(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """One episode as uint8 images: support ``[N*K, C, S, S]``, labels, query ``[N*Q, ...]``, labels."""
+    def sample_indices(self, generator: torch.Generator) -> list[tuple[Tensor, int]]:
+        """One episode's images: for each of its classes in label order, image indices and quarter turns.
+
+        Everything random about an episode is drawn here, so any two consumers of the same seed
+        (the inner loop's evaluation, the nearest-mean baseline) score the very same episodes.
+        """
         n_virtual = len(self.classes) * self.rotations
         chosen = torch.randperm(n_virtual, generator=generator)[: self.ways]
-        support, query = [], []
+        picks = []
         for virtual in chosen.tolist():
             cls, turns = divmod(virtual, self.rotations)
             start, stop = int(self.classes.offsets[cls]), int(self.classes.offsets[cls + 1])
-            picks = start + torch.randperm(stop - start, generator=generator)[: self.shots + self.queries]
+            picks.append((start + torch.randperm(stop - start, generator=generator)[: self.shots + self.queries], turns))
+        return picks
+
+    def sample_uint8(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """One episode as uint8 images: support ``[N*K, C, S, S]``, labels, query ``[N*Q, ...]``, labels."""
+        support, query = [], []
+        for picks, turns in self.sample_indices(generator):
             images = self.classes.images[picks]
             if turns:
                 images = torch.rot90(images, turns, dims=(-2, -1))
             support.append(images[: self.shots])
             query.append(images[self.shots :])
+        xs, xq = torch.cat(support), torch.cat(query)
+        if self.augment is not None:
+            xs, xq = self.augment(xs, generator), self.augment(xq, generator)
         labels = torch.arange(self.ways)
-        return (
-            torch.cat(support),
-            labels.repeat_interleave(self.shots),
-            torch.cat(query),
-            labels.repeat_interleave(self.queries),
-        )
+        return xs, labels.repeat_interleave(self.shots), xq, labels.repeat_interleave(self.queries)
 
     def sample(self, generator: torch.Generator, tasks: int, device: torch.device | str) -> TaskBatch:
         episodes = [self.sample_uint8(generator) for _ in range(tasks)]

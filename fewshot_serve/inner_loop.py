@@ -48,7 +48,9 @@ def adapt(
     """Take ``steps`` SGD steps from ``params`` on the support loss.
 
     Only the network's fast weights move; MAML++'s learned learning rates and per-step norm
-    weights (when the network has them) steer the steps and are read, not adapted. ``inner_lrs``
+    weights (when the network has them) steer the steps and are read, not adapted. Layers before
+    the first fast weight (:meth:`MetaNetwork.frozen_part`, e.g. an ANIL-style ResNet-12's body)
+    run once, not once per step. ``inner_lrs``
     is the fixed schedule, used where the network has no learned learning rates.
 
     ``first_order`` treats the inner gradients as constants (FOMAML, Reptile, serving); otherwise
@@ -64,9 +66,11 @@ def adapt(
     fast_names = network.fast_weight_names()
     fixed = {k: v for k, v in params.items() if k not in fast_names}
     fast = {k: params[k] for k in fast_names}
+    # Layers before the first fast weight are the same at every step: run them once.
+    h_support = network.frozen_part(network.at_step(params, 0), x_support)
 
     def support_loss(weights: Params, step: int) -> Tensor:
-        outputs = network.apply_params(network.at_step({**fixed, **weights}, step), x_support)
+        outputs = network.adapted_part(network.at_step({**fixed, **weights}, step), h_support)
         return network.loss(outputs, y_support)
 
     if composable:

@@ -25,6 +25,7 @@ from safetensors.torch import save_file
 from .atomic import atomic_output
 from .meta_learning import ALGORITHMS, InnerLoop
 from .networks import MetaNetwork, build_network
+from .networks.resnet12 import NORMS
 from .preprocessing import Preprocessing
 
 FORMAT_VERSION = 2
@@ -32,6 +33,8 @@ READABLE_VERSIONS = (1, 2)
 RECIPE_KEY = "fewshot_serve.recipe"
 MAX_STEPS = 100
 MAX_FILTERS = 1024
+#: How a file's weights were made: a meta-learning algorithm, or supervised pretraining alone.
+RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
 
 
 class ModelFileError(ValueError):
@@ -145,7 +148,7 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
         isinstance(v, (int, float)) and math.isfinite(v) and 0 <= v < 1e3 for v in lrs
     ):
         problems.append("inner_lrs must be 1 to 100 finite non-negative numbers")
-    if recipe.algorithm not in ALGORITHMS:
+    if recipe.algorithm not in RECIPE_ALGORITHMS:
         problems.append(f"unknown algorithm {recipe.algorithm!r}")
     network = recipe.network if isinstance(recipe.network, dict) else {}
     architecture = network.get("architecture")
@@ -158,22 +161,34 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
                             "norm_states, lr_steps)")
         elif not (_is_int(network["filters"], 1, MAX_FILTERS) and _is_int(network["in_channels"], 1, 3)):
             problems.append(f"conv4 filters must be in [1, {MAX_FILTERS}] and in_channels in [1, 3]")
-        try:
-            preprocessing = Preprocessing.from_dict(recipe.preprocessing or {})
-        except (TypeError, ValueError, KeyError) as error:
-            problems.append(f"bad preprocessing ({error})")
-        else:
-            if (preprocessing.image_size, preprocessing.channels) != (
-                network.get("image_size"),
-                network.get("in_channels"),
-            ):
-                problems.append("preprocessing image size/channels disagree with the network")
+        problems += _preprocessing_problems(recipe, network)
+    elif architecture == "resnet12":
+        widths = network.get("widths")
+        if set(network) - {"lr_steps"} != {"architecture", "in_channels", "widths", "image_size", "norm", "adapt_from"}:
+            problems.append("resnet12 needs exactly in_channels, widths, image_size, norm and adapt_from "
+                            "(and optionally lr_steps)")
+        elif not (isinstance(widths, list) and len(widths) == 4 and all(_is_int(w, 1, MAX_FILTERS) for w in widths)
+                  and _is_int(network["in_channels"], 1, 3) and _is_int(network["adapt_from"], 0, 4)
+                  and network["norm"] in NORMS):
+            problems.append(f"resnet12 needs 4 widths in [1, {MAX_FILTERS}], in_channels in [1, 3], adapt_from in "
+                            f"[0, 4] and norm in {NORMS}")
+        problems += _preprocessing_problems(recipe, network)
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
             problems.append("mlp needs exactly one integer 'hidden' in [1, 4096] (and optionally lr_steps)")
     else:
         problems.append(f"unknown architecture {architecture!r}")
     return problems
+
+
+def _preprocessing_problems(recipe: Recipe, network: dict[str, Any]) -> list[str]:
+    try:
+        preprocessing = Preprocessing.from_dict(recipe.preprocessing or {})
+    except (TypeError, ValueError, KeyError) as error:
+        return [f"bad preprocessing ({error})"]
+    if (preprocessing.image_size, preprocessing.channels) != (network.get("image_size"), network.get("in_channels")):
+        return ["preprocessing image size/channels disagree with the network"]
+    return []
 
 
 def _check_names(path: Path, found: set[str], expected: set[str]) -> None:

@@ -20,14 +20,19 @@ from .datasets import (
     load_folder_tree,
     load_mini_imagenet,
     load_omniglot,
+    load_tiny_imagenet,
     split_by_group,
     split_cifar_fs,
 )
+from .augmentation import augment_photos
 from .episodes import ImageEpisodes, SinusoidTasks
-from .networks import Conv4, MetaNetwork, SinusoidMLP
+from .networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
 from .preprocessing import Preprocessing
 
-DATASETS = ("omniglot", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
+DATASETS = ("omniglot", "tiny-imagenet", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
+ARCHITECTURES = ("conv4", "resnet12")
+#: ResNet-12 block widths of the literature (Lee et al. 2019); narrower ones suit a CPU.
+RESNET12_WIDTHS = (64, 160, 320, 640)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,7 @@ def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
         return None
     if spec.dataset == "omniglot":
         size, channels, invert, fit = 28, 1, True, "pad"
-    elif spec.dataset == "cifar-fs":
+    elif spec.dataset in ("cifar-fs", "tiny-imagenet"):
         size, channels, invert, fit = 32, 3, False, "squash"
     elif spec.dataset == "mini-imagenet":
         size, channels, invert, fit = 84, 3, False, "squash"
@@ -62,16 +67,30 @@ def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
 
 
 def standard_network(
-    spec: DataSpec, preprocessing: Preprocessing | None, norm_states: int = 0, lr_steps: int = 0
+    spec: DataSpec,
+    preprocessing: Preprocessing | None,
+    norm_states: int = 0,
+    lr_steps: int = 0,
+    architecture: str | None = None,
+    widths: tuple[int, ...] | None = None,
+    adapt_from: int = 0,
 ) -> MetaNetwork:
-    """Conv4 with 64 filters for grayscale characters, 32 for colour images; the MLP for sinusoids.
-
-    ``norm_states`` and ``lr_steps`` add MAML++'s per-step norm weights and learned learning rates.
+    """The network for ``spec``: the MLP for sinusoids; else Conv4 (the default; 64 filters for
+    grayscale characters, 32 for colour) or ResNet-12 (support norm; ``widths`` default to the
+    literature's). ``norm_states`` and ``lr_steps`` add MAML++'s per-step norm weights and learned
+    learning rates; ``adapt_from`` is ResNet-12's first adapted block.
     """
     if preprocessing is None:
         return SinusoidMLP(lr_steps=lr_steps)
-    filters = 64 if preprocessing.channels == 1 else 32
-    return Conv4(preprocessing.channels, filters, preprocessing.image_size, norm_states, lr_steps)
+    if (architecture or "conv4") == "conv4":
+        filters = (widths or (64 if preprocessing.channels == 1 else 32,))[0]
+        return Conv4(preprocessing.channels, filters, preprocessing.image_size, norm_states, lr_steps)
+    if architecture != "resnet12":
+        raise ValueError(f"unknown architecture {architecture!r}; choose one of {', '.join(ARCHITECTURES)}")
+    if norm_states:
+        raise ValueError("per-step norms (MAML++) are implemented for conv4 only")
+    return ResNet12(preprocessing.channels, widths or RESNET12_WIDTHS, preprocessing.image_size,
+                    adapt_from=adapt_from, lr_steps=lr_steps)
 
 
 def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
@@ -81,6 +100,10 @@ def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, Image
         if spec.download:
             root = download_omniglot(root)
         return split_by_group(load_omniglot(root, preprocessing), spec.split_seed)
+    if spec.dataset == "tiny-imagenet":
+        # 160 classes -> 100 train / 20 validation / 40 test, shuffled by the split seed
+        return split_by_group(load_tiny_imagenet(spec.data_root or default_data_root() / "tiny-imagenet", preprocessing),
+                              spec.split_seed)
     if spec.dataset == "cifar-fs":
         root = spec.data_root or default_data_root() / "cifar100"
         return split_cifar_fs(load_cifar100(root, preprocessing, spec.download))
@@ -112,11 +135,14 @@ def task_sampler(
     queries: int,
     augment: bool,
 ) -> ImageEpisodes | SinusoidTasks:
-    """The sampler for one split; Omniglot training classes get the rotation augmentation."""
+    """The sampler for one split; training classes (``augment``) get Omniglot's rotations as new
+    classes, or for colour photos random crops, flips and colour jitter."""
     if spec.dataset == "sinusoid":
         return SinusoidTasks(shots, queries)
     assert split is not None and preprocessing is not None
-    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=augment and spec.dataset == "omniglot")
+    photos = augment and preprocessing.channels == 3
+    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=augment and spec.dataset == "omniglot",
+                         augment=augment_photos if photos else None)
 
 
 def pick_device(device: str | None) -> torch.device:

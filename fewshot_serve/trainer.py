@@ -22,12 +22,16 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_output, atomic_write_text
+from .atomic import atomic_write_text
 from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
+from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .distributed import Shard, join_from_environment, sharded_step
 from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
-from .model_file import Recipe, save_model
+from .model_file import Recipe, load_model, save_model
+from .networks import MetaNetwork, build_network
+from .preprocessing import Preprocessing
+from .run_log import plot_curves, read_log
 from .sources import (
     DataSpec,
     load_splits,
@@ -64,6 +68,11 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     vectorize: bool | None = None  # None: whichever is faster here (see vmap_is_faster)
+    architecture: str | None = None  # None: conv4, or the --init file's
+    widths: tuple[int, ...] | None = None  # conv4: (filters,); resnet12: 4 block widths (None: the standard)
+    adapt_from: int = 0  # resnet12: the first block the inner loop adapts (4: the head only)
+    init: Path | None = None  # start from this model file's weights (e.g. `fewshot-serve pretrain`'s)
+    freeze_body: bool = False  # with init: meta-learn only the adapted part, on cached frozen-part outputs
     # MAML++ (Antoniou et al. 2019), each off by default; see networks.py and meta_learning.Annealing
     learned_lrs: bool = False  # learn a learning rate per fast weight and inner step (LSLR)
     per_step_norm: bool = False  # BatchNorm weights and biases per inner-loop state (BNWB)
@@ -84,6 +93,8 @@ class TrainConfig:
             raise ValueError("inner-steps must be at least 1")
         if self.multi_step_loss < 0 or self.first_order_iterations < 0:
             raise ValueError("multi-step-loss and first-order-iterations must be >= 0")
+        if self.freeze_body and (self.init is None or self.adapt_from == 0):
+            raise ValueError("--freeze-body needs --init and --adapt-from > 0 (the frozen part must exist)")
         if self.algorithm == "reptile" and self.uses_maml_plus_plus:
             raise ValueError(REPTILE_REFUSES_MAML_PLUS_PLUS)
         if self.meta_lr is None:
@@ -107,6 +118,9 @@ class TrainConfig:
         settings = asdict(self)
         for volatile in ("resume", "command", "device", "vectorize", "out", "run_dir"):
             settings.pop(volatile)
+        for option in ("architecture", "widths", "adapt_from", "init", "freeze_body"):  # absent from runs made before they existed
+            if not settings[option]:
+                settings.pop(option)
         for option in MAML_PLUS_PLUS_OPTIONS:  # absent from runs made before they existed
             if not settings[option]:
                 settings.pop(option)
@@ -119,6 +133,33 @@ class TrainResult:
     best_score: float | None
     best_iteration: int
     seconds: float
+
+
+def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recipe) -> Preprocessing:
+    """The ``--init`` file's preprocessing, after checking it was made on this run's training classes."""
+    if (recipe.dataset, recipe.split_seed) != (config.data.dataset, config.data.split_seed):
+        raise ValueError(
+            f"{config.init} was made on {recipe.dataset} with split seed {recipe.split_seed}; this run uses "
+            f"{config.data.dataset} with split seed {config.data.split_seed}, whose test classes it may have seen"
+        )
+    if config.architecture not in (None, network.config()["architecture"]) or config.widths:
+        raise ValueError(f"--init takes the architecture and widths from {config.init}; drop --architecture/--widths")
+    return recipe.image_preprocessing()
+
+
+def _network_from(initial: MetaNetwork, adapt_from: int, lr_steps: int, norm_states: int) -> MetaNetwork:
+    """A copy of ``initial`` (weights included) with this run's inner-loop scope and MAML++ options."""
+    settings = initial.config()
+    if norm_states:
+        raise ValueError("per-step norms cannot start from an --init file")
+    if "adapt_from" in settings:
+        settings["adapt_from"] = adapt_from
+    network = build_network({**settings, "lr_steps": lr_steps})
+    weights = {k: v for k, v in initial.state_dict().items() if k != "step_lrs"}
+    outcome = network.load_state_dict(weights, strict=False)
+    if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs"}:
+        raise ValueError(f"the --init weights do not fit the network: {outcome}")
+    return network
 
 
 def higher_is_better(task_kind: str) -> bool:
@@ -142,27 +183,38 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
 
 def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Shard, started: float) -> TrainResult:
     spec = config.data
-    preprocessing = standard_preprocessing(spec)
+    initial = None if config.init is None else load_model(config.init)
+    preprocessing = standard_preprocessing(spec) if initial is None else _init_preprocessing(config, *initial)
     splits: dict[str, Any] = {"train": None, "val": None, "test": None}
     if preprocessing is not None:
         splits = load_splits(spec, preprocessing)
-        preprocessing = measured_preprocessing(preprocessing, splits["train"])
+        if initial is None:
+            preprocessing = measured_preprocessing(preprocessing, splits["train"])
     sample = lambda split, augment: task_sampler(  # noqa: E731
         spec, splits[split], preprocessing, config.ways, config.shots, config.queries, augment
     )
     train_tasks, val_tasks = sample("train", True), sample("val", False)
 
     torch.manual_seed(config.seed)
-    network = standard_network(
-        spec, preprocessing,
-        norm_states=config.inner_steps + 1 if config.per_step_norm else 0,
-        lr_steps=config.inner_steps if config.learned_lrs else 0,
-    )
+    norm_states = config.inner_steps + 1 if config.per_step_norm else 0
+    lr_steps = config.inner_steps if config.learned_lrs else 0
+    if initial is None:
+        network = standard_network(spec, preprocessing, norm_states, lr_steps, config.architecture, config.widths,
+                                   config.adapt_from)
+    else:
+        network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states)
     network.reset_step_lrs(config.inner_lrs)
     network.to(device)
+    learned = network  # what the outer loop updates and validation adapts
+    if config.freeze_body:
+        learned = AdaptedPart(network)
+        train_tasks, val_tasks = (
+            CachedEpisodes(sample(split, False), cache_frozen_part(network, splits[split], preprocessing, device))
+            for split in ("train", "val")
+        )
     inner = InnerLoop(config.inner_lrs, config.inner_steps, config.test_steps)
     vectorize = vmap_is_faster(network, device) if config.vectorize is None else config.vectorize
-    learner = MetaLearner(network, config.algorithm, inner, config.meta_lr, config.iterations, vectorize,
+    learner = MetaLearner(learned, config.algorithm, inner, config.meta_lr, config.iterations, vectorize,
                           config.annealing)
     generator = torch.Generator().manual_seed(config.seed)
     higher = higher_is_better(network.task_kind)
@@ -176,7 +228,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
                           None, generator.get_state(), config.fingerprint())
     if config.resume and checkpoint_path.exists():
         state = _restore(checkpoint_path, config, learner, generator)
-        log = [r for r in _read_log(log_path) if r["iteration"] <= state.iteration]
+        log = [r for r in read_log(log_path) if r["iteration"] <= state.iteration]
 
     recipe = Recipe(
         network=network.config(),
@@ -205,7 +257,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
         metric = "accuracy" if higher else "mse"
         recipe.val_metric = {} if state.best_score is None else {metric: state.best_score}
-        save_model(config.out, network, recipe, state.best_params)
+        save_model(config.out, network, recipe, {**network.state_dict(), **state.best_params})
         plot_curves(log, run_dir / "curves.png", metric)
 
     bar = tqdm(total=config.iterations, initial=state.iteration, desc=f"{config.algorithm}", disable=not progress)
@@ -225,7 +277,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         bar.set_postfix(loss=f"{loss:.3f}", **{"acc" if higher else "mse": f"{metric:.3f}"}, tasks_s=f"{rate:.0f}")
         if shard.is_main and (done % config.val_every == 0 or done == config.iterations):
             result = evaluate_episodes(
-                network, val_tasks, config.inner_lrs, config.test_steps, config.val_episodes, VALIDATION_SEED, device
+                learned, val_tasks, config.inner_lrs, config.test_steps, config.val_episodes, VALIDATION_SEED, device
             )
             log.append({"iteration": done, "val_metric": result.mean, "val_ci95": result.ci95})
             improved = state.best_score is None or (result.mean > state.best_score if higher else result.mean < state.best_score)
@@ -257,40 +309,3 @@ def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: t
     device = next(iter(learner.meta_params.values())).device
     state.best_params = {k: v.to(device) for k, v in state.best_params.items()}
     return state
-
-
-def _read_log(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def plot_curves(log: list[dict[str, Any]], path: Path, metric: str) -> None:
-    """Training loss and training/validation metric against iterations, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = [r for r in log if "loss" in r]
-    vals = [r for r in log if "val_metric" in r]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
-    if steps:
-        window = max(1, len(steps) // 50)
-        xs = [r["iteration"] for r in steps]
-        for axis, key, label in ((left, "loss", "query loss"), (right, "metric", f"train {metric}")):
-            values = torch.tensor([r[key] for r in steps], dtype=torch.float64)
-            smooth = torch.nn.functional.avg_pool1d(values.view(1, 1, -1), window, 1).flatten().tolist()
-            axis.plot(xs[window - 1 :], smooth, label=label)
-    if vals:
-        right.errorbar([r["iteration"] for r in vals], [r["val_metric"] for r in vals],
-                       yerr=[r["val_ci95"] for r in vals], marker="o", label=f"validation {metric}")
-    for axis, title in ((left, "meta-training loss"), (right, metric)):
-        axis.set_xlabel("iteration")
-        axis.set_title(title)
-        axis.grid(alpha=0.3)
-        axis.legend()
-    figure.tight_layout()
-    with atomic_output(path) as temporary:
-        figure.savefig(temporary, format="png", dpi=90)
-    plt.close(figure)

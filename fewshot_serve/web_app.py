@@ -1,4 +1,4 @@
-"""The Gradio app: name classes, upload or draw a few images of each, Adapt, then classify queries.
+"""The Gradio app: name classes, upload, draw or photograph a few images of each, Adapt, then classify queries.
 
 Each browser session keeps its own :class:`AdaptedClassifier` in ``gr.State``; the shared
 :class:`FewShotModel` is never modified, so many users adapt at once without seeing each other's
@@ -134,6 +134,13 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         return drawings, drawings, None
 
     @readable_errors
+    def add_photo(photo: Image.Image | None, captured: list) -> tuple[list, list, None]:
+        if photo is None:
+            raise ValueError("take a photo with the camera first")
+        captured = captured + [photo]
+        return captured, captured, None
+
+    @readable_errors
     def switch_model(name: str) -> tuple[None, str, str, None]:
         name, model = model_named(name)
         return None, describe(name, model), "Model switched: press **Adapt** again.", None
@@ -158,13 +165,15 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         return adapted, status, loss_plot(adapted.support_losses)
 
     @readable_errors
-    def classify_queries(adapted: AdaptedClassifier | None, files: Any, sketch: Any) -> tuple[list, dict]:
+    def classify_queries(adapted: AdaptedClassifier | None, files: Any, sketch: Any, photo: Any) -> tuple[list, dict]:
         if adapted is None:
             raise ValueError("press Adapt first")
         queries: list = file_paths(files)
         drawing = drawn_image(sketch)
         if drawing is not None:
             queries.append(drawing)
+        if photo is not None:
+            queries.append(photo)
         rows = adapted.classify(queries)
         gallery = [(q if isinstance(q, Image.Image) else str(q), top3_caption(r)) for q, r in zip(queries, rows)]
         return gallery, rows[-1]
@@ -197,7 +206,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
 
     with gr.Blocks(title="fewshot-serve") as app:
         gr.Markdown(
-            "# fewshot-serve\nName a few classes, give each one or more images (upload or draw), press **Adapt**, "
+            "# fewshot-serve\nName a few classes, give each one or more images (upload, draw, or take photos with "
+            "your camera), press **Adapt**, "
             f"then classify new images.\n\n{LIMITS_TEXT}"
         )
         with gr.Row():
@@ -214,9 +224,14 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
                                     elem_id=f"class-{index}-files")
                     sketch = gr.Sketchpad(label="…or draw", type="pil", height=220, canvas_size=(280, 280))
                     add = gr.Button("Add drawing", size="sm")
+                    camera = gr.Image(label="…or take photos", sources=["webcam"], type="pil", height=220,
+                                      elem_id=f"class-{index}-camera")
+                    add_camera = gr.Button("Add photo", size="sm", elem_id=f"class-{index}-add-photo")
                     drawn = gr.State([])
-                    gallery = gr.Gallery(label="Drawings", height=90, columns=6)
+                    gallery = gr.Gallery(label="Drawings and photos", height=90, columns=6,
+                                         elem_id=f"class-{index}-captured")
                     add.click(add_drawing, [sketch, drawn], [drawn, gallery, sketch], api_visibility="private")
+                    add_camera.click(add_photo, [camera, drawn], [drawn, gallery, camera], api_visibility="private")
                 names.append(name)
                 uploads.append(files)
                 drawings.append(drawn)
@@ -236,11 +251,13 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         with gr.Row():
             query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"], elem_id="query-files")
             query_sketch = gr.Sketchpad(label="…or draw a query", type="pil", height=220, canvas_size=(280, 280))
+            query_camera = gr.Image(label="…or take a photo", sources=["webcam"], type="pil", height=220,
+                                    elem_id="query-camera")
         classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
         with gr.Row():
             results = gr.Gallery(label="Queries with their top-3 classes", columns=6, height=320)
             last = gr.Label(label="Last query", num_top_classes=3, elem_id="last-query")
-        classify_button.click(classify_queries, [adapted_state, query_files, query_sketch], [results, last],
+        classify_button.click(classify_queries, [adapted_state, query_files, query_sketch, query_camera], [results, last],
                               api_visibility="private")
         with gr.Row():
             export_button = gr.Button("Prepare ONNX download")

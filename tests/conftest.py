@@ -67,3 +67,20 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+def write_tiny_imagenet(root: Path, classes: int, per_class: int) -> Path:
+    """Tiny ImageNet's layout (``images/<wnid>/*.JPEG`` and ``words.txt``) with generated colour classes."""
+    for c in range(classes):
+        folder = root / "images" / f"n{c:08d}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            draw_glyph(500 + c, 7000 * c + i, colour=True).save(folder / f"n{c:08d}_{i}.JPEG", quality=95)
+    (root / "words.txt").write_text("".join(f"n{c:08d}\tthing {c}, other name\n" for c in range(classes)))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_imagenet_tree(tmp_path_factory) -> Path:
+    """40 generated colour classes of 20 photos each, in Tiny ImageNet's layout (splits 25 / 5 / 10)."""
+    return write_tiny_imagenet(tmp_path_factory.mktemp("tiny-imagenet"), classes=40, per_class=20)

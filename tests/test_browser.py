@@ -59,3 +59,47 @@ def test_upload_adapt_classify_and_switch_models_in_chromium(tmp_path, colour_mo
     finally:
         app.close()
     assert (tmp_path / "app.png").stat().st_size > 10_000
+
+
+def test_webcam_photos_for_support_and_query_in_chromium(colour_model):
+    """Chromium's fake camera (a generated test pattern) stands in for a webcam: capture a photo per class
+    with each class's camera, adapt, capture a query, classify."""
+    port = free_port()
+    app = launch([colour_model], port=port, block=False)
+    camera_flags = FLAGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=camera_flags)
+            context = browser.new_context(viewport={"width": 1600, "height": 1400}, permissions=["camera"])
+            page = context.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+            page.locator("#adapt").wait_for(timeout=60_000)
+
+            def capture(camera: str) -> None:
+                component = page.locator(f"#{camera}")
+                access = component.get_by_text("Click to Access Webcam")
+                if access.count():
+                    access.first.click()
+                shutter = component.locator("button.capture-button")
+                shutter.wait_for(timeout=30_000)
+                page.wait_for_timeout(500)  # let the fake stream deliver frames
+                shutter.click()
+                component.locator("img").first.wait_for(timeout=30_000)
+
+            for c, name in enumerate(["red", "green"]):
+                page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
+                for _ in range(2):
+                    capture(f"class-{c}-camera")
+                    page.locator(f"#class-{c}-add-photo").click()
+                    page.wait_for_timeout(500)
+                page.locator(f"#class-{c}-captured img").nth(1).wait_for(timeout=30_000)
+            page.locator("#adapt").click()
+            page.locator("#status").get_by_text("Adapted to 2 classes").wait_for(timeout=60_000)
+            capture("query-camera")
+            page.locator("#classify").click()
+            page.wait_for_function(
+                "['red', 'green'].some(n => document.querySelector('#last-query').innerText.includes(n))",
+                timeout=60_000)
+            browser.close()
+    finally:
+        app.close()

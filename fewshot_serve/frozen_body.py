@@ -1,0 +1,104 @@
+"""Meta-learning the adapted part of a pretrained network only, over its frozen part's cached output.
+
+With ``adapt_from > 0`` the inner loop never changes the layers before the first fast weight. If
+the outer loop leaves them alone too (``train --init FILE --freeze-body``), their output for each
+image is a constant: it is computed once per image of the dataset, and meta-training runs the
+inner loop and the meta-gradient on those cached outputs only. For the photo model (ResNet-12,
+head-only inner loop) that makes a task cost a few small matrix products instead of a forward and
+backward pass through the whole backbone. The price: no photo augmentation of the training
+classes, since the cache holds each image once.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from torch import Tensor, nn
+
+from .datasets import ImageClasses
+from .episodes import ImageEpisodes
+from .meta_learning import TaskBatch
+from .networks import MetaNetwork
+from .preprocessing import Preprocessing
+
+
+class AdaptedPart(MetaNetwork):
+    """``network`` from its frozen part's output on: the meta-parameters are those outside the frozen part.
+
+    It shares ``network``'s parameter tensors (updating one updates the other) and computes with
+    ``network``'s own :meth:`~MetaNetwork.adapted_part`, so what is meta-learned here is exactly
+    what the whole network serves.
+    """
+
+    def __init__(self, network: MetaNetwork) -> None:
+        super().__init__()
+        object.__setattr__(self, "whole", network)  # not a submodule: its frozen part is not ours
+        self.task_kind, self.lr_steps, self.norm_states = network.task_kind, network.lr_steps, network.norm_states
+        self._names = [name for name, _ in network.named_parameters() if not network.in_frozen_part(name)]
+
+    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
+                         ) -> Iterator[tuple[str, nn.Parameter]]:
+        whole = dict(self.whole.named_parameters())
+        return ((prefix + name, whole[name]) for name in self._names)
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        return (param for _, param in self.named_parameters())
+
+    def fast_weight_names(self) -> list[str]:
+        return self.whole.fast_weight_names()
+
+    def inner_lrs_at(self, params, step, inner_lrs, names):
+        return self.whole.inner_lrs_at(params, step, inner_lrs, names)
+
+    def at_step(self, params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        return self.whole.at_step(params, step)
+
+    def apply_params(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.whole.adapted_part(params, h, n_ref)
+
+    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
+        return self.whole.task_parameters(meta_params, ways)
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return self.whole.loss(outputs, targets)
+
+    def config(self):
+        return self.whole.config()
+
+
+@torch.no_grad()
+def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
+                      device: torch.device, batch_size: int = 500) -> Tensor:
+    """The frozen part's output for every image of ``classes``, one image at a time (no batch statistics)."""
+    if getattr(network, "norm", "fixed") != "fixed":
+        raise ValueError("--freeze-body needs a fixed-norm network (from `fewshot-serve pretrain`), whose frozen "
+                         "part computes each image on its own")
+    params = network.at_step(dict(network.named_parameters()), 0)
+    parts = []
+    for start in range(0, len(classes.images), batch_size):
+        x = preprocessing.normalize(classes.images[start : start + batch_size].to(device))
+        parts.append(network.frozen_part(params, x))
+    return torch.cat(parts)
+
+
+class CachedEpisodes:
+    """``sampler``'s episodes with each image replaced by its cached frozen-part output."""
+
+    def __init__(self, sampler: ImageEpisodes, table: Tensor) -> None:
+        if sampler.rotations != 1:
+            raise ValueError("cached episodes cannot rotate images")
+        self.sampler, self.table, self.ways = sampler, table, sampler.ways
+
+    def sample(self, generator: torch.Generator, tasks: int, device: torch.device | str) -> TaskBatch:
+        shots, ways = self.sampler.shots, self.ways
+        support, query = [], []
+        for _ in range(tasks):
+            picks = torch.stack([indices for indices, _ in self.sampler.sample_indices(generator)])
+            support.append(self.table[picks[:, :shots].reshape(-1)])
+            query.append(self.table[picks[:, shots:].reshape(-1)])
+        labels = torch.arange(ways)
+        ys = labels.repeat_interleave(shots).expand(tasks, -1)
+        yq = labels.repeat_interleave(self.sampler.queries).expand(tasks, -1)
+        return TaskBatch(torch.stack(support).to(device), ys.to(device), torch.stack(query).to(device), yq.to(device),
+                         ways)

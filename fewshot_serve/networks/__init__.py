@@ -1,0 +1,32 @@
+"""The networks that get meta-learned, one module each; :func:`build_network` rebuilds any from its config.
+
+* :class:`Conv4` (``conv4.py``): the standard 4-block few-shot convnet, for characters.
+* :class:`ResNet12` (``resnet12.py``): the residual backbone for photos.
+* :class:`SinusoidMLP` (``mlp.py``): the MAML paper's regression network.
+
+What they share (params-dict forward, fast weights, support BatchNorm, the shared head row,
+MAML++'s learned learning rates) is in ``base.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .base import BN_EPS, HEAD_KEYS, MetaNetwork, step_lr, support_norm
+from .conv4 import Conv4
+from .mlp import SinusoidMLP
+from .resnet12 import ResNet12, fixed_norm_params
+
+ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "mlp": SinusoidMLP}
+
+__all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "Conv4", "ResNet12", "SinusoidMLP", "ARCHITECTURES",
+           "build_network", "fixed_norm_params", "step_lr", "support_norm"]
+
+
+def build_network(config: dict[str, Any]) -> MetaNetwork:
+    """Rebuild a network from :meth:`MetaNetwork.config` (as stored in a model file)."""
+    config = dict(config)
+    architecture = config.pop("architecture", None)
+    if architecture not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {architecture!r} (known: {', '.join(map(repr, ARCHITECTURES))})")
+    return ARCHITECTURES[architecture](**config)

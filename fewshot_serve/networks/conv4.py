@@ -1,0 +1,114 @@
+"""Conv4: the standard 4-block convolutional few-shot learner (Vinyals et al. 2016; Finn et al. 2017)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SupportBatchNorm, support_norm
+
+
+class ConvBlock(nn.Module):
+    """Parameters of 3x3 conv -> support BatchNorm -> ReLU -> 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_states: int = 0) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1)
+        self.norm = SupportBatchNorm(out_channels, norm_states)
+
+
+class Conv4(MetaNetwork):
+    """4 x [3x3 conv, support BatchNorm, ReLU, 2x2 max-pool], then the shared head row."""
+
+    task_kind = "classification"
+
+    def __init__(
+        self, in_channels: int = 1, filters: int = 64, image_size: int = 28, norm_states: int = 0, lr_steps: int = 0
+    ) -> None:
+        super().__init__()
+        if image_size < 16:
+            raise ValueError(f"Conv4 needs images of at least 16x16 pixels, got {image_size}")
+        self.in_channels, self.filters, self.image_size = in_channels, filters, image_size
+        self.norm_states = norm_states
+        channels = [in_channels, filters, filters, filters, filters]
+        self.blocks = nn.ModuleList(ConvBlock(a, b, norm_states) for a, b in zip(channels, channels[1:]))
+        side = image_size
+        for _ in self.blocks:
+            side //= 2
+        self.feature_dim = filters * side * side
+        self.head = nn.Linear(self.feature_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        self.add_step_lrs(lr_steps)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "architecture": "conv4",
+            "in_channels": self.in_channels,
+            "filters": self.filters,
+            "image_size": self.image_size,
+            "norm_states": self.norm_states,
+            "lr_steps": self.lr_steps,
+        }
+
+    def _is_fast_weight(self, name: str) -> bool:
+        return super()._is_fast_weight(name) and not (self.norm_states and ".norm." in name)
+
+    def at_step(self, params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
+        params = super().at_step(params, step)
+        if self.norm_states:
+            row = min(step, self.norm_states - 1)
+            params = {k: v[row] if ".norm." in k else v for k, v in params.items()}
+        return params
+
+    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        for i in range(len(self.blocks)):
+            prefix = f"blocks.{i}."
+            x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
+            x = support_norm(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"], n_ref)
+            x = F.max_pool2d(F.relu(x), 2)
+        return F.linear(x.flatten(1), params["head.weight"], params["head.bias"])
+
+    @torch.no_grad()
+    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+        """The adapted classifier as a plain eval-mode network ending in softmax.
+
+        Each BatchNorm's support statistics under ``params`` become its running statistics, so
+        the result computes exactly what :func:`~fewshot_serve.inner_loop.predict` does, one
+        image at a time, from standard layers that export to ONNX.
+        """
+        layers: list[nn.Module] = []
+        x = x_support
+        for i in range(len(self.blocks)):
+            prefix = f"blocks.{i}."
+            weight = params[prefix + "conv.weight"]
+            conv = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=3, padding=1)
+            conv.weight.copy_(weight)
+            conv.bias.copy_(params[prefix + "conv.bias"])
+            h = conv.to(x.device)(x)
+            norm = nn.BatchNorm2d(weight.shape[0], eps=BN_EPS)
+            norm.weight.copy_(params[prefix + "norm.weight"])
+            norm.bias.copy_(params[prefix + "norm.bias"])
+            norm.running_mean.copy_(h.mean(dim=(0, 2, 3)))
+            norm.running_var.copy_(h.var(dim=(0, 2, 3), unbiased=False))
+            block = [conv, norm.to(x.device).eval(), nn.ReLU(), nn.MaxPool2d(2)]
+            x = nn.Sequential(*block[1:])(h)
+            layers += block
+        head = nn.Linear(self.feature_dim, params["head.weight"].shape[0])
+        head.weight.copy_(params["head.weight"])
+        head.bias.copy_(params["head.bias"])
+        frozen = nn.Sequential(*layers, nn.Flatten(), head, nn.Softmax(dim=-1)).to(x.device).eval()
+        # channels-last: 2.6x faster classification on CPU, mostly from max-pooling (benchmarks/adapt_latency.py)
+        return frozen.to(memory_format=torch.channels_last)
+
+    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
+        params = dict(meta_params)
+        for key in HEAD_KEYS:
+            params[key] = meta_params[key].expand(ways, *meta_params[key].shape[1:]).clone()
+        return params
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets)

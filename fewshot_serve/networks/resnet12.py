@@ -1,0 +1,248 @@
+"""ResNet-12: the few-shot standard backbone for photos (Oreshkin et al. 2018; Lee et al. 2019).
+
+Four residual blocks, each three 3x3 convolutions with BatchNorm and leaky ReLU (slope 0.1) on
+the main path and a 1x1 convolution with BatchNorm on the shortcut, then 2x2 max-pooling;
+global average pooling; L2 normalization; the shared head row (see :mod:`.base`) scaled by a
+learned logit temperature. With unit-length features, the first inner step from the shared row
+makes each class's row its (uncentred) mean feature direction, a cosine nearest-mean classifier,
+and the temperature alone sets how confident the logits are. Widths are configurable (64-160-320-640 in the literature; narrower fits a CPU).
+
+Two settings make it the backbone of "pretrain, then meta-learn":
+
+* ``norm``: ``"support"`` normalizes with the support rows' statistics, as Conv4 does (for
+  meta-training from scratch and for supervised pretraining, where the whole batch is the
+  reference). ``"fixed"`` is a per-channel affine with no statistics at all: pretraining folds
+  its population statistics into it (:func:`fixed_norm_params`), so a pretrained network
+  classifies each image on its own, as it was pretrained, even from a single support image.
+* ``adapt_from``: the first block the inner loop adapts (0: all; 4: only the head, as ANIL).
+  Blocks before it are the :meth:`frozen_part`, computed once per image in the inner loop.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SupportBatchNorm, support_norm
+
+NORMS = ("support", "fixed")
+LEAK = 0.1
+
+
+class ResidualBlock(nn.Module):
+    """Parameters of one block; the computation is :meth:`ResNet12._block`."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False)
+        self.norm1 = SupportBatchNorm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm2 = SupportBatchNorm(out_channels)
+        self.conv3 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False)
+        self.norm3 = SupportBatchNorm(out_channels)
+        self.shortcut = nn.Conv2d(in_channels, out_channels, 1, bias=False)
+        self.shortcut_norm = SupportBatchNorm(out_channels)
+        for conv in (self.conv1, self.conv2, self.conv3, self.shortcut):
+            nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="leaky_relu", a=LEAK)
+
+
+#: Running mean and variance per norm layer (name without ".weight"), updated in place by pretraining.
+RunningStatistics = dict[str, tuple[Tensor, Tensor]]
+
+
+class ResNet12(MetaNetwork):
+    task_kind = "classification"
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        widths: Sequence[int] = (64, 160, 320, 640),
+        image_size: int = 32,
+        norm: str = "support",
+        adapt_from: int = 0,
+        lr_steps: int = 0,
+    ) -> None:
+        super().__init__()
+        if len(widths) != 4 or not all(isinstance(w, int) and w >= 1 for w in widths):
+            raise ValueError(f"ResNet-12 needs 4 positive block widths, got {list(widths)}")
+        if norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+        if not 0 <= adapt_from <= 4:
+            raise ValueError(f"adapt_from must be a block index in [0, 4], got {adapt_from}")
+        if image_size < 16:
+            raise ValueError(f"ResNet-12 needs images of at least 16x16 pixels, got {image_size}")
+        self.in_channels, self.widths, self.image_size = in_channels, tuple(widths), image_size
+        self.norm, self.adapt_from = norm, adapt_from
+        channels = [in_channels, *self.widths]
+        self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in zip(channels, channels[1:]))
+        self.feature_dim = self.widths[-1]
+        self.head = nn.Linear(self.feature_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        # Multiplies the logits; learned by the outer loop only (the inner loop's step size is the lr).
+        self.logit_scale = nn.Parameter(torch.ones(()))
+        self.add_step_lrs(lr_steps)
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "architecture": "resnet12",
+            "in_channels": self.in_channels,
+            "widths": list(self.widths),
+            "image_size": self.image_size,
+            "norm": self.norm,
+            "adapt_from": self.adapt_from,
+            "lr_steps": self.lr_steps,
+        }
+
+    def _is_fast_weight(self, name: str) -> bool:
+        return name not in ("step_lrs", "logit_scale") and not self.in_frozen_part(name)
+
+    def in_frozen_part(self, name: str) -> bool:
+        """Whether parameter ``name`` belongs to the blocks before ``adapt_from``."""
+        return name.startswith("blocks.") and int(name.split(".")[1]) < self.adapt_from
+
+    def _normalize(self, params: dict[str, Tensor], key: str, x: Tensor, n_ref: int | None,
+                   running: RunningStatistics | None) -> Tensor:
+        weight, bias = params[key + ".weight"], params[key + ".bias"]
+        if self.norm == "fixed":
+            return x * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)
+        if running is not None:  # supervised pretraining: whole-batch statistics, fused kernel (2-3x faster)
+            mean, var = running[key]
+            return F.batch_norm(x, mean, var, weight, bias, training=True, momentum=0.1, eps=BN_EPS)
+        return support_norm(x, weight, bias, n_ref)
+
+    def _block(self, params: dict[str, Tensor], index: int, x: Tensor, n_ref: int | None,
+               running: RunningStatistics | None = None) -> Tensor:
+        prefix = f"blocks.{index}."
+
+        def conv_norm(conv: str, norm: str, h: Tensor, padding: int) -> Tensor:
+            h = F.conv2d(h, params[prefix + conv + ".weight"], padding=padding)
+            return self._normalize(params, prefix + norm, h, n_ref, running)
+
+        h = F.leaky_relu(conv_norm("conv1", "norm1", x, 1), LEAK)
+        h = F.leaky_relu(conv_norm("conv2", "norm2", h, 1), LEAK)
+        h = conv_norm("conv3", "norm3", h, 1)
+        h = F.leaky_relu(h + conv_norm("shortcut", "shortcut_norm", x, 0), LEAK)
+        return F.max_pool2d(h, 2)
+
+    def _blocks(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None, blocks: range,
+                running: RunningStatistics | None = None) -> Tensor:
+        for index in blocks:
+            x = self._block(params, index, x, n_ref, running)
+        return x
+
+    def embed(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None,
+              running: RunningStatistics | None = None) -> Tensor:
+        """Pooled features ``[n, feature_dim]`` (what pretraining classifies and nearest-mean compares).
+
+        With ``running`` (support norm only), every norm uses the whole batch's statistics and
+        updates its running averages, as BatchNorm does in supervised training.
+        """
+        return self._blocks(params, x, n_ref, range(len(self.blocks)), running).mean((2, 3))
+
+    def running_statistics(self) -> RunningStatistics:
+        """Fresh running averages (mean 0, variance 1) for every norm layer, for :meth:`embed`."""
+        return {name[: -len(".weight")]: (torch.zeros_like(p), torch.ones_like(p))
+                for name, p in self.named_parameters() if "norm" in name and name.endswith(".weight")}
+
+    def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        return self._blocks(params, x, n_ref, range(self.adapt_from))
+
+    def adapted_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        features = F.normalize(self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3)), dim=1)
+        return params["logit_scale"] * F.linear(features, params["head.weight"], params["head.bias"])
+
+    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.adapted_part(params, self.frozen_part(params, x, n_ref), n_ref)
+
+    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
+        params = dict(meta_params)
+        for key in HEAD_KEYS:
+            params[key] = meta_params[key].expand(ways, *meta_params[key].shape[1:]).clone()
+        return params
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets)
+
+    @torch.no_grad()
+    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
+        """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
+
+        Every norm is folded into the convolution before it: with support norm, the support
+        statistics under ``params`` (measured layer by layer on ``x_support``) become constants,
+        so the result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at
+        a time, with one convolution per layer.
+        """
+        blocks, x = [], x_support
+        for index in range(len(self.blocks)):
+            prefix, convs = f"blocks.{index}.", {}
+
+            def fold(conv: str, norm: str, source: Tensor) -> Tensor:
+                weight = params[prefix + conv + ".weight"]
+                padding = weight.shape[-1] // 2
+                h = F.conv2d(source, weight, padding=padding)
+                scale, shift = self._affine(params, prefix + norm, h)
+                layer = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=padding,
+                                  device=weight.device, dtype=weight.dtype)
+                layer.weight.copy_(weight * scale.view(-1, 1, 1, 1))
+                layer.bias.copy_(shift)
+                convs[conv] = layer
+                return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+
+            h = F.leaky_relu(fold("conv1", "norm1", x), LEAK)
+            h = F.leaky_relu(fold("conv2", "norm2", h), LEAK)
+            fold("conv3", "norm3", h)
+            fold("shortcut", "shortcut_norm", x)
+            blocks.append(FrozenBlock(convs))
+            x = blocks[-1](x)
+        weight = params["head.weight"]
+        head = nn.Linear(self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
+        head.weight.copy_(weight * params["logit_scale"])
+        head.bias.copy_(params["head.bias"] * params["logit_scale"])
+        frozen = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), UnitLength(), head, nn.Softmax(dim=-1))
+        return frozen.eval().to(memory_format=torch.channels_last)
+
+    def _affine(self, params: dict[str, Tensor], key: str, h: Tensor) -> tuple[Tensor, Tensor]:
+        """A norm layer as ``h * scale + shift`` per channel (support statistics measured on ``h``)."""
+        weight, bias = params[key + ".weight"], params[key + ".bias"]
+        if self.norm == "fixed":
+            return weight, bias
+        var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
+        scale = weight * torch.rsqrt(var + BN_EPS)
+        return scale, bias - mean * scale
+
+
+class FrozenBlock(nn.Module):
+    """One residual block with its norms folded into its convolutions (serving and ONNX)."""
+
+    def __init__(self, convs: dict[str, nn.Conv2d]) -> None:
+        super().__init__()
+        self.conv1, self.conv2, self.conv3, self.shortcut = (convs[k] for k in ("conv1", "conv2", "conv3", "shortcut"))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.leaky_relu(self.conv1(x), LEAK)
+        h = F.leaky_relu(self.conv2(h), LEAK)
+        return F.max_pool2d(F.leaky_relu(self.conv3(h) + self.shortcut(x), LEAK), 2)
+
+
+class UnitLength(nn.Module):
+    """L2-normalizes each row (exports to ONNX as plain arithmetic)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x, dim=1)
+
+
+def fixed_norm_params(network: ResNet12, params: dict[str, Tensor], running: RunningStatistics) -> dict[str, Tensor]:
+    """``params`` of a support-norm ResNet-12 rewritten for ``norm="fixed"``: each norm's running
+    mean and variance folded into its affine, ``w / sqrt(var + eps)`` and ``b - mean * that``."""
+    if network.norm != "support":
+        raise ValueError("only a support-norm network has statistics to fold")
+    fixed = {k: v.detach().clone() for k, v in params.items()}
+    for key, (mean, var) in running.items():
+        scale = params[key + ".weight"].detach() * torch.rsqrt(var + BN_EPS)
+        fixed[key + ".weight"] = scale
+        fixed[key + ".bias"] = params[key + ".bias"].detach() - mean * scale
+    return fixed

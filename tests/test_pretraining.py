@@ -1,0 +1,90 @@
+"""Supervised pretraining and meta-learning from it, on generated photos in Tiny ImageNet's layout."""
+
+import json
+
+import pytest
+import torch
+
+import fewshot_serve.pretraining as pretraining
+from fewshot_serve import cli
+from fewshot_serve.checkpoint import load_checkpoint
+from fewshot_serve.model_file import load_model
+from fewshot_serve.pretraining import PretrainConfig, pretrain
+from fewshot_serve.sources import DataSpec
+
+WIDTHS = (4, 4, 8, 8)
+
+
+def config_for(tree, out, **changes):
+    settings = dict(out=out, data=DataSpec("tiny-imagenet", tree, image_size=16), widths=WIDTHS, epochs=2,
+                    batch_size=64, val_episodes=10, checkpoint_every=3, bf16=False)
+    return PretrainConfig(**{**settings, **changes})
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_imagenet_tree, tmp_path_factory):
+    config = config_for(tiny_imagenet_tree, tmp_path_factory.mktemp("pretrain") / "pre.safetensors")
+    return config, pretrain(config, progress=False)
+
+
+def test_pretraining_exports_a_servable_fixed_norm_backbone(pretrained):
+    config, result = pretrained
+    network, recipe = load_model(result.model_path)
+    assert recipe.algorithm == "pretrain" and recipe.network["norm"] == "fixed" and recipe.network["adapt_from"] == 4
+    assert recipe.class_counts == {"train": 25, "val": 5, "test": 10}
+    assert torch.count_nonzero(network.head.weight) == 0
+    assert 0.2 < recipe.val_metric["nearest_mean_5shot"] <= 1.0 and result.best_epoch in (1, 2)
+    log = [json.loads(line) for line in (config.run_dir / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log if "val_metric" in r] == [1, 2]
+    assert (config.run_dir / "curves.png").stat().st_size > 0
+    classes = json.loads((config.run_dir / "classes.json").read_text())
+    assert len(classes["test"]) == 10 and all(name.startswith("thing ") for name in classes["test"])
+
+
+def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tiny_imagenet_tree, tmp_path, monkeypatch):
+    straight_config, _ = pretrained
+    config = config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors")
+    real = pretraining.cosine_lr
+
+    def crash_at_step_5(base, step, total):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(base, step, total)
+
+    monkeypatch.setattr(pretraining, "cosine_lr", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(config, progress=False)
+    assert load_checkpoint(config.run_dir / "checkpoint.safetensors").iteration == 3
+    monkeypatch.setattr(pretraining, "cosine_lr", real)
+    config.resume = True
+    pretrain(config, progress=False)
+    resumed = load_checkpoint(config.run_dir / "checkpoint.safetensors")
+    straight = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors")
+    assert resumed.iteration == straight.iteration
+    for key, value in straight.meta_params.items():
+        assert torch.equal(resumed.meta_params[key], value), key
+    with pytest.raises(ValueError, match="different settings"):
+        pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", lr=0.05, resume=True), progress=False)
+
+
+def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained, tiny_imagenet_tree, tmp_path, capsys):
+    _, result = pretrained
+    out = tmp_path / "photos.safetensors"
+    common = ["--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree)]
+    assert cli.main(["train", *common, "--init", str(result.model_path), "--adapt-from", "4", "--freeze-body",
+                     "--algorithm", "maml", "--learned-lrs", "--ways", "5", "--shots", "1", "--queries", "3",
+                     "--inner-steps", "3", "--inner-lr", "0.5", "--meta-batch", "4", "--iterations", "6",
+                     "--val-every", "3", "--val-episodes", "5", "--out", str(out)]) == 0
+    start, _ = load_model(result.model_path)
+    trained, recipe = load_model(out)
+    assert recipe.algorithm == "maml" and recipe.network["lr_steps"] == 3 and recipe.preprocessing["image_size"] == 16
+    for key, value in start.state_dict().items():
+        if key.startswith("blocks."):
+            assert torch.equal(trained.state_dict()[key], value), key
+    assert not torch.equal(trained.logit_scale, start.logit_scale)
+    assert cli.main(["evaluate", str(out), *common, "--episodes", "5", "--queries", "3"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["episodes"] == 5
+    # the test classes of another split may be the training classes of this one
+    assert cli.main(["train", *common, "--split-seed", "1", "--init", str(result.model_path), "--iterations", "1",
+                     "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "split seed" in capsys.readouterr().err

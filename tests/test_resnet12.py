@@ -1,0 +1,227 @@
+"""ResNet-12: an independent reference forward, the frozen/adapted split, folding of norm statistics,
+MAML's meta-gradient through it (finite differences), the frozen-body cache, serving and ONNX."""
+
+import numpy as np
+import onnxruntime
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes
+from fewshot_serve.inner_loop import adapt, predict
+from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient
+from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
+from fewshot_serve.networks import ResNet12, fixed_norm_params
+
+WIDTHS = (3, 4, 5, 6)
+WAYS, SHOTS, QUERIES = 3, 2, 2
+
+
+def tiny_resnet(norm="support", adapt_from=0, dtype=torch.float64, lr_steps=0) -> ResNet12:
+    torch.manual_seed(0)
+    network = ResNet12(3, WIDTHS, 16, norm=norm, adapt_from=adapt_from, lr_steps=lr_steps).to(dtype)
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # non-trivial values everywhere, so every term of every gradient is exercised
+        network.head.weight.normal_(0, 0.5, generator=g)
+        network.head.bias.fill_(0.1)
+        network.logit_scale.fill_(2.0)
+        if lr_steps:
+            network.step_lrs.copy_(0.1 + 0.3 * torch.rand(network.step_lrs.shape, generator=g, dtype=dtype))
+        for name, param in network.named_parameters():
+            if "norm" in name:
+                param.add_(0.2 * torch.randn(param.shape, generator=g, dtype=dtype))
+    return network
+
+
+def params_of(network):
+    return {k: v.detach().clone() for k, v in network.named_parameters()}
+
+
+def reference_forward(params, x, norm_stats):
+    """ResNet-12 written out by hand; ``norm_stats(key, h)`` gives each norm's (mean, var)."""
+    def conv_norm(prefix, conv, norm, h, padding):
+        h = F.conv2d(h, params[f"{prefix}{conv}.weight"], padding=padding)
+        mean, var = norm_stats(prefix + norm, h)
+        shape = (1, -1, 1, 1)
+        return (h - mean.view(shape)) / torch.sqrt(var.view(shape) + 1e-5) * params[f"{prefix}{norm}.weight"].view(
+            shape) + params[f"{prefix}{norm}.bias"].view(shape)
+
+    for i in range(4):
+        p = f"blocks.{i}."
+        h = F.leaky_relu(conv_norm(p, "conv1", "norm1", x, 1), 0.1)
+        h = F.leaky_relu(conv_norm(p, "conv2", "norm2", h, 1), 0.1)
+        h = conv_norm(p, "conv3", "norm3", h, 1) + conv_norm(p, "shortcut", "shortcut_norm", x, 0)
+        x = F.max_pool2d(F.leaky_relu(h, 0.1), 2)
+    features = x.mean((2, 3))
+    features = features / features.norm(dim=1, keepdim=True)
+    return params["logit_scale"] * (features @ params["head.weight"].T + params["head.bias"])
+
+
+def batch_statistics(n_ref):
+    return lambda key, h: (h[:n_ref].mean((0, 2, 3)), h[:n_ref].var((0, 2, 3), unbiased=False))
+
+
+def images(n, seed=1, dtype=torch.float64):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+@pytest.mark.parametrize("adapt_from", [0, 2, 4])
+def test_forward_matches_reference_and_frozen_then_adapted_part(adapt_from):
+    network = tiny_resnet(adapt_from=adapt_from)
+    params, x = params_of(network), images(7)
+    expected = reference_forward(params, x, batch_statistics(4))
+    torch.testing.assert_close(network.apply_params(params, x, 4), expected, rtol=1e-10, atol=1e-12)
+    split = network.adapted_part(params, network.frozen_part(params, x, 4), 4)
+    torch.testing.assert_close(split, expected, rtol=1e-10, atol=1e-12)
+    adapted_blocks = {name.split(".")[1] for name in network.fast_weight_names() if name.startswith("blocks.")}
+    assert adapted_blocks == {str(i) for i in range(adapt_from, 4)}
+    assert "logit_scale" not in network.fast_weight_names() and "head.weight" in network.fast_weight_names()
+
+
+def test_folded_running_statistics_equal_eval_mode_batchnorm():
+    network = tiny_resnet()
+    running = network.running_statistics()
+    g = torch.Generator().manual_seed(4)
+    for mean, var in running.values():
+        mean.copy_(torch.randn(mean.shape, generator=g))
+        var.copy_(0.5 + torch.rand(var.shape, generator=g))
+    params, x = params_of(network), images(5)
+    fixed = ResNet12(3, WIDTHS, 16, norm="fixed").double()
+    folded = fixed_norm_params(network, params, running)
+    expected = reference_forward(params, x, lambda key, h: running[key])
+    torch.testing.assert_close(fixed.apply_params(folded, x), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_pretraining_forward_updates_running_statistics_towards_the_batch():
+    network = tiny_resnet()
+    running = network.running_statistics()
+    x = images(8)
+    for _ in range(300):  # momentum 0.1: the running mean converges to the batch's
+        network.embed(params_of(network), x, running=running)
+    mean, _ = running["blocks.0.norm1"]
+    h = F.conv2d(x, network.blocks[0].conv1.weight.detach(), padding=1)
+    torch.testing.assert_close(mean, h.mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
+
+
+@pytest.mark.parametrize("norm", ["support", "fixed"])
+def test_frozen_classifier_equals_predict(norm):
+    network = tiny_resnet(norm=norm)
+    meta = params_of(network)
+    xs, xq = images(WAYS * SHOTS, 2), images(5, 3)
+    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
+    params = adapt(network, network.task_parameters(meta, WAYS), xs, ys, (0.3,), 3, first_order=True).params
+    expected = predict(network, params, xs, xq).softmax(-1)
+    frozen = network.freeze(params, xs)
+    torch.testing.assert_close(frozen(xq), expected, rtol=1e-9, atol=1e-12)
+
+
+def second_order_batch(tasks=2, dtype=torch.float64):
+    labels = lambda per: torch.arange(WAYS).repeat_interleave(per).repeat(tasks, 1)  # noqa: E731
+    return TaskBatch(images(tasks * WAYS * SHOTS, 5).view(tasks, WAYS * SHOTS, 3, 16, 16), labels(SHOTS),
+                     images(tasks * WAYS * QUERIES, 6).view(tasks, WAYS * QUERIES, 3, 16, 16), labels(QUERIES), WAYS)
+
+
+INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=2, test_steps=2)
+
+
+@pytest.mark.parametrize("adapt_from", [0, 3])
+def test_maml_meta_gradient_matches_central_finite_differences(adapt_from):
+    network, batch = tiny_resnet(adapt_from=adapt_from, lr_steps=2), second_order_batch()
+    theta = params_of(network)
+    grads, _, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
+
+    def meta_loss(params):
+        return meta_gradient(network, params, batch, INNER, first_order=False, vectorize=False)[1].item()
+
+    eps = 1e-6
+    g = torch.Generator().manual_seed(11)
+    direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in theta.items()}
+    plus = meta_loss({k: theta[k] + eps * direction[k] for k in theta})
+    minus = meta_loss({k: theta[k] - eps * direction[k] for k in theta})
+    analytic = sum((grads[k] * direction[k]).sum() for k in theta).item()
+    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-9)
+    for key in ("logit_scale", "blocks.0.conv1.weight", "step_lrs"):
+        assert grads[key].abs().max() > 1e-6, key  # frozen blocks still get the query loss's gradient
+
+
+def test_frozen_body_cache_gives_the_whole_networks_meta_gradient_for_the_adapted_part():
+    network, batch = tiny_resnet(norm="fixed", adapt_from=3), second_order_batch()
+    theta = params_of(network)
+    whole, loss, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
+    part = AdaptedPart(network)
+    assert set(dict(part.named_parameters())) == {k for k in theta if not k.startswith(("blocks.0", "blocks.1", "blocks.2"))}
+    frozen = {k: v for k, v in theta.items()}
+    cached = batch._replace(x_support=torch.stack([network.frozen_part(frozen, x) for x in batch.x_support]),
+                            x_query=torch.stack([network.frozen_part(frozen, x) for x in batch.x_query]))
+    part_params = {k: theta[k] for k in dict(part.named_parameters())}
+    grads, cached_loss, _ = meta_gradient(part, part_params, cached, INNER, first_order=False, vectorize=False)
+    assert cached_loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, whole[key], rtol=1e-9, atol=1e-12)
+
+
+def test_cached_episodes_are_the_image_episodes(glyph_tree):
+    from fewshot_serve.datasets import load_folder_tree
+    from fewshot_serve.episodes import ImageEpisodes
+    from fewshot_serve.preprocessing import Preprocessing
+
+    preprocessing = Preprocessing(16, 1, True, "pad", (0.0,), (1.0,))
+    classes = load_folder_tree(glyph_tree, preprocessing)
+    sampler = ImageEpisodes(classes, preprocessing, 4, 2, 3)
+    table = classes.images.float().flatten(1)  # "features": the images themselves
+    cached = CachedEpisodes(sampler, table).sample(torch.Generator().manual_seed(9), 3, "cpu")
+    plain = sampler.sample(torch.Generator().manual_seed(9), 3, "cpu")
+    raw = [sampler.sample_uint8(g) for g in [torch.Generator().manual_seed(9)] for _ in range(3)]
+    torch.testing.assert_close(cached.x_support, torch.stack([r[0].float().flatten(1) for r in raw]))
+    torch.testing.assert_close(cached.x_query, torch.stack([r[2].float().flatten(1) for r in raw]))
+    assert torch.equal(cached.y_query, plain.y_query)
+
+
+def recipe_for(network):
+    from fewshot_serve.preprocessing import Preprocessing
+
+    return Recipe(network=network.config(), preprocessing=Preprocessing(16, 3, False, "squash", (0.5,) * 3,
+                                                                       (0.25,) * 3).to_dict(),
+                  inner_lrs=[0.5], train_steps=3, test_steps=3, algorithm="fomaml", dataset="tiny-imagenet", ways=5,
+                  shots=1, queries=15)
+
+
+def test_model_file_round_trip_serving_and_onnx(tmp_path):
+    import fewshot_serve
+
+    network = tiny_resnet(norm="fixed", adapt_from=3, dtype=torch.float32)
+    path = tmp_path / "photos.safetensors"
+    save_model(path, network, recipe_for(network))
+    loaded, recipe = load_model(path)
+    assert recipe.network["architecture"] == "resnet12" and loaded.adapt_from == 3
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    model = fewshot_serve.load(path, "cpu")
+    rng = np.random.default_rng(0)
+    support = {c: [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2)] for c in "abc"}
+    adapted = model.adapt(support)
+    queries = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
+    rows = adapted.classify(queries)
+    onnx_path = tmp_path / "task.onnx"
+    adapted.export_onnx(onnx_path)
+    onnx_rows = fewshot_serve.OnnxClassifier(onnx_path).classify(queries)
+    for row, onnx_row in zip(rows, onnx_rows):
+        np.testing.assert_allclose([row[c] for c in "abc"], [onnx_row[c] for c in "abc"], atol=1e-4)
+    session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 16, 16]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"widths": [4, 4, 4]}, "4 widths"),
+    ({"norm": "group"}, "norm in"),
+    ({"adapt_from": 7}, "adapt_from in"),
+    ({"depth": 12}, "needs exactly"),
+])
+def test_model_file_rejects_bad_resnet_recipes(tmp_path, change, message):
+    network = tiny_resnet(dtype=torch.float32)
+    recipe = recipe_for(network)
+    recipe.network = {**recipe.network, **change}
+    path = tmp_path / "bad.safetensors"
+    save_model(path, network, recipe)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
