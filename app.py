@@ -7,7 +7,8 @@ people upload), then the handwriting model, then the rest.
 import argparse
 from pathlib import Path
 
-from fewshot_serve.web_app import launch
+from fewshot_serve.auth import AUTH_ENV, Credentials
+from fewshot_serve.web_app import CONCURRENCY, QUEUE_SIZE, launch
 
 MODELS = Path(__file__).resolve().parent / "models"
 FIRST = [MODELS / "photos-resnet12.safetensors", MODELS / "omniglot-conv4.safetensors"]
@@ -25,8 +26,22 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1", help="interface to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default)")
+    parser.add_argument("--auth-file", type=Path, default=None,
+                        help=f"require a login: lines 'user:password' or 'user:pbkdf2_sha256$...' (from "
+                             f"`fewshot-serve hash-password USER`); ${AUTH_ENV}=user:password[,...] works too")
+    parser.add_argument("--no-auth", action="store_true",
+                        help="serve a non-loopback --host or --share without a login (refused otherwise)")
+    parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests run at once per event")
+    parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE,
+                        help="requests that may wait; more are refused at once with 'Queue is full'")
     args = parser.parse_args()
-    launch(args.model or shipped_models(), host=args.host, port=args.port, share=args.share)
+    try:
+        credentials = Credentials.load(args.auth_file)
+        launch(args.model or shipped_models(), host=args.host, port=args.port, share=args.share,
+               credentials=credentials, allow_anonymous=args.no_auth, concurrency=args.concurrency,
+               queue_size=args.queue_size)
+    except ValueError as error:
+        parser.error(str(error))
 
 
 if __name__ == "__main__":

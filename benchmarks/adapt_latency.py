@@ -1,6 +1,7 @@
 """Adaptation latency: load -> adapt -> classify, ours against the textbook baseline, peers and the FLOP bound.
 
     python benchmarks/adapt_latency.py [--model models/omniglot-conv4-fomaml.safetensors] [--repeats 50]
+                                       [--photo-model models/photos-resnet12.safetensors]
 
 For 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries, at the file's test-time step
 count, every contestant adapts the same weights on the same preprocessed inputs and classifies the
@@ -11,6 +12,10 @@ same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound
 * textbook: deep-copy the module, ``torch.optim.SGD``, ``.backward()`` per step (the MAML tutorial).
 * higher / learn2learn: run when importable (``pip install -r benchmarks/requirements-peers.txt``).
 * bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
+
+The photo model (ResNet-12, learned per-step learning rates, head-only inner loop) has no
+textbook or peer counterpart that does the same work, so it is timed alone: 5-way 1-shot and
+5-shot with 75 queries, split into adaptation and classification.
 """
 
 from __future__ import annotations
@@ -173,6 +178,34 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     return report
 
 
+def run_photo(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5))) -> dict:
+    """p50/p95 of adapting the photo model and classifying 75 queries, and of each half."""
+    model = fewshot_serve.load(model_path, device=device)
+    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
+    report = {"model": model_path.name, "device": device, "threads": torch.get_num_threads(),
+              "steps": model.recipe.test_steps, "settings": {}}
+    generator = torch.Generator().manual_seed(0)
+    for ways, shots in settings:
+        xs = torch.randn(ways * shots, channels, size, size, generator=generator).to(device)
+        ys = torch.arange(ways).repeat_interleave(shots).to(device)
+        xq = torch.randn(QUERIES, channels, size, size, generator=generator).to(device)
+        adapted = model.adapt_tensors(xs, ys, ways)
+        times = {"adapt + classify": timed(lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq), repeats),
+                 "adapt": timed(lambda: model.adapt_tensors(xs, ys, ways), repeats),
+                 "classify": timed(lambda: adapted.probabilities(xq), repeats)}
+        report["settings"][f"{ways}-way {shots}-shot"] = {
+            name: {"p50_ms": 1e3 * percentile(t, 0.5), "p95_ms": 1e3 * percentile(t, 0.95)} for name, t in times.items()}
+    return report
+
+
+def print_photo_table(report: dict) -> None:
+    print(f"\nphoto model {report['model']}: device {report['device']}, {report['threads']} threads, "
+          f"{report['steps']} steps, {QUERIES} queries")
+    for setting, entry in report["settings"].items():
+        print(f"  {setting}: " + "   ".join(f"{name} p50 {t['p50_ms']:.1f} ms / p95 {t['p95_ms']:.1f} ms"
+                                            for name, t in entry.items()))
+
+
 def print_table(report: dict) -> None:
     print(f"device {report['device']}, {report['threads']} threads, {report['steps']} steps, {QUERIES} queries"
           + (f", peak matmul {report['peak_matmul_gflops']:.0f} GFLOP/s" if report["peak_matmul_gflops"] else ""))
@@ -193,11 +226,18 @@ def main() -> None:
                         help="a model without MAML++ options, which the peers' plain SGD loops can adapt too")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt_latency.json")
+    parser.add_argument("--photo-model", type=Path, default=ROOT / "models" / "photos-resnet12.safetensors",
+                        help="also time this photo model alone (skipped if the file is absent)")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     reports = [run(args.model, args.repeats, device) for device in devices]
     for report in reports:
         print_table(report)
+    if args.photo_model.exists():
+        photo_reports = [run_photo(args.photo_model, args.repeats, device) for device in devices]
+        for report in photo_reports:
+            print_photo_table(report)
+        reports += photo_reports
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(reports, indent=2) + "\n")
 

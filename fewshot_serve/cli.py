@@ -1,4 +1,4 @@
-"""``fewshot-serve``: the command line (pretrain, train, evaluate, export-onnx)."""
+"""``fewshot-serve``: the command line (pretrain, train, evaluate, export-onnx, hash-password)."""
 
 from __future__ import annotations
 
@@ -134,7 +134,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--steps", type=int, default=None, help="inner steps (default: the model's test-time steps)")
     export.add_argument("--device", default=None)
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    hashing = commands.add_parser("hash-password", help="print an auth-file line with a hashed password for USER")
+    hashing.add_argument("user")
     return parser
+
+
+def run_hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from .auth import hash_password
+
+    if ":" in args.user or not args.user.strip():
+        raise ValueError("the user name must be non-empty and without ':'")
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    if not password:
+        raise ValueError("empty password")
+    print(f"{args.user}:{hash_password(password)}")
+    return 0
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
@@ -234,6 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_train(args, argv)
         if args.command == "export-onnx":
             return run_export_onnx(args)
+        if args.command == "hash-password":
+            return run_hash_password(args)
         return run_evaluate(args)
     except (ValueError, FileNotFoundError, FloatingPointError) as error:
         print(f"fewshot-serve: error: {error}", file=sys.stderr)

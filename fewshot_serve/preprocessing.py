@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ from PIL import Image, ImageOps
 
 #: Anything :func:`open_image` accepts.
 ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
+
+#: A Python object's default repr, "<_io.BytesIO object at 0x7f...>": internal detail, not for messages.
+OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
 
 #: Uploads larger than this many pixels are refused (PIL's own guard is only a warning at 89 MP).
 MAX_IMAGE_PIXELS = 40_000_000
@@ -70,8 +74,11 @@ def _decode(stream: io.BytesIO, name: str) -> Image.Image:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         raise ImageError(f"{name}: refused as a decompression bomb ({error})") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not a readable image (not a known image format)") from None
     except Exception as error:  # PIL raises many types for corrupt data
-        raise ImageError(f"{name}: not a readable image ({type(error).__name__}: {error})") from None
+        detail = OBJECT_REPR.sub("the data", str(error))  # no "<_io.BytesIO object at 0x...>" in messages
+        raise ImageError(f"{name}: not a readable image ({type(error).__name__}: {detail})") from None
     return pil
 
 

@@ -195,8 +195,10 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         save_model(config.out, exported, recipe, state.best_params)
         plot_curves(log, run_dir / "curves.png", "accuracy")
 
-    network.train()
     bar = tqdm(total=total, initial=state.iteration, desc="pretrain", disable=not progress)
+    for split, classes in splits.items():
+        shown = ", ".join(classes.names[:6]) + (", ..." if len(classes) > 6 else "")
+        bar.write(f"{split}: {len(classes)} classes ({shown}); all in {run_dir / 'classes.json'}")
     permutation, permutation_epoch = None, -1
     for step in range(state.iteration, total):
         epoch, index = divmod(step, steps_per_epoch)

@@ -5,7 +5,7 @@ An upload's path to a prediction::
     FewShotModel.adapt(support)                     this file: validate the request
       -> open_image / Preprocessing.to_uint8        preprocessing.py: decode, fit, resize as trained
       -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
-      -> Conv4.freeze                               networks.py: adapted weights + support statistics
+      -> MetaNetwork.freeze                         networks/: adapted weights + norms folded in
     AdaptedClassifier.classify(queries)             this file: the frozen network, softmax
 
 The meta-learned weights are read, never written: every adaptation builds its own tensors, so

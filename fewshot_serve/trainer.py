@@ -73,7 +73,7 @@ class TrainConfig:
     adapt_from: int = 0  # resnet12: the first block the inner loop adapts (4: the head only)
     init: Path | None = None  # start from this model file's weights (e.g. `fewshot-serve pretrain`'s)
     freeze_body: bool = False  # with init: meta-learn only the adapted part, on cached frozen-part outputs
-    # MAML++ (Antoniou et al. 2019), each off by default; see networks.py and meta_learning.Annealing
+    # MAML++ (Antoniou et al. 2019), each off by default; see networks/base.py and meta_learning.Annealing
     learned_lrs: bool = False  # learn a learning rate per fast weight and inner step (LSLR)
     per_step_norm: bool = False  # BatchNorm weights and biases per inner-loop state (BNWB)
     multi_step_loss: int = 0  # iterations over which the every-step query loss anneals to the last step's

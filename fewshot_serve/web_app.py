@@ -32,10 +32,19 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from .auth import AUTH_ENV, Credentials, is_loopback
 from .preprocessing import MAX_IMAGE_PIXELS
 from .serving import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, load
 
 UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveals more)
+# One request adapts and classifies in 0.1-0.3 s on a 2-core CPU, and throughput stays flat from 1 to
+# 64 concurrent clients (benchmarks/serve_throughput.py): 2 at a time use both cores, and 16 waiting
+# keep the longest wait to a few seconds before anyone is turned away.
+CONCURRENCY = 2
+QUEUE_SIZE = 16
+#: The "Example" button's task: Omniglot drawings (MIT, licence beside them).
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "omniglot"
+EXAMPLE_MODEL = "omniglot-conv4"
 SHOWN_AT_START = 5
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per file
 
@@ -45,21 +54,28 @@ LIMITS_TEXT = (
 )
 
 
-def readable_errors(handler: Callable) -> Callable:
-    """Show bad input as its message and anything unexpected as a short notice, never a traceback."""
+def readable_errors(escape: bool = True) -> Callable[[Callable], Callable]:
+    """Show bad input as its message and anything unexpected as a short notice, never a traceback.
 
-    @functools.wraps(handler)
-    def wrapper(*args: Any) -> Any:
-        try:
-            return handler(*args)
-        except gr.Error:
-            raise
-        except ValueError as error:  # escaped: the page renders error messages as HTML
-            raise gr.Error(html.escape(str(error)), print_exception=False) from None
-        except Exception as error:  # keep serving; the details stay in the server log
-            raise gr.Error(f"Something went wrong ({type(error).__name__}); please try again.") from error
+    The page renders error messages as HTML, so its handlers (``escape=True``) escape them: a class
+    named ``<b>x</b>`` shows as typed. API clients (``escape=False``) get the plain text.
+    """
 
-    return wrapper
+    def decorate(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def wrapper(*args: Any) -> Any:
+            try:
+                return handler(*args)
+            except gr.Error:
+                raise
+            except ValueError as error:
+                raise gr.Error(html.escape(str(error)) if escape else str(error), print_exception=False) from None
+            except Exception as error:  # keep serving; the details stay in the server log
+                raise gr.Error(f"Something went wrong ({type(error).__name__}); please try again.") from error
+
+        return wrapper
+
+    return decorate
 
 
 def drawn_image(sketch: Any) -> Image.Image | None:
@@ -125,7 +141,7 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             raise ValueError(f"no model named {name!r}; served: {', '.join(models)}")
         return name, models[name]
 
-    @readable_errors
+    @readable_errors()
     def add_drawing(sketch: Any, drawings: list) -> tuple[list, list, None]:
         image = drawn_image(sketch)
         if image is None:
@@ -133,19 +149,19 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         drawings = drawings + [image]
         return drawings, drawings, None
 
-    @readable_errors
+    @readable_errors()
     def add_photo(photo: Image.Image | None, captured: list) -> tuple[list, list, None]:
         if photo is None:
             raise ValueError("take a photo with the camera first")
         captured = captured + [photo]
         return captured, captured, None
 
-    @readable_errors
+    @readable_errors()
     def switch_model(name: str) -> tuple[None, str, str, None]:
         name, model = model_named(name)
         return None, describe(name, model), "Model switched: press **Adapt** again.", None
 
-    @readable_errors
+    @readable_errors()
     def adapt_to_support(model_name: str, *slots: Any) -> tuple[AdaptedClassifier, str, Any]:
         _, model = model_named(model_name)
         names, uploads, drawings = slots[:UI_CLASSES], slots[UI_CLASSES : 2 * UI_CLASSES], slots[2 * UI_CLASSES :]
@@ -164,7 +180,7 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
                   f"({len(adapted.support_losses)} steps on {model.device.type.upper()}).")
         return adapted, status, loss_plot(adapted.support_losses)
 
-    @readable_errors
+    @readable_errors()
     def classify_queries(adapted: AdaptedClassifier | None, files: Any, sketch: Any, photo: Any) -> tuple[list, dict]:
         if adapted is None:
             raise ValueError("press Adapt first")
@@ -178,7 +194,7 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         gallery = [(q if isinstance(q, Image.Image) else str(q), top3_caption(r)) for q, r in zip(queries, rows)]
         return gallery, rows[-1]
 
-    @readable_errors
+    @readable_errors()
     def export_classifier(adapted: AdaptedClassifier | None) -> str:
         if adapted is None:
             raise ValueError("press Adapt first")
@@ -186,7 +202,17 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         adapted.export_onnx(path)
         return str(path)
 
-    @readable_errors
+    def load_example() -> tuple:
+        """The shipped example task in the first class slots and the queries, on the handwriting model."""
+        classes = sorted(p for p in (EXAMPLE_DIR / "support").iterdir() if p.is_dir())
+        names = [c.name for c in classes] + [""] * (UI_CLASSES - len(classes))
+        files = [sorted(map(str, c.glob("*.png"))) for c in classes] + [None] * (UI_CLASSES - len(classes))
+        queries = sorted(map(str, (EXAMPLE_DIR / "queries").glob("*.png")))
+        status = (f"Example loaded: {len(classes)} handwritten Korean characters, 2 drawings each, on the "
+                  f"{EXAMPLE_MODEL} model. Press **Adapt**, then **Classify**.")
+        return (EXAMPLE_MODEL, *names, *files, queries, status)
+
+    @readable_errors(escape=False)
     def classify_api(support_files: Any, labels_json: str, query_files: Any, model_name: str = "") -> dict[str, Any]:
         """One-call API: support files with one label each (a JSON list), query files, optionally a model name."""
         model_name, model = model_named(model_name)
@@ -211,6 +237,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             f"then classify new images.\n\n{LIMITS_TEXT}"
         )
         with gr.Row():
+            example_button = gr.Button("Example", size="sm", elem_id="example", scale=0,
+                                       visible=EXAMPLE_MODEL in models and EXAMPLE_DIR.is_dir())
             model_menu = gr.Dropdown(list(models), value=default, label="Model", interactive=len(models) > 1,
                                      elem_id="model", scale=1)
             model_info = gr.Markdown(describe(default, models[default]), elem_id="model-info")
@@ -264,6 +292,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             download = gr.DownloadButton("Download ONNX", value=None)
         export_button.click(export_classifier, adapted_state, download, api_visibility="private")
         model_menu.change(switch_model, model_menu, [adapted_state, model_info, status, plot], api_visibility="private")
+        example_button.click(load_example, None, [model_menu, *names, *uploads, query_files, status],
+                             api_visibility="private")
 
         api_support = gr.File(file_count="multiple", visible=False)
         api_labels = gr.Textbox(visible=False)
@@ -287,12 +317,27 @@ def load_models(paths: Sequence[str | os.PathLike]) -> dict[str, FewShotModel]:
 
 
 def launch(model_paths: str | os.PathLike | Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 7860,
-           share: bool = False, block: bool = True) -> gr.Blocks:
-    """Load the model file(s) and serve the app; ``block=False`` returns once it is listening (tests)."""
+           share: bool = False, block: bool = True, credentials: Credentials | None = None,
+           allow_anonymous: bool = False, concurrency: int = CONCURRENCY, queue_size: int = QUEUE_SIZE) -> gr.Blocks:
+    """Load the model file(s) and serve the app; ``block=False`` returns once it is listening (tests).
+
+    With ``credentials`` every page and API call needs a login. Serving anything but loopback (or a
+    share link) without them is refused unless ``allow_anonymous``. At most ``concurrency`` requests
+    per event run at once and ``queue_size`` wait; past that a request is refused at once with
+    "Queue is full! Please try again." rather than waiting without bound.
+    """
+    if credentials is None and not allow_anonymous and (share or not is_loopback(host)):
+        raise ValueError(
+            f"refusing to serve {'a share link' if share else host} without a login: give --auth-file FILE "
+            f"(lines user:password) or ${AUTH_ENV}=user:password, or --no-auth to serve anyone who can reach it"
+        )
+    if concurrency < 1 or queue_size < 1:
+        raise ValueError("concurrency and queue size must be at least 1")
     if isinstance(model_paths, (str, os.PathLike)):
         model_paths = [model_paths]
     app = build_app(load_models(model_paths))
-    app.queue(default_concurrency_limit=4)
+    app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
-               max_file_size=MAX_UPLOAD_BYTES, show_error=False, quiet=not block)
+               max_file_size=MAX_UPLOAD_BYTES, show_error=False, quiet=not block, auth=credentials,
+               auth_message="fewshot-serve: log in" if credentials else None, allowed_paths=[str(EXAMPLE_DIR)])
     return app

@@ -164,10 +164,26 @@ def test_html_in_class_names_stays_text(server, glyph_files, tmp_path):
     assert result["labels"] == [name, "<b>bold</b>"]
     fake = tmp_path / "fake.png"
     fake.write_text("not an image")
-    with pytest.raises(Exception) as raised:  # echoed in an error message: escaped, not markup
+    with pytest.raises(Exception) as raised:  # echoed in an API error: plain text, as the client sent it
         server.predict([handle_file(glyph_files[0, 0]), handle_file(str(fake))],
                        json.dumps(["ok", name]), [handle_file(glyph_files[0, 2])], api_name="/classify")
-    assert "&lt;script&gt;" in str(raised.value) and "<script>" not in str(raised.value)
+    message = str(raised.value)
+    assert f"class {name!r} image #1 (fake.png): not a readable image" in message
+    assert "&lt;" not in message and "&#x27;" not in message and " at 0x" not in message
+
+
+def test_page_handlers_escape_messages_and_api_ones_do_not():
+    from fewshot_serve.web_app import readable_errors
+
+    def refuse():
+        raise ValueError("class '<b>x</b>' is bad")
+
+    with pytest.raises(Exception) as page:
+        readable_errors()(refuse)()
+    with pytest.raises(Exception) as api:
+        readable_errors(escape=False)(refuse)()
+    assert page.value.message == "class &#x27;&lt;b&gt;x&lt;/b&gt;&#x27; is bad"
+    assert api.value.message == "class '<b>x</b>' is bad"
 
 
 def test_request_limits_are_enforced_with_a_clear_message(server, glyph_files):

@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -20,6 +21,18 @@ def test_adapt_latency_smoke(capsys):
     assert {"ours", "textbook", "gflop", "bound_ms"} <= set(entry)  # peers must also agree with ours to be timed
     adapt_latency.print_table(report)
     assert "ours / bound" in capsys.readouterr().out
+
+
+def test_adapt_latency_photo_smoke(tmp_path, capsys):
+    from test_resnet12 import recipe_for, tiny_resnet
+    from fewshot_serve.model_file import save_model
+
+    network = tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32)
+    save_model(tmp_path / "photos.safetensors", network, recipe_for(network))
+    report = adapt_latency.run_photo(tmp_path / "photos.safetensors", repeats=2, device="cpu", settings=((3, 2),))
+    assert set(report["settings"]["3-way 2-shot"]) == {"adapt + classify", "adapt", "classify"}
+    adapt_latency.print_photo_table(report)
+    assert "photo model" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("contestant", ["ours-vmap", "ours-loop"])

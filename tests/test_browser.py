@@ -103,3 +103,51 @@ def test_webcam_photos_for_support_and_query_in_chromium(colour_model):
             browser.close()
     finally:
         app.close()
+
+
+def test_login_example_button_and_literal_markup_in_chromium(tmp_path):
+    """With a login: a wrong password is refused and the right one lets in. Then the Example button fills a
+    task that adapts and classifies; a class name with markup shows as typed in an error message."""
+    from fewshot_serve.auth import Credentials, hash_password
+
+    port = free_port()
+    app = launch([SHIPPED], port=port, block=False, credentials=Credentials({"alice": hash_password("wonderland")}))
+    (tmp_path / "fake.png").write_text("not an image")
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+            page = browser.new_page(viewport={"width": 1600, "height": 1400})
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+
+            def log_in(password: str) -> None:
+                page.get_by_label("username").fill("alice")
+                page.get_by_label("password").fill(password)
+                page.get_by_role("button", name="Login").click()
+
+            log_in("wrong")
+            page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)
+            assert page.locator("#adapt").count() == 0
+            log_in("wonderland")
+            page.locator("#adapt").wait_for(timeout=60_000)
+
+            page.locator("#example").click()
+            page.locator("#status").get_by_text("Example loaded").wait_for(timeout=30_000)
+            page.wait_for_function("document.querySelector('#class-2-name textarea, #class-2-name input')"
+                                   ".value === 'korean-12'", timeout=30_000)
+            page.wait_for_timeout(1000)
+            page.locator("#adapt").click()
+            page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
+            page.locator("#classify").click()
+            page.wait_for_function("document.querySelector('#last-query').innerText.includes('korean-12')",
+                                   timeout=60_000)
+
+            markup = "<b>bold</b>"
+            page.locator("#class-0-name textarea, #class-0-name input").first.fill(markup)
+            page.locator("#class-0-files input[type=file]").set_input_files([str(tmp_path / "fake.png")])
+            page.wait_for_timeout(1000)
+            page.locator("#adapt").click()  # the upload joins the example's two drawings: image #3
+            page.get_by_text(f"class '{markup}' image #3 (fake.png)").first.wait_for(timeout=30_000)  # the text, not bold markup
+            assert page.locator(".toast-body b, [data-testid='toast-body'] b").count() == 0
+            browser.close()
+    finally:
+        app.close()

@@ -138,6 +138,10 @@ class MetaNetwork(nn.Module):
         """The rest of the network, from :meth:`frozen_part`'s output ``h``."""
         return self.apply_params(params, h, n_ref)
 
+    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
+        """The adapted classifier as a plain eval-mode network, images -> probabilities (serving, ONNX)."""
+        raise NotImplementedError(f"{type(self).__name__} does not classify images")
+
     def in_frozen_part(self, name: str) -> bool:
         """Whether parameter ``name`` is used only by :meth:`frozen_part`."""
         return False

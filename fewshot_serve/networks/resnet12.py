@@ -172,32 +172,34 @@ class ResNet12(MetaNetwork):
         """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
 
         Every norm is folded into the convolution before it: with support norm, the support
-        statistics under ``params`` (measured layer by layer on ``x_support``) become constants,
-        so the result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at
-        a time, with one convolution per layer.
+        statistics under ``params`` (measured layer by layer on ``x_support``) become constants;
+        fixed norms fold as they are. The result computes what
+        :func:`~fewshot_serve.inner_loop.predict` does, one image at a time, with one convolution
+        per layer.
         """
+        support = self.norm == "support"  # fixed norms need no statistics, so no pass over the support set
         blocks, x = [], x_support
         for index in range(len(self.blocks)):
             prefix, convs = f"blocks.{index}.", {}
 
-            def fold(conv: str, norm: str, source: Tensor) -> Tensor:
+            def fold(conv: str, norm: str, source: Tensor | None) -> Tensor | None:
                 weight = params[prefix + conv + ".weight"]
                 padding = weight.shape[-1] // 2
-                h = F.conv2d(source, weight, padding=padding)
+                h = F.conv2d(source, weight, padding=padding) if support else None
                 scale, shift = self._affine(params, prefix + norm, h)
                 layer = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=padding,
                                   device=weight.device, dtype=weight.dtype)
                 layer.weight.copy_(weight * scale.view(-1, 1, 1, 1))
                 layer.bias.copy_(shift)
                 convs[conv] = layer
-                return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+                return h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1) if support else None
 
-            h = F.leaky_relu(fold("conv1", "norm1", x), LEAK)
-            h = F.leaky_relu(fold("conv2", "norm2", h), LEAK)
-            fold("conv3", "norm3", h)
+            h = fold("conv1", "norm1", x)
+            h = fold("conv2", "norm2", F.leaky_relu(h, LEAK) if support else None)
+            fold("conv3", "norm3", F.leaky_relu(h, LEAK) if support else None)
             fold("shortcut", "shortcut_norm", x)
             blocks.append(FrozenBlock(convs))
-            x = blocks[-1](x)
+            x = blocks[-1](x) if support else None
         weight = params["head.weight"]
         head = nn.Linear(self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
         head.weight.copy_(weight * params["logit_scale"])
@@ -205,8 +207,8 @@ class ResNet12(MetaNetwork):
         frozen = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), UnitLength(), head, nn.Softmax(dim=-1))
         return frozen.eval().to(memory_format=torch.channels_last)
 
-    def _affine(self, params: dict[str, Tensor], key: str, h: Tensor) -> tuple[Tensor, Tensor]:
-        """A norm layer as ``h * scale + shift`` per channel (support statistics measured on ``h``)."""
+    def _affine(self, params: dict[str, Tensor], key: str, h: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A norm layer as ``h * scale + shift`` per channel (support norm: statistics measured on ``h``)."""
         weight, bias = params[key + ".weight"], params[key + ".bias"]
         if self.norm == "fixed":
             return weight, bias

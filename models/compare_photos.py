@@ -1,0 +1,81 @@
+"""The photo model's ablation: every contestant scored on the same held-out Tiny ImageNet episodes.
+
+    python models/compare_photos.py --model "pretrained + MAML=models/photos-resnet12.safetensors" \
+        --model "Conv4, MAML from scratch=runs/photos-conv4-scratch.safetensors" ... \
+        --nearest-mean "pretrained only, nearest class mean=runs/photos-pretrained.safetensors"
+
+``--model NAME=FILE`` adapts FILE with its own inner loop (test-time steps and learning rates);
+``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features, no inner loop.
+Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (600 episodes, 15
+queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0). Results
+merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
+separate runs; the test classes' names are recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from fewshot_serve.atomic import atomic_write_text
+from fewshot_serve.episodes import ImageEpisodes
+from fewshot_serve.evaluation import evaluate_episodes
+from fewshot_serve.model_file import load_model
+from fewshot_serve.nearest_mean import embed_images, nearest_mean_accuracy
+from fewshot_serve.sources import DataSpec, load_splits
+
+HERE = Path(__file__).resolve().parent
+SETTINGS = ((5, 1), (5, 5))
+
+
+def named(text: str) -> tuple[str, Path]:
+    name, separator, path = text.partition("=")
+    if not separator:
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
+    return name, Path(path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=named, action="append", default=[])
+    parser.add_argument("--nearest-mean", type=named, action="append", default=[])
+    parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--output", type=Path, default=HERE / "photos-comparison.json")
+    args = parser.parse_args()
+    device = torch.device("cpu")
+    test_splits: dict[tuple, object] = {}
+    for mode, (name, path) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
+        network, recipe = load_model(path, device)
+        preprocessing = recipe.image_preprocessing()
+        key = (recipe.dataset, recipe.split_seed, preprocessing.image_size)
+        if key not in test_splits:  # decoding does not depend on mean/std, so models of one size share it
+            spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed)
+            test_splits[key] = load_splits(spec, preprocessing)["test"]
+        test = test_splits[key]
+        entry = {"file": path.name, "mode": mode, "algorithm": recipe.algorithm, "network": recipe.network,
+                 "test_steps": recipe.test_steps, "test_classes": test.names}
+        features = None
+        if mode == "nearest mean":
+            params = {k: v.detach() for k, v in network.named_parameters()}
+            features = embed_images(network, params, test.images, preprocessing.normalize, device)
+        for ways, shots in SETTINGS:
+            sampler = ImageEpisodes(test, preprocessing, ways, shots, queries=15)
+            if features is None:
+                result = evaluate_episodes(network, sampler, tuple(recipe.inner_lrs), recipe.test_steps,
+                                           args.episodes, seed=0, device=device, progress=True)
+            else:
+                result = nearest_mean_accuracy(features, sampler, args.episodes, seed=0)
+            entry[f"{ways}-way {shots}-shot"] = {"accuracy": result.mean, "ci95": result.ci95}
+            print(f"{name}: {ways}-way {shots}-shot {100 * result.mean:.2f} ± {100 * result.ci95:.2f}%", flush=True)
+        # re-read before writing: another evaluation may have added its contestant meanwhile
+        results = json.loads(args.output.read_text()) if args.output.exists() else {}
+        results[name] = entry
+        atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
