@@ -4,7 +4,9 @@
         --model "Conv4, MAML from scratch=runs/photos-conv4-scratch.safetensors" ... \
         --nearest-mean "pretrained only, nearest class mean=runs/photos-pretrained.safetensors"
 
-``--model NAME=FILE`` adapts FILE with its own inner loop (test-time steps and learning rates);
+``--model NAME=FILE`` adapts FILE with its own inner loop (test-time steps and learning rates), or
+with a fixed learning rate and step count given as ``NAME=FILE@LR,STEPS`` (a pretrained file's
+head fine-tuned without meta-learning, at the values chosen on validation classes);
 ``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features, no inner loop.
 Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (600 episodes, 15
 queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0). Results
@@ -31,11 +33,15 @@ HERE = Path(__file__).resolve().parent
 SETTINGS = ((5, 1), (5, 5))
 
 
-def named(text: str) -> tuple[str, Path]:
+def named(text: str) -> tuple[str, Path, tuple[float, int] | None]:
     name, separator, path = text.partition("=")
     if not separator:
-        raise argparse.ArgumentTypeError(f"expected NAME=FILE, got {text!r}")
-    return name, Path(path)
+        raise argparse.ArgumentTypeError(f"expected NAME=FILE or NAME=FILE@LR,STEPS, got {text!r}")
+    path, _, override = path.partition("@")
+    if not override:
+        return name, Path(path), None
+    lr, _, steps = override.partition(",")
+    return name, Path(path), (float(lr), int(steps))
 
 
 def main() -> None:
@@ -48,7 +54,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu")
     test_splits: dict[tuple, object] = {}
-    for mode, (name, path) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
+    for mode, (name, path, override) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
         key = (recipe.dataset, recipe.split_seed, preprocessing.image_size)
@@ -56,8 +62,10 @@ def main() -> None:
             spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed)
             test_splits[key] = load_splits(spec, preprocessing)["test"]
         test = test_splits[key]
+        lrs, steps = (tuple(recipe.inner_lrs), recipe.test_steps) if override is None else ((override[0],), override[1])
         entry = {"file": path.name, "mode": mode, "algorithm": recipe.algorithm, "network": recipe.network,
-                 "test_steps": recipe.test_steps, "test_classes": test.names}
+                 "inner_lrs": lrs if not network.lr_steps else "learned", "test_steps": steps,
+                 "test_classes": test.names}
         features = None
         if mode == "nearest mean":
             params = {k: v.detach() for k, v in network.named_parameters()}
@@ -65,8 +73,8 @@ def main() -> None:
         for ways, shots in SETTINGS:
             sampler = ImageEpisodes(test, preprocessing, ways, shots, queries=15)
             if features is None:
-                result = evaluate_episodes(network, sampler, tuple(recipe.inner_lrs), recipe.test_steps,
-                                           args.episodes, seed=0, device=device, progress=True)
+                result = evaluate_episodes(network, sampler, lrs, steps, args.episodes, seed=0, device=device,
+                                           progress=True)
             else:
                 result = nearest_mean_accuracy(features, sampler, args.episodes, seed=0)
             entry[f"{ways}-way {shots}-shot"] = {"accuracy": result.mean, "ci95": result.ci95}
