@@ -228,9 +228,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt_latency.json")
     parser.add_argument("--photo-model", type=Path, default=ROOT / "models" / "photos-resnet12.safetensors",
                         help="also time this photo model alone (skipped if the file is absent)")
+    parser.add_argument("--photo-only", action="store_true", help="time only the photo model")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    reports = [run(args.model, args.repeats, device) for device in devices]
+    reports = [] if args.photo_only else [run(args.model, args.repeats, device) for device in devices]
     for report in reports:
         print_table(report)
     if args.photo_model.exists():

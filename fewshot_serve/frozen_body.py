@@ -15,6 +15,7 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from .datasets import ImageClasses
 from .episodes import ImageEpisodes
@@ -76,7 +77,7 @@ def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing
                          "part computes each image on its own")
     params = network.at_step(dict(network.named_parameters()), 0)
     parts = []
-    for start in range(0, len(classes.images), batch_size):
+    for start in tqdm(range(0, len(classes.images), batch_size), desc="caching the frozen part", leave=False):
         x = preprocessing.normalize(classes.images[start : start + batch_size].to(device))
         parts.append(network.frozen_part(params, x))
     return torch.cat(parts)

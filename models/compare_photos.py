@@ -7,7 +7,8 @@
 ``--model NAME=FILE`` adapts FILE with its own inner loop (test-time steps and learning rates), or
 with a fixed learning rate and step count given as ``NAME=FILE@LR,STEPS`` (a pretrained file's
 head fine-tuned without meta-learning, at the values chosen on validation classes);
-``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features, no inner loop.
+``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features, no inner loop
+(a fixed-norm ResNet-12 adapting its head only).
 Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (600 episodes, 15
 queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0). Results
 merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
@@ -26,7 +27,8 @@ from fewshot_serve.atomic import atomic_write_text
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes
 from fewshot_serve.model_file import load_model
-from fewshot_serve.nearest_mean import embed_images, nearest_mean_accuracy
+from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
+from fewshot_serve.nearest_mean import nearest_mean_accuracy
 from fewshot_serve.sources import DataSpec, load_splits
 
 HERE = Path(__file__).resolve().parent
@@ -44,6 +46,21 @@ def named(text: str) -> tuple[str, Path, tuple[float, int] | None]:
     return name, Path(path), (float(lr), int(steps))
 
 
+def frozen_outputs(network, test, preprocessing, device, cache: list) -> torch.Tensor | None:
+    """The frozen part's output for every test image, for a fixed-norm ResNet-12 whose inner loop adapts
+    only its head (None otherwise); shared by files whose frozen blocks are equal (a backbone and the
+    models meta-learned from it with ``--freeze-body``)."""
+    if getattr(network, "norm", None) != "fixed" or network.adapt_from != 4:
+        return None
+    frozen = {k: v for k, v in network.state_dict().items() if network.in_frozen_part(k)}
+    for weights, table in cache:
+        if weights.keys() == frozen.keys() and all(torch.equal(weights[k], frozen[k]) for k in frozen):
+            return table
+    table = cache_frozen_part(network, test, preprocessing, device)
+    cache.append((frozen, table))
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=named, action="append", default=[])
@@ -54,6 +71,7 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device("cpu")
     test_splits: dict[tuple, object] = {}
+    cache: list[tuple[dict, torch.Tensor]] = []
     for mode, (name, path, override) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
@@ -66,18 +84,18 @@ def main() -> None:
         entry = {"file": path.name, "mode": mode, "algorithm": recipe.algorithm, "network": recipe.network,
                  "inner_lrs": lrs if not network.lr_steps else "learned", "test_steps": steps,
                  "test_classes": test.names}
-        features = None
-        if mode == "nearest mean":
-            params = {k: v.detach() for k, v in network.named_parameters()}
-            features = embed_images(network, params, test.images, preprocessing.normalize, device)
+        table = frozen_outputs(network, test, preprocessing, device, cache)
         for ways, shots in SETTINGS:
             sampler = ImageEpisodes(test, preprocessing, ways, shots, queries=15)
-            if features is None:
+            if mode == "nearest mean":
+                result = nearest_mean_accuracy(table.mean((2, 3)), sampler, args.episodes, seed=0)
+            elif table is not None:  # the same episodes, from the frozen part's cached output (tested equal)
+                result = evaluate_episodes(AdaptedPart(network), CachedEpisodes(sampler, table), lrs, steps,
+                                           args.episodes, seed=0, device=device, progress=True)
+            else:
                 result = evaluate_episodes(network, sampler, lrs, steps, args.episodes, seed=0, device=device,
                                            progress=True)
-            else:
-                result = nearest_mean_accuracy(features, sampler, args.episodes, seed=0)
-            entry[f"{ways}-way {shots}-shot"] = {"accuracy": result.mean, "ci95": result.ci95}
+            entry[f"{ways}-way {shots}-shot"] = {"accuracy": result.mean, "ci95": result.ci95, "episodes": result.episodes}
             print(f"{name}: {ways}-way {shots}-shot {100 * result.mean:.2f} ± {100 * result.ci95:.2f}%", flush=True)
         # re-read before writing: another evaluation may have added its contestant meanwhile
         results = json.loads(args.output.read_text()) if args.output.exists() else {}

@@ -1,11 +1,13 @@
 """Pick the head-only inner loop (learning rate, steps) for a pretrained photo backbone, on VALIDATION classes.
 
-    python models/runs/photos_inner_loop_sweep.py runs/photos-pretrained.safetensors
+    python models/runs/photos_inner_loop_sweep.py runs/photos-pretrained.safetensors [--trained A B ...]
 
 Scores 5-way 1-shot and 5-shot on the validation split (200 episodes each) for a grid of fixed
 learning rates and step counts, from the frozen backbone's features cached once per image. The
 chosen values start meta-learning (`train --inner-lr`), and score "pretrained, inner loop without
-meta-learning" in the model card. Test classes are never touched here.
+meta-learning" in the model card. ``--trained FILE...`` also scores meta-learned files (made from
+this backbone with ``--freeze-body``, so they share its cached features) at their own recipes.
+Test classes are never touched here.
 """
 
 import argparse
@@ -21,10 +23,11 @@ from fewshot_serve.sources import DataSpec, load_splits
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("model", type=Path)
-parser.add_argument("--lrs", type=float, nargs="+", default=[0.5, 1, 2, 4, 8, 16])
+parser.add_argument("--lrs", type=float, nargs="*", default=[0.5, 1, 2, 4, 8, 16], help="none: skip the grid")
 parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10, 20])
 parser.add_argument("--episodes", type=int, default=200)
 parser.add_argument("--data-root", type=Path, default=None)
+parser.add_argument("--trained", type=Path, nargs="*", default=[])
 args = parser.parse_args()
 
 device = torch.device("cpu")
@@ -40,3 +43,11 @@ for shots in (1, 5):
                   for steps in args.steps]
         print(f"5-way {shots}-shot lr {lr:5.1f}: " + "  ".join(f"{s} steps {100 * v:.2f}%" for s, v in zip(args.steps, scores)),
               flush=True)
+for path in args.trained:
+    trained, trained_recipe = load_model(path)
+    scores = []
+    for shots in (1, 5):
+        sampler = CachedEpisodes(ImageEpisodes(val, preprocessing, 5, shots, 15), table)
+        scores.append(evaluate_episodes(AdaptedPart(trained), sampler, tuple(trained_recipe.inner_lrs),
+                                        trained_recipe.test_steps, args.episodes, seed=1234, device=device).mean)
+    print(f"{path.name}: 5-way 1-shot {100 * scores[0]:.2f}%  5-shot {100 * scores[1]:.2f}%", flush=True)
