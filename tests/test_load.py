@@ -56,7 +56,7 @@ def start_app(*options: str):
 
 @pytest.fixture(scope="module")
 def app_process():
-    process, url = start_app("--model", str(SHIPPED))
+    process, url = start_app("--model", str(SHIPPED), "--queue-size", str(2 * CLIENTS))  # room for every client
     yield process, url
     process.terminate()
     process.wait(timeout=30)
