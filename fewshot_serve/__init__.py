@@ -1,6 +1,6 @@
 """fewshot-serve: few-shot image classification from a meta-learned (MAML / FOMAML / Reptile) initialization.
 
-    model = fewshot_serve.load("models/omniglot-conv4.safetensors")
+    model = fewshot_serve.load("models/photos-resnet12.safetensors")
     adapted = model.adapt({"alpha": [img1, img2], "beta": [img3]})
     adapted.classify([query])            # [{"alpha": 0.93, "beta": 0.07}]
 
@@ -31,8 +31,11 @@ _EXPORTS = {
     "meta_gradient": "meta_learning",
     "reptile_displacement": "meta_learning",
     "Conv4": "networks",
+    "ResNet12": "networks",
     "SinusoidMLP": "networks",
     "TrainConfig": "trainer",
+    "PretrainConfig": "pretraining",
+    "Credentials": "auth",
     "Annealing": "meta_learning",
     "DataSpec": "sources",
     "evaluate_episodes": "evaluation",
