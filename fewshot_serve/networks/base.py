@@ -160,3 +160,18 @@ class MetaNetwork(nn.Module):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         raise NotImplementedError
+
+
+class SharedHeadClassifier(MetaNetwork):
+    """An image classifier whose head is the one shared row, copied once per class of a task."""
+
+    task_kind = "classification"
+
+    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
+        params = dict(meta_params)
+        for key in HEAD_KEYS:
+            params[key] = meta_params[key].expand(ways, *meta_params[key].shape[1:]).clone()
+        return params
+
+    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        return F.cross_entropy(outputs, targets)

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SupportBatchNorm, support_norm
+from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, support_norm
 
 
 class ConvBlock(nn.Module):
@@ -20,10 +20,9 @@ class ConvBlock(nn.Module):
         self.norm = SupportBatchNorm(out_channels, norm_states)
 
 
-class Conv4(MetaNetwork):
+class Conv4(SharedHeadClassifier):
     """4 x [3x3 conv, support BatchNorm, ReLU, 2x2 max-pool], then the shared head row."""
 
-    task_kind = "classification"
 
     def __init__(
         self, in_channels: int = 1, filters: int = 64, image_size: int = 28, norm_states: int = 0, lr_steps: int = 0
@@ -104,11 +103,3 @@ class Conv4(MetaNetwork):
         # channels-last: 2.6x faster classification on CPU, mostly from max-pooling (benchmarks/adapt_latency.py)
         return frozen.to(memory_format=torch.channels_last)
 
-    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
-        params = dict(meta_params)
-        for key in HEAD_KEYS:
-            params[key] = meta_params[key].expand(ways, *meta_params[key].shape[1:]).clone()
-        return params
-
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(outputs, targets)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SupportBatchNorm, support_norm
+from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, support_norm
 
 NORMS = ("support", "fixed")
 LEAK = 0.1
@@ -53,8 +53,7 @@ class ResidualBlock(nn.Module):
 RunningStatistics = dict[str, tuple[Tensor, Tensor]]
 
 
-class ResNet12(MetaNetwork):
-    task_kind = "classification"
+class ResNet12(SharedHeadClassifier):
 
     def __init__(
         self,
@@ -157,15 +156,6 @@ class ResNet12(MetaNetwork):
 
     def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         return self.adapted_part(params, self.frozen_part(params, x, n_ref), n_ref)
-
-    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
-        params = dict(meta_params)
-        for key in HEAD_KEYS:
-            params[key] = meta_params[key].expand(ways, *meta_params[key].shape[1:]).clone()
-        return params
-
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return F.cross_entropy(outputs, targets)
 
     @torch.no_grad()
     def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
