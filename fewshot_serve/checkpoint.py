@@ -80,3 +80,12 @@ def load_checkpoint(path: str | os.PathLike) -> TrainingState:
         rng_state=tensors["rng"],
         config=info["config"],
     )
+
+
+def resume_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any]) -> TrainingState:
+    """The checkpoint at ``path``, refused (naming the settings that differ) unless made with ``fingerprint``."""
+    state = load_checkpoint(path)
+    if state.config != fingerprint:
+        differing = sorted(k for k in set(state.config) | set(fingerprint) if state.config.get(k) != fingerprint.get(k))
+        raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")
+    return state

@@ -20,6 +20,13 @@ class EvaluationResult:
     ci95: float  # half-width of the normal 95% confidence interval of the mean
     episodes: int
 
+    @classmethod
+    def of_scores(cls, metric: str, scores: list[float]) -> "EvaluationResult":
+        """Mean and normal 95% interval of per-episode scores."""
+        values = torch.tensor(scores, dtype=torch.float64)
+        spread = float(values.std()) if len(scores) > 1 else 0.0
+        return cls(metric, float(values.mean()), 1.96 * spread / math.sqrt(len(scores)), len(scores))
+
 
 def evaluate_episodes(
     network: MetaNetwork,
@@ -49,11 +56,4 @@ def evaluate_episodes(
             batch = sampler.sample(generator, tasks, device)
             scores.extend(adapted_metrics(network, meta_params, batch, inner_lrs, steps, vectorize).tolist())
             bar.update(tasks)
-    values = torch.tensor(scores, dtype=torch.float64)
-    spread = float(values.std()) if episodes > 1 else 0.0
-    return EvaluationResult(
-        metric="accuracy" if network.task_kind == "classification" else "mse",
-        mean=float(values.mean()),
-        ci95=1.96 * spread / math.sqrt(episodes),
-        episodes=episodes,
-    )
+    return EvaluationResult.of_scores("accuracy" if network.task_kind == "classification" else "mse", scores)

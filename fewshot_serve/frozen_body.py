@@ -11,7 +11,7 @@ classes, since the cache holds each image once.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -69,18 +69,28 @@ class AdaptedPart(MetaNetwork):
 
 
 @torch.no_grad()
-def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
-                      device: torch.device, batch_size: int = 500) -> Tensor:
-    """The frozen part's output for every image of ``classes``, one image at a time (no batch statistics)."""
+def per_image(compute: Callable[[Tensor], Tensor], network: MetaNetwork, images: Tensor, normalize,
+              device: torch.device, description: str, batch_size: int = 500) -> Tensor:
+    """``compute`` over uint8 ``images``, normalized, in batches, with a progress bar.
+
+    Only a fixed-norm network (from ``fewshot-serve pretrain``) computes each image on its own, so
+    that batching cannot change the result; others are refused.
+    """
     if getattr(network, "norm", "fixed") != "fixed":
-        raise ValueError("--freeze-body needs a fixed-norm network (from `fewshot-serve pretrain`), whose frozen "
-                         "part computes each image on its own")
-    params = network.at_step(dict(network.named_parameters()), 0)
+        raise ValueError(f"{description} needs a fixed-norm network (from `fewshot-serve pretrain`), which "
+                         "computes each image on its own")
     parts = []
-    for start in tqdm(range(0, len(classes.images), batch_size), desc="caching the frozen part", leave=False):
-        x = preprocessing.normalize(classes.images[start : start + batch_size].to(device))
-        parts.append(network.frozen_part(params, x))
+    for start in tqdm(range(0, len(images), batch_size), desc=description, leave=False):
+        parts.append(compute(normalize(images[start : start + batch_size].to(device))))
     return torch.cat(parts)
+
+
+def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
+                      device: torch.device) -> Tensor:
+    """The frozen part's output for every image of ``classes`` (what ``--freeze-body`` meta-learns on)."""
+    params = network.at_step(dict(network.named_parameters()), 0)
+    return per_image(lambda x: network.frozen_part(params, x), network, classes.images, preprocessing.normalize,
+                     device, "caching the frozen part")
 
 
 class CachedEpisodes:

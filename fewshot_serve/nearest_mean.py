@@ -7,28 +7,21 @@ validates with it, and the model card compares meta-learning against it on the v
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .episodes import ImageEpisodes
 from .evaluation import EvaluationResult
+from .frozen_body import per_image
 from .networks import ResNet12
 
 
-@torch.no_grad()
-def embed_images(network: ResNet12, params: dict[str, Tensor], images: Tensor, normalize, device: torch.device,
-                 batch_size: int = 500) -> Tensor:
+def embed_images(network: ResNet12, params: dict[str, Tensor], images: Tensor, normalize, device: torch.device
+                 ) -> Tensor:
     """Features ``[n, feature_dim]`` (float32, CPU) of uint8 ``images``, each image on its own (fixed norm)."""
-    if network.norm != "fixed":
-        raise ValueError("nearest-mean features need a fixed-norm network (each image embedded on its own)")
-    parts = []
-    for start in range(0, len(images), batch_size):
-        x = normalize(images[start : start + batch_size].to(device)).contiguous(memory_format=torch.channels_last)
-        parts.append(network.embed(params, x).float().cpu())
-    return torch.cat(parts)
+    return per_image(lambda x: network.embed(params, x.contiguous(memory_format=torch.channels_last)).float().cpu(),
+                     network, images, normalize, device, "nearest-mean features")
 
 
 def nearest_mean_accuracy(features: Tensor, sampler: ImageEpisodes, episodes: int, seed: int) -> EvaluationResult:
@@ -50,6 +43,4 @@ def nearest_mean_accuracy(features: Tensor, sampler: ImageEpisodes, episodes: in
         predicted = torch.cdist(queries, means).argmin(1)
         truth = torch.arange(sampler.ways).repeat_interleave(sampler.queries)
         scores.append((predicted == truth).float().mean().item())
-    values = torch.tensor(scores, dtype=torch.float64)
-    spread = float(values.std()) if episodes > 1 else 0.0
-    return EvaluationResult("accuracy", float(values.mean()), 1.96 * spread / math.sqrt(episodes), episodes)
+    return EvaluationResult.of_scores("accuracy", scores)

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text
 from .augmentation import augment_photos
-from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
 from .episodes import ImageEpisodes
 from .model_file import Recipe, save_model
 from .nearest_mean import embed_images, nearest_mean_accuracy
@@ -162,9 +162,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                           config.fingerprint())
     log: list[dict[str, Any]] = []
     if config.resume and checkpoint_path.exists():
-        state = load_checkpoint(checkpoint_path)
-        if state.config != config.fingerprint():
-            raise ValueError(f"cannot resume {checkpoint_path}: it was made with different settings")
+        state = resume_checkpoint(checkpoint_path, config.fingerprint())
         with torch.no_grad():
             for key, value in trained:
                 value.copy_(state.meta_params[key])

@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoint import TrainingState, load_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .distributed import Shard, join_from_environment, sharded_step
@@ -45,6 +45,7 @@ from .sources import (
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
 
+NETWORK_OPTIONS = ("architecture", "widths", "adapt_from", "init", "freeze_body")
 MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
 
 
@@ -118,10 +119,7 @@ class TrainConfig:
         settings = asdict(self)
         for volatile in ("resume", "command", "device", "vectorize", "out", "run_dir"):
             settings.pop(volatile)
-        for option in ("architecture", "widths", "adapt_from", "init", "freeze_body"):  # absent from runs made before they existed
-            if not settings[option]:
-                settings.pop(option)
-        for option in MAML_PLUS_PLUS_OPTIONS:  # absent from runs made before they existed
+        for option in (*MAML_PLUS_PLUS_OPTIONS, *NETWORK_OPTIONS):  # absent from runs made before they existed
             if not settings[option]:
                 settings.pop(option)
         return json.loads(json.dumps(settings, default=str))
@@ -296,10 +294,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
 
 
 def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: torch.Generator) -> TrainingState:
-    state, fingerprint = load_checkpoint(path), config.fingerprint()
-    if state.config != fingerprint:
-        differing = sorted(k for k in set(state.config) | set(fingerprint) if state.config.get(k) != fingerprint.get(k))
-        raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")
+    state = resume_checkpoint(path, config.fingerprint())
     with torch.no_grad():
         for key, value in state.meta_params.items():
             learner.meta_params[key].copy_(value)
