@@ -36,7 +36,8 @@ def _widths(text: str) -> tuple[int, ...]:
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("data")
     group.add_argument("--data-root", type=Path, default=None,
-                       help="the dataset's folder (default: omniglot/images_background_subset, tiny-imagenet/, "
+                       help="the dataset's folder (default: omniglot/images_background (omniglot-subset: "
+                            "omniglot/images_background_subset), tiny-imagenet/, "
                             "cifar100/ or mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
     group.add_argument("--download", action="store_true", help="download Omniglot / CIFAR-100 with torchvision")
 
@@ -46,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     pretrain = commands.add_parser("pretrain", help="supervised pretraining of a ResNet-12 over all training classes")
-    pretrain.add_argument("--dataset", choices=[d for d in DATASETS if d not in ("sinusoid", "omniglot")],
+    pretrain.add_argument("--dataset", choices=[d for d in DATASETS if d not in ("sinusoid", "omniglot", "omniglot-subset")],
                           default="tiny-imagenet")
     _add_data_arguments(pretrain)
     pretrain.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")

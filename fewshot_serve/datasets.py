@@ -34,8 +34,13 @@ def default_data_root() -> Path:
     return Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
-def default_omniglot_root() -> Path:
-    return default_data_root() / "omniglot" / "images_background_subset"
+#: Omniglot's sources under the data root: the whole background set (30 alphabets, the default)
+#: and the 8-alphabet subset kept for quick runs and the models trained on it before.
+OMNIGLOT_FOLDERS = {"omniglot": "images_background", "omniglot-subset": "images_background_subset"}
+
+
+def default_omniglot_root(dataset: str = "omniglot") -> Path:
+    return default_data_root() / "omniglot" / OMNIGLOT_FOLDERS[dataset]
 
 
 @dataclass

@@ -14,6 +14,7 @@ import torch
 from .datasets import (
     ImageClasses,
     default_data_root,
+    OMNIGLOT_FOLDERS,
     default_omniglot_root,
     download_omniglot,
     load_cifar100,
@@ -29,7 +30,7 @@ from .episodes import ImageEpisodes, SinusoidTasks
 from .networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
 from .preprocessing import Preprocessing
 
-DATASETS = ("omniglot", "tiny-imagenet", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
+DATASETS = ("omniglot", "omniglot-subset", "tiny-imagenet", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
 ARCHITECTURES = ("conv4", "resnet12")
 #: ResNet-12 block widths of the literature (Lee et al. 2019); narrower ones suit a CPU.
 RESNET12_WIDTHS = (64, 160, 320, 640)
@@ -51,7 +52,7 @@ def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
     """The dataset's preprocessing before mean/std are measured on its training split."""
     if spec.dataset == "sinusoid":
         return None
-    if spec.dataset == "omniglot":
+    if spec.dataset in OMNIGLOT_FOLDERS:
         size, channels, invert, fit = 28, 1, True, "pad"
     elif spec.dataset in ("cifar-fs", "tiny-imagenet"):
         size, channels, invert, fit = 32, 3, False, "squash"
@@ -95,8 +96,10 @@ def standard_network(
 
 def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
     """Decode the dataset and split its classes into disjoint train/val/test sets."""
-    if spec.dataset == "omniglot":
-        root = spec.data_root or default_omniglot_root()
+    if spec.dataset in OMNIGLOT_FOLDERS:
+        # The dataset name, which the recipe records, says which set: a model's test alphabets
+        # are rebuilt from the same set it was trained beside.
+        root = spec.data_root or default_omniglot_root(spec.dataset)
         if spec.download:
             root = download_omniglot(root)
         return split_by_group(load_omniglot(root, preprocessing), spec.split_seed)
@@ -141,7 +144,7 @@ def task_sampler(
         return SinusoidTasks(shots, queries)
     assert split is not None and preprocessing is not None
     photos = augment and preprocessing.channels == 3
-    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=augment and spec.dataset == "omniglot",
+    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=augment and spec.dataset in OMNIGLOT_FOLDERS,
                          augment=augment_photos if photos else None)
 
 
