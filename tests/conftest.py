@@ -57,7 +57,7 @@ def colour_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def omniglot_root() -> Path:
-    root = default_omniglot_root()
+    root = default_omniglot_root("omniglot-subset")  # the 8-alphabet subset keeps these tests quick
     if not root.is_dir():
         pytest.skip(f"real Omniglot data not found at {root} (set FEWSHOT_SERVE_DATA to its datasets folder)")
     return root

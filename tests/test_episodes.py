@@ -108,6 +108,25 @@ def test_omniglot_reads_the_torchvision_layout(tmp_path):
     assert classes.names[0] == "Alpha/class00" and classes.images.shape == (18, 1, 28, 28)
 
 
+def test_omniglot_dataset_names_pick_the_background_set_or_its_subset(tmp_path, monkeypatch):
+    """'omniglot' is the whole background set, 'omniglot-subset' the 8 alphabets: the name in a
+    model's recipe must rebuild the test alphabets of the set the model was trained beside."""
+    from conftest import write_class_tree
+    from fewshot_serve.datasets import DATA_ENV
+    from fewshot_serve.sources import DataSpec, load_splits
+
+    for folder, count in (("images_background", 12), ("images_background_subset", 8)):
+        for alphabet in range(count):
+            write_class_tree(tmp_path / "omniglot" / folder / f"A{alphabet:02d}", classes=1, per_class=2)
+    monkeypatch.setenv(DATA_ENV, str(tmp_path))
+    preprocessing = Preprocessing(28, 1, True, "pad", (0.0,), (1.0,))
+    for dataset, count, test_alphabets in (("omniglot", 12, 3), ("omniglot-subset", 8, 2)):
+        splits = load_splits(DataSpec(dataset), preprocessing)
+        assert sum(len(split) for split in splits.values()) == count
+        assert len(set(splits["test"].groups)) == test_alphabets
+        assert not set(splits["test"].groups) & set(splits["train"].groups)
+
+
 def test_cifar_fs_uses_the_standard_64_16_20_class_split(monkeypatch):
     import numpy as np
     import torchvision.datasets

@@ -1,4 +1,4 @@
-"""Integration on real Omniglot (the ../shared subset): skips where the data is absent."""
+"""Integration on real Omniglot (the ../shared 8-alphabet subset): skips where the data is absent."""
 
 import torch
 
@@ -11,12 +11,12 @@ from fewshot_serve.trainer import TrainConfig, train
 
 def test_short_fomaml_run_beats_80_percent_on_held_out_alphabets(tmp_path, omniglot_root):
     result = train(TrainConfig(
-        out=tmp_path / "omniglot.safetensors", algorithm="fomaml", data=DataSpec("omniglot", omniglot_root),
+        out=tmp_path / "omniglot.safetensors", algorithm="fomaml", data=DataSpec("omniglot-subset", omniglot_root),
         ways=5, shots=1, queries=5, inner_steps=3, test_steps=5, inner_lrs=(0.4,), meta_lr=3e-3, meta_batch=16,
         iterations=100, val_every=100, val_episodes=50, checkpoint_every=100,
     ), progress=False)
     network, recipe = load_model(result.model_path)
-    splits = load_splits(DataSpec("omniglot", omniglot_root), recipe.image_preprocessing())
+    splits = load_splits(DataSpec("omniglot-subset", omniglot_root), recipe.image_preprocessing())
     test_alphabets, train_alphabets = splits["test"], splits["train"]
     assert not set(test_alphabets.groups) & set(train_alphabets.groups)
     sampler = ImageEpisodes(test_alphabets, recipe.image_preprocessing(), ways=5, shots=1, queries=15)
