@@ -36,6 +36,7 @@ class AdaptedPart(MetaNetwork):
         super().__init__()
         object.__setattr__(self, "whole", network)  # not a submodule: its frozen part is not ours
         self.task_kind, self.lr_steps, self.norm_states = network.task_kind, network.lr_steps, network.norm_states
+        self.head_keys = network.head_keys
         self._names = [name for name, _ in network.named_parameters() if not network.in_frozen_part(name)]
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
@@ -57,6 +58,12 @@ class AdaptedPart(MetaNetwork):
 
     def apply_params(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         return self.whole.adapted_part(params, h, n_ref)
+
+    def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.whole.head_input(params, h, n_ref)
+
+    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
+        return self.whole.head_logits(params, features)
 
     def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
         return self.whole.task_parameters(meta_params, ways)

@@ -44,8 +44,10 @@ def adapt(
     first_order: bool = False,
     composable: bool = False,
     trajectory: bool = False,
+    head_first_step: bool = True,
 ) -> Adaptation:
-    """Take ``steps`` SGD steps from ``params`` on the support loss.
+    """Take ``steps`` SGD steps from ``params``, a task's start (:meth:`MetaNetwork.task_parameters`),
+    on the support loss.
 
     Only the network's fast weights move; MAML++'s learned learning rates and per-step norm
     weights (when the network has them) steer the steps and are read, not adapted. Layers before
@@ -62,6 +64,13 @@ def adapt(
     works everywhere else and keeps less alive: a second-order Conv4 task peaked at 199 MB above
     baseline with it and 454 MB with nested ``torch.func.grad``. Both compute the same steps, and
     the tests hold the vectorized and looped meta-batches to the same gradients.
+
+    ``head_first_step``: where the network has a shared head row (``network.head_keys``), the
+    first step's gradient reaches only the head, since every class starts from the same row. That
+    step is then taken from one forward pass to the head's input and a backward through the head
+    alone; the body's weights stay exactly as they are (the plain path, ``False``, moves them by
+    rounding error only). Differentiable like any step: in second order, the head's update
+    depends on the body through the features.
     """
     fast_names = network.fast_weight_names()
     fixed = {k: v for k, v in params.items() if k not in fast_names}
@@ -73,6 +82,10 @@ def adapt(
         outputs = network.adapted_part(network.at_step({**fixed, **weights}, step), h_support)
         return network.loss(outputs, y_support)
 
+    def head_loss(head: Params, features: Tensor) -> Tensor:
+        outputs = network.head_logits(network.at_step({**fixed, **fast, **head}, 0), features)
+        return network.loss(outputs, y_support)
+
     if composable:
         grad_and_loss = torch.func.grad_and_value(support_loss)
     else:
@@ -80,7 +93,19 @@ def adapt(
     losses, states = [], []
     with contextlib.nullcontext() if composable else torch.enable_grad():  # even under an outer no_grad
         for step in range(steps):
-            if composable and first_order:
+            if step == 0 and head_first_step and network.head_keys:
+                head = {k: fast[k] for k in network.head_keys}
+                # first order: nothing outside records the features or the step (as below)
+                untracked = torch.no_grad() if first_order else contextlib.nullcontext()
+                with untracked:
+                    features = network.head_input(network.at_step({**fixed, **fast}, 0), h_support)
+                if composable:
+                    with untracked:
+                        grads, loss = torch.func.grad_and_value(head_loss)(head, features)
+                else:
+                    loss = head_loss(head, features)
+                    grads = dict(zip(head, torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)))
+            elif composable and first_order:
                 # The enclosing transforms do not record the inner backward at all (cheaper than
                 # detaching afterwards); the inner gradient is still computed by its own transform.
                 with torch.no_grad():
@@ -91,7 +116,9 @@ def adapt(
                 loss = support_loss(fast, step)
                 grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)))
             lrs = network.inner_lrs_at(fixed, step, inner_lrs, fast_names)
-            fast = {k: p - lrs[k] * grads[k] for k, p in fast.items()}
+            # A weight the step leaves alone still becomes a new graph node (a view), as a moved one
+            # does: the next step's gradient must not also reach it through this step's head update.
+            fast = {k: p - lrs[k] * grads[k] if k in grads else p.view_as(p) for k, p in fast.items()}
             losses.append(loss.detach())
             if trajectory:
                 states.append(network.at_step({**fixed, **fast}, step + 1))

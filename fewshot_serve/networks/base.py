@@ -18,6 +18,9 @@ Two choices here matter for serving:
   zero-initialized head, the shared row is itself meta-learned (zero is one point it may learn).
   As with a zero head, the first inner step moves only the head (the loss gradient reaching the
   features, sum_c (p_c - y_c) w, is zero while the rows are equal), so recipes use >= 2 steps.
+  The inner loop takes that step from one forward pass to the head's input, with no backward
+  through the body (:attr:`MetaNetwork.head_keys`, :meth:`MetaNetwork.head_input`): exact by
+  construction, and the body's step-1 learning rates get an exactly zero meta-gradient.
 
 Two MAML++ options (Antoniou et al., ICLR 2019) live here too, because they are meta-parameters
 that serving must read from the model file like any weight:
@@ -126,6 +129,17 @@ class MetaNetwork(nn.Module):
         """The network's output on ``x`` with ``params``; normalization statistics from ``x[:n_ref]``."""
         raise NotImplementedError
 
+    #: The head's parameters when the first inner step moves only them (a shared head row); else empty.
+    head_keys: tuple[str, ...] = ()
+
+    def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        """:meth:`adapted_part` up to the head: ``adapted_part == head_logits(head_input(h))`` (with ``head_keys``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared head")
+
+    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
+        """The head on :meth:`head_input`'s features."""
+        raise NotImplementedError(f"{type(self).__name__} has no shared head")
+
     def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         """The computation before the first fast weight (identity unless the inner loop skips early layers).
 
@@ -166,6 +180,13 @@ class SharedHeadClassifier(MetaNetwork):
     """An image classifier whose head is the one shared row, copied once per class of a task."""
 
     task_kind = "classification"
+    head_keys = HEAD_KEYS
+
+    def adapted_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.head_logits(params, self.head_input(params, h, n_ref))
+
+    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.adapted_part(params, self.frozen_part(params, x, n_ref), n_ref)
 
     def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
         params = dict(meta_params)

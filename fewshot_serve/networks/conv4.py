@@ -63,13 +63,16 @@ class Conv4(SharedHeadClassifier):
             params = {k: v[row] if ".norm." in k else v for k, v in params.items()}
         return params
 
-    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+    def head_input(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         for i in range(len(self.blocks)):
             prefix = f"blocks.{i}."
             x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
             x = support_norm(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"], n_ref)
             x = F.max_pool2d(F.relu(x), 2)
-        return F.linear(x.flatten(1), params["head.weight"], params["head.bias"])
+        return x.flatten(1)
+
+    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
+        return F.linear(features, params["head.weight"], params["head.bias"])
 
     @torch.no_grad()
     def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:

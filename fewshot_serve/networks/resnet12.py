@@ -150,12 +150,11 @@ class ResNet12(SharedHeadClassifier):
     def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         return self._blocks(params, x, n_ref, range(self.adapt_from))
 
-    def adapted_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        features = F.normalize(self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3)), dim=1)
-        return params["logit_scale"] * F.linear(features, params["head.weight"], params["head.bias"])
+    def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        return F.normalize(self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3)), dim=1)
 
-    def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.adapted_part(params, self.frozen_part(params, x, n_ref), n_ref)
+    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
+        return params["logit_scale"] * F.linear(features, params["head.weight"], params["head.bias"])
 
     @torch.no_grad()
     def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
