@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.inner_loop import adapt
+from fewshot_serve.inner_loop import adapt, predict
 from fewshot_serve.meta_learning import Annealing, InnerLoop, MetaLearner, meta_gradient
 from fewshot_serve.networks import Conv4, SinusoidMLP
 
@@ -227,10 +227,11 @@ def test_serving_adapts_exactly_as_the_trainer_with_the_learned_recipe(tmp_path,
     _, _, _, adapted = task_outcome(trainer_network, dict(trainer_network.named_parameters()), x, y, x, y, ways=3,
                                     inner_lrs=tuple(recipe.inner_lrs), steps=recipe.test_steps, first_order=True,
                                     composable=False)
-    served = model.adapt_tensors(x, y, ["a", "b", "c"]).network
-    for i in range(4):
-        conv, norm = served[4 * i], served[4 * i + 1]
-        torch.testing.assert_close(conv.weight, adapted[f"blocks.{i}.conv.weight"], rtol=0, atol=0)
-        torch.testing.assert_close(norm.weight, adapted[f"blocks.{i}.norm.weight"], rtol=0, atol=0)
-        torch.testing.assert_close(norm.bias, best[f"blocks.{i}.norm.bias"][2], rtol=0, atol=0)  # the last state's row
-    torch.testing.assert_close(served[17].weight, adapted["head.weight"], rtol=0, atol=0)
+    served = model.adapt_tensors(x, y, ["a", "b", "c"])
+    # the same inner loop to the last bit: the head after the last step depends on every earlier step
+    torch.testing.assert_close(served.network[-2].weight, adapted["head.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(served.network[-2].bias, adapted["head.bias"], rtol=0, atol=0)
+    # and the frozen classifier (norms folded, the last state's norm row) classifies as the trainer predicts
+    queries = torch.randn(4, 1, 16, 16, generator=g)
+    expected = predict(trainer_network, adapted, x, queries).softmax(-1)
+    torch.testing.assert_close(served.probabilities(queries), expected, rtol=1e-4, atol=1e-5)

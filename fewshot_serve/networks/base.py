@@ -51,17 +51,33 @@ def step_lr(inner_lrs: Sequence[float], step: int) -> float:
     return inner_lrs[min(step, len(inner_lrs) - 1)]
 
 
+def channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance of ``x`` over batch and space, each ``[1, C, 1, 1]``.
+
+    Two passes (the mean, then the mean squared deviation from it) rather than ``torch.var_mean``,
+    whose reduction over dims (0, 2, 3) measured 30x slower on CPU (2.5 ms against 80 us for a
+    5x64x28x28 activation, one thread): the single largest cost of an inner step.
+    """
+    mean = x.mean(dim=(0, 2, 3), keepdim=True)
+    centred = x - mean
+    return mean, (centred * centred).mean(dim=(0, 2, 3), keepdim=True)
+
+
 def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> Tensor:
     """BatchNorm over ``x`` with statistics of its first ``n_ref`` rows (all rows if None).
 
     Written out rather than ``F.batch_norm(training=True)``: MAML differentiates through it twice,
     and the fused kernel's second derivative under ``torch.func.grad`` disagreed with finite
-    differences (relative error 7e-5 on the test of tests/test_meta_gradients.py).
+    differences (relative error 7e-5 on the test of tests/test_meta_gradients.py). The statistics
+    take two passes (see :func:`channel_statistics`), the centred activations shared with them.
     """
     ref = x if n_ref is None else x[:n_ref]
-    var, mean = torch.var_mean(ref, dim=(0, 2, 3), unbiased=False, keepdim=True)
+    mean = ref.mean(dim=(0, 2, 3), keepdim=True)
+    centred = x - mean
+    ref_centred = centred if n_ref is None else centred[:n_ref]
+    var = (ref_centred * ref_centred).mean(dim=(0, 2, 3), keepdim=True)
     scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + BN_EPS)
-    return (x - mean) * scale + bias.view(1, -1, 1, 1)
+    return centred * scale + bias.view(1, -1, 1, 1)
 
 
 class SupportBatchNorm(nn.Module):

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, support_norm
+from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm
 
 NORMS = ("support", "fixed")
 LEAK = 0.1
@@ -201,7 +201,7 @@ class ResNet12(SharedHeadClassifier):
         weight, bias = params[key + ".weight"], params[key + ".bias"]
         if self.norm == "fixed":
             return weight, bias
-        var, mean = torch.var_mean(h, dim=(0, 2, 3), unbiased=False)
+        mean, var = (statistic.flatten() for statistic in channel_statistics(h))
         scale = weight * torch.rsqrt(var + BN_EPS)
         return scale, bias - mean * scale
 
