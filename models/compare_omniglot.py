@@ -49,7 +49,8 @@ def main() -> None:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
         if splits is None:
-            splits = load_splits(DataSpec("omniglot", args.data_root, split_seed=recipe.split_seed), preprocessing)
+            # the set the model was trained beside (omniglot or omniglot-subset), so its test alphabets
+            splits = load_splits(DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed), preprocessing)
         lrs = tuple(recipe.inner_lrs)
         entry = {"file": path.name, "algorithm": recipe.algorithm, "test_steps": recipe.test_steps,
                  "test_alphabets": sorted(set(splits["test"].groups))}
