@@ -14,7 +14,9 @@ concurrent requests (threads of one server) cannot see each other's classes.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -41,24 +43,41 @@ class InputError(ValueError):
     """A request that cannot be served as given; the message says what to change."""
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None) -> "FewShotModel":
-    """Load a model file for serving. ``device=None``: CUDA when present, else CPU."""
+def load(path: str | os.PathLike, device: str | torch.device | None = None, compile: bool = False) -> "FewShotModel":
+    """Load a model file for serving. ``device=None``: CUDA when present, else CPU.
+
+    ``compile=True`` runs the inner loop's steps ``torch.compile``'d (see :func:`adapt`): faster
+    adaptation once each support shape has compiled; :meth:`FewShotModel.warm_up` compiles the
+    common shapes ahead of the first request.
+    """
     device = pick_device(None if device is None else str(device))
     network, recipe = load_model(path, device)
     if network.task_kind != "classification":
         raise InputError(f"{path} is a {network.task_kind} model; serving classifies images")
-    return FewShotModel(network, recipe, device)
+    return FewShotModel(network, recipe, device, compile)
 
 
 class FewShotModel:
     """A meta-learned initialization ready to adapt to new classes."""
 
-    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device) -> None:
-        self.network, self.recipe, self.device = network, recipe, device
+    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device, compile: bool = False) -> None:
+        self.network, self.recipe, self.device, self.compile = network, recipe, device, compile
         self.preprocessing: Preprocessing = recipe.image_preprocessing()
         self._meta_params = {k: v.detach() for k, v in network.named_parameters()}
         for param in network.parameters():
             param.requires_grad_(False)
+        # a support shape's first compiled adaptation compiles: one at a time, not once per waiting thread
+        self._compiled_shapes: set[tuple[int, ...]] = set()
+        self._compile_lock = threading.Lock()
+
+    def warm_up(self, settings: Sequence[tuple[int, int]] = ((5, 1), (5, 5))) -> None:
+        """Compile the inner loop for these ``(ways, shots)`` now (with ``compile``; else nothing to do)."""
+        if not self.compile:
+            return
+        size, channels = self.preprocessing.image_size, self.preprocessing.channels
+        for ways, shots in settings:
+            x = torch.zeros(ways * shots, channels, size, size, device=self.device)
+            self.adapt_tensors(x, torch.arange(ways, device=self.device).repeat_interleave(shots), ways)
 
     def prepare(self, images: Sequence[ImageLike], what: str) -> np.ndarray:
         """Decode and preprocess images into one uint8 ``[n, C, S, S]`` array."""
@@ -91,7 +110,13 @@ class FewShotModel:
         if not isinstance(steps, int) or not 0 <= steps <= 100:
             raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
         start = self.network.task_parameters(self._meta_params, len(labels))
-        adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True)
+        shape = (*x.shape, len(labels))
+        compiling = self.compile and shape not in self._compiled_shapes
+        with self._compile_lock if compiling else contextlib.nullcontext():
+            adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True,
+                               compiled=self.compile)
+        if compiling:
+            self._compiled_shapes.add(shape)
         losses = adaptation.support_losses.tolist()
         if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
             raise InputError("adaptation diverged on these images (non-finite loss); try fewer steps")

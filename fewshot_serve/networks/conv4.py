@@ -7,6 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
 from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm
 
@@ -92,14 +93,14 @@ class Conv4(SharedHeadClassifier):
             h = F.conv2d(x, weight, params[prefix + "conv.bias"], padding=1)
             mean, var = (statistic.flatten() for statistic in channel_statistics(h))
             scale = params[prefix + "norm.weight"] * torch.rsqrt(var + BN_EPS)
-            conv = nn.Conv2d(weight.shape[1], weight.shape[0], kernel_size=3, padding=1,
+            conv = skip_init(nn.Conv2d, weight.shape[1], weight.shape[0], kernel_size=3, padding=1,
                              device=weight.device, dtype=weight.dtype)
             conv.weight.copy_(weight * scale.view(-1, 1, 1, 1))
             conv.bias.copy_((params[prefix + "conv.bias"] - mean) * scale + params[prefix + "norm.bias"])
             block = [conv, nn.MaxPool2d(2), nn.ReLU()]
             x = nn.Sequential(*block)(x)
             layers += block
-        head = nn.Linear(self.feature_dim, params["head.weight"].shape[0], device=x.device, dtype=x.dtype)
+        head = skip_init(nn.Linear, self.feature_dim, params["head.weight"].shape[0], device=x.device, dtype=x.dtype)
         head.weight.copy_(params["head.weight"])
         head.bias.copy_(params["head.bias"])
         frozen = nn.Sequential(*layers, nn.Flatten(), head, nn.Softmax(dim=-1)).eval()

@@ -25,6 +25,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
 from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm
 
@@ -176,7 +177,7 @@ class ResNet12(SharedHeadClassifier):
                 padding = weight.shape[-1] // 2
                 h = F.conv2d(source, weight, padding=padding) if support else None
                 scale, shift = self._affine(params, prefix + norm, h)
-                layer = nn.Conv2d(weight.shape[1], weight.shape[0], weight.shape[-1], padding=padding,
+                layer = skip_init(nn.Conv2d, weight.shape[1], weight.shape[0], weight.shape[-1], padding=padding,
                                   device=weight.device, dtype=weight.dtype)
                 layer.weight.copy_(weight * scale.view(-1, 1, 1, 1))
                 layer.bias.copy_(shift)
@@ -190,7 +191,7 @@ class ResNet12(SharedHeadClassifier):
             blocks.append(FrozenBlock(convs))
             x = blocks[-1](x) if support else None
         weight = params["head.weight"]
-        head = nn.Linear(self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
+        head = skip_init(nn.Linear, self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
         head.weight.copy_(weight * params["logit_scale"])
         head.bias.copy_(params["head.bias"] * params["logit_scale"])
         frozen = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), UnitLength(), head, nn.Softmax(dim=-1))
