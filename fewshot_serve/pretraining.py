@@ -33,6 +33,7 @@ from .episodes import ImageEpisodes
 from .model_file import Recipe, save_model
 from .nearest_mean import embed_images, nearest_mean_accuracy
 from .networks import ResNet12, fixed_norm_params
+from .precision import bf16_available
 from .run_log import plot_curves, read_log
 from .sources import RESNET12_WIDTHS, DataSpec, load_splits, measured_preprocessing, pick_device, standard_preprocessing
 
@@ -88,15 +89,6 @@ class PretrainResult:
     best_score: float | None  # validation 5-way 5-shot nearest-mean accuracy of the exported weights
     best_epoch: int
     seconds: float
-
-
-def bf16_available(device: torch.device) -> bool:
-    """bfloat16 autocast pays off on CUDA and on CPUs with native bf16 (AVX512-BF16 / AMX): measured
-    2.5x (ResNet-12 32-64-128-256) to 2.9x (64-128-256-512) faster pretraining steps than float32
-    on this project's 2-core AMX machine (32x32, batch 128, channels-last)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def cosine_lr(base: float, step: int, total: int) -> float:

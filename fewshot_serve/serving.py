@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from .inner_loop import adapt
 from .model_file import Recipe, load_model
 from .networks import MetaNetwork
+from .precision import bf16_available
 from .preprocessing import ImageError, ImageLike, Preprocessing, open_image
 from .sources import pick_device
 
@@ -43,25 +44,30 @@ class InputError(ValueError):
     """A request that cannot be served as given; the message says what to change."""
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None, compile: bool = False) -> "FewShotModel":
+def load(path: str | os.PathLike, device: str | torch.device | None = None, compile: bool = False,
+         bf16: bool = False) -> "FewShotModel":
     """Load a model file for serving. ``device=None``: CUDA when present, else CPU.
 
     ``compile=True`` runs the inner loop's steps ``torch.compile``'d (see :func:`adapt`): faster
     adaptation once each support shape has compiled; :meth:`FewShotModel.warm_up` compiles the
-    common shapes ahead of the first request.
+    common shapes ahead of the first request. ``bf16=True`` classifies queries under bfloat16
+    autocast where the device supports it natively (:func:`bf16_available`; ignored elsewhere):
+    about 4x faster on a CPU with AMX, probabilities within about 1e-2 of float32
+    (accuracy measured in benchmarks/bf16_accuracy.py). Adaptation stays float32.
     """
     device = pick_device(None if device is None else str(device))
     network, recipe = load_model(path, device)
     if network.task_kind != "classification":
         raise InputError(f"{path} is a {network.task_kind} model; serving classifies images")
-    return FewShotModel(network, recipe, device, compile)
+    return FewShotModel(network, recipe, device, compile, bf16 and bf16_available(device))
 
 
 class FewShotModel:
     """A meta-learned initialization ready to adapt to new classes."""
 
-    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device, compile: bool = False) -> None:
-        self.network, self.recipe, self.device, self.compile = network, recipe, device, compile
+    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device, compile: bool = False,
+                 bf16: bool = False) -> None:
+        self.network, self.recipe, self.device, self.compile, self.bf16 = network, recipe, device, compile, bf16
         self.preprocessing: Preprocessing = recipe.image_preprocessing()
         self._meta_params = {k: v.detach() for k, v in network.named_parameters()}
         for param in network.parameters():
@@ -159,15 +165,21 @@ class AdaptedClassifier:
     """A classifier for one user's classes: the frozen adapted network and its labels."""
 
     labels: list[str]
-    network: nn.Sequential  # eval mode; images -> probabilities
+    network: nn.Sequential  # eval mode; images -> probabilities (its last layer the softmax)
     model: FewShotModel
     support_losses: list[float]  # support loss before each inner step
     seconds: float  # wall time of adapt()
 
     def probabilities(self, x: Tensor) -> Tensor:
         """Preprocessed float input ``[n, C, S, S]`` -> class probabilities ``[n, ways]``."""
+        device = self.model.device
+        x = x.to(device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
-            return self.network(x.to(self.model.device).contiguous(memory_format=torch.channels_last))
+            if not self.model.bf16:
+                return self.network(x)
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits = self.network[:-1](x)
+            return self.network[-1](logits.float())  # the softmax in float32: rows sum to 1
 
     def classify(self, queries: Sequence[ImageLike]) -> list[dict[str, float]]:
         """Class probabilities (summing to 1) for each query image, in the order of ``labels``."""

@@ -71,3 +71,15 @@ def test_distributed_throughput_smoke(glyph_tree):
     report = distributed_throughput.run(2, 2, "fomaml", ["--dataset", "folder", "--data-root", str(glyph_tree),
                                                          "--image-size", "16", "--channels", "1", "--ways", "3"])
     assert len(report["tasks_per_s"]) == 3 and all(rate > 0 for rate in report["tasks_per_s"].values())
+
+
+def test_bf16_accuracy_smoke(colour_model):
+    import bf16_accuracy
+    from fewshot_serve.precision import bf16_available
+
+    if not bf16_available(torch.device("cpu")):
+        pytest.skip("this CPU has no native bfloat16")
+    report = bf16_accuracy.run(colour_model, ways=3, shots=1, episodes=3, queries=2,
+                               data_root=colour_model.parent / "classes")
+    assert report["predictions"] == 18 and 0 <= report["bfloat16"]["mean"] <= 1
+    assert report["difference"]["mean"] == pytest.approx(report["bfloat16"]["mean"] - report["float32"]["mean"])

@@ -196,3 +196,15 @@ def test_blank_images_give_finite_probabilities(model):
     row = model.adapt({"black": [black], "white": [white]}).classify([black, white])
     assert all(np.isfinite(list(r.values())).all() for r in row)
     assert row[0]["black"] > 0.5 and row[1]["white"] > 0.5
+
+
+def test_bf16_classification_stays_close_to_float32_and_sums_to_one():
+    from fewshot_serve.precision import bf16_available
+
+    exact, fast = fewshot_serve.load(SHIPPED, "cpu"), fewshot_serve.load(SHIPPED, "cpu", bf16=True)
+    assert fast.bf16 == bf16_available(torch.device("cpu"))  # asked for, used only where native
+    support, queries, _ = glyph_task()
+    expected = torch.tensor([list(row.values()) for row in exact.adapt(support).classify(queries)])
+    rows = torch.tensor([list(row.values()) for row in fast.adapt(support).classify(queries)])
+    torch.testing.assert_close(rows.sum(1), torch.ones(len(queries)), rtol=0, atol=1e-5)
+    torch.testing.assert_close(rows, expected, rtol=0, atol=3e-2)
