@@ -3,7 +3,7 @@
 # Run from a scratch folder (e.g. runs/). Reconstructed from the model card: the original was hidden by a
 # .gitignore rule that matched models/runs/.
 set -euo pipefail
-common=(--algorithm maml --dataset omniglot --ways 5 --shots 1 --queries 5 --inner-steps 3 --test-steps 5
+common=(--algorithm maml --dataset omniglot-subset --ways 5 --shots 1 --queries 5 --inner-steps 3 --test-steps 5
         --inner-lr 0.4 --meta-batch 16 --iterations 500 --val-every 100 --val-episodes 200 --seed 0 --meta-lr 3e-3)
 OMP_NUM_THREADS=1 fewshot-serve train "${common[@]}" --learned-lrs --out omniglot-lslr.safetensors &
 OMP_NUM_THREADS=1 fewshot-serve train "${common[@]}" --per-step-norm --out omniglot-bnwb.safetensors &
