@@ -89,7 +89,8 @@ def test_resume_refuses_different_settings(tmp_path, glyph_tree):
 
 def test_divergence_stops_with_a_clear_error(tmp_path, glyph_tree):
     with pytest.raises(FloatingPointError, match="diverged at iteration"):
-        train(config(tmp_path, glyph_tree, inner_lrs=(1e30,), algorithm="fomaml"), progress=False)
+        # two steps: the first moves only the shared head row, the second the whole network by 1e30
+        train(config(tmp_path, glyph_tree, inner_lrs=(1e30,), inner_steps=2, algorithm="fomaml"), progress=False)
 
 
 def test_cli_train_then_evaluate_prints_a_json_summary(tmp_path, glyph_tree, capsys):
