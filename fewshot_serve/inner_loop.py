@@ -92,8 +92,9 @@ def adapt(
         outputs = network.adapted_part(network.at_step({**fixed, **weights}, step), h_support)
         return network.loss(outputs, y_support)
 
-    def head_loss(head: Params, features: Tensor) -> Tensor:
-        outputs = network.head_logits(network.at_step({**fixed, **fast, **head}, 0), features)
+    def head_loss(head: Params, features: Tensor, start: Params) -> Tensor:
+        """The support loss from the body's ``features``, as a function of the head alone."""
+        outputs = network.head_logits(network.at_step({**start, **head}, 0), features)
         return network.loss(outputs, y_support)
 
     if composable:
@@ -104,16 +105,16 @@ def adapt(
     with contextlib.nullcontext() if composable else torch.enable_grad():  # even under an outer no_grad
         for step in range(steps):
             if step == 0 and head_first_step and network.head_keys:
-                head = {k: fast[k] for k in network.head_keys}
+                head, start = {k: fast[k] for k in network.head_keys}, {**fixed, **fast}
                 # first order: nothing outside records the features or the step (as below)
                 untracked = torch.no_grad() if first_order else contextlib.nullcontext()
                 with untracked:
-                    features = network.head_input(network.at_step({**fixed, **fast}, 0), h_support)
+                    features = network.head_input(network.at_step(start, 0), h_support)
                 if composable:
                     with untracked:
-                        grads, loss = torch.func.grad_and_value(head_loss)(head, features)
+                        grads, loss = torch.func.grad_and_value(head_loss)(head, features, start)
                 else:
-                    loss = head_loss(head, features)
+                    loss = head_loss(head, features, start)
                     grads = dict(zip(head, torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)))
             elif compiled:
                 # this step's norm rows are inputs (at_step moves no fast weight): one graph for every step
