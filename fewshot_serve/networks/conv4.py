@@ -91,15 +91,16 @@ class Conv4(SharedHeadClassifier):
             prefix = f"blocks.{i}."
             weight = params[prefix + "conv.weight"]
             h = F.conv2d(x, weight, params[prefix + "conv.bias"], padding=1)
-            mean, var = (statistic.flatten() for statistic in channel_statistics(h))
+            mean, var = channel_statistics(h)
             scale = params[prefix + "norm.weight"] * torch.rsqrt(var + BN_EPS)
+            shift = params[prefix + "norm.bias"] - mean * scale
             conv = skip_init(nn.Conv2d, weight.shape[1], weight.shape[0], kernel_size=3, padding=1,
                              device=weight.device, dtype=weight.dtype)
             conv.weight.copy_(weight * scale.view(-1, 1, 1, 1))
-            conv.bias.copy_((params[prefix + "conv.bias"] - mean) * scale + params[prefix + "norm.bias"])
-            block = [conv, nn.MaxPool2d(2), nn.ReLU()]
-            x = nn.Sequential(*block)(x)
-            layers += block
+            conv.bias.copy_(params[prefix + "conv.bias"] * scale + shift)
+            layers += [conv, nn.MaxPool2d(2), nn.ReLU()]
+            # the next layer's statistics from this convolution's output, not from a second pass
+            x = F.relu(F.max_pool2d(h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), 2))
         head = skip_init(nn.Linear, self.feature_dim, params["head.weight"].shape[0], device=x.device, dtype=x.dtype)
         head.weight.copy_(params["head.weight"])
         head.bias.copy_(params["head.bias"])

@@ -202,7 +202,7 @@ class ResNet12(SharedHeadClassifier):
         weight, bias = params[key + ".weight"], params[key + ".bias"]
         if self.norm == "fixed":
             return weight, bias
-        mean, var = (statistic.flatten() for statistic in channel_statistics(h))
+        mean, var = channel_statistics(h)
         scale = weight * torch.rsqrt(var + BN_EPS)
         return scale, bias - mean * scale
 
