@@ -318,10 +318,10 @@ def load_models(paths: Sequence[str | os.PathLike], compile: bool = False, bf16:
         if name in models:
             raise ValueError(f"two model files are named {name!r}; rename one")
         models[name] = load(path, compile=compile, bf16=bf16)
-    for name, model in models.items():
-        if compile:
+    if compile:
+        for name, model in models.items():
             print(f"compiling the inner loop of {name} for 5-way 1-shot and 5-shot...", flush=True)
-        model.warm_up()
+            model.warm_up()
     return models
 
 
