@@ -63,6 +63,19 @@ def join_from_environment(cuda: bool) -> tuple[Shard, bool]:
     return shard, created
 
 
+def leave_process_group(finished: bool) -> None:
+    """Destroy the process group; after a barrier when every rank ``finished`` its work.
+
+    A gloo rank that tears down its connections while a peer is still busy (rank 0 writing the
+    model, say) can abort at interpreter exit ("terminate called without an active exception";
+    1 run in 5 measured with 2 ranks). Meeting first makes the teardown simultaneous. After an
+    error the barrier is skipped: the other ranks may never arrive.
+    """
+    if finished:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def sharded_direction(
     learner: MetaLearner, batch: TaskBatch, iteration: int, shard: Shard
 ) -> tuple[Params, Tensor, Tensor]:

@@ -9,10 +9,9 @@ meta-batch (shared 3 + 2) to OUT, for comparison with one process computing the 
 import sys
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import save_file
 
-from fewshot_serve.distributed import join_from_environment, sharded_direction
+from fewshot_serve.distributed import join_from_environment, leave_process_group, sharded_direction
 from fewshot_serve.meta_learning import Annealing, MetaLearner
 from test_maml_plus_plus import INNER, tiny_maml_plus_plus
 from test_meta_gradients import random_batch, tiny_conv4
@@ -41,4 +40,4 @@ if __name__ == "__main__":
     result = directions(shard)
     if shard.is_main:
         save_file({k: v.contiguous() for k, v in result.items()}, sys.argv[1])
-    dist.destroy_process_group()
+    leave_process_group(finished=True)
