@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from .atomic import atomic_write_text
 from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
-from .distributed import Shard, join_from_environment, sharded_step
+from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
 from .model_file import Recipe, load_model, save_model
 from .networks import MetaNetwork, build_network
@@ -145,18 +146,32 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
     return recipe.image_preprocessing()
 
 
-def _network_from(initial: MetaNetwork, adapt_from: int, lr_steps: int, norm_states: int) -> MetaNetwork:
-    """A copy of ``initial`` (weights included) with this run's inner-loop scope and MAML++ options."""
+def _network_from(
+    initial: MetaNetwork, adapt_from: int, lr_steps: int, norm_states: int, inner_lrs: Sequence[float]
+) -> MetaNetwork:
+    """A copy of ``initial`` (weights included) with this run's inner-loop scope and MAML++ options.
+
+    A meta-learned file continues as it was learned: where it has this run's per-step norms and
+    learned learning rates (a MAML++ model fine-tuned on 20-way tasks, say), they are kept.
+    Otherwise the learned rates start at ``inner_lrs``; per-step norms cannot be invented from
+    one norm, so they must match.
+    """
     settings = initial.config()
-    if norm_states:
-        raise ValueError("per-step norms cannot start from an --init file")
+    if norm_states != settings.get("norm_states", 0):
+        wanted = f"{norm_states - 1} inner steps with per-step norms" if norm_states else "no per-step norms"
+        has = settings.get("norm_states", 0)
+        raise ValueError(f"this run has {wanted}; the --init file has "
+                         + (f"per-step norms for {has - 1} inner steps" if has else "one shared norm"))
     if "adapt_from" in settings:
         settings["adapt_from"] = adapt_from
+    inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})
-    weights = {k: v for k, v in initial.state_dict().items() if k != "step_lrs"}
+    weights = {k: v for k, v in initial.state_dict().items() if inherits_lrs or k != "step_lrs"}
     outcome = network.load_state_dict(weights, strict=False)
     if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs"}:
         raise ValueError(f"the --init weights do not fit the network: {outcome}")
+    if not inherits_lrs:
+        network.reset_step_lrs(inner_lrs)
     return network
 
 
@@ -169,14 +184,17 @@ def train(config: TrainConfig, progress: bool = True) -> TrainResult:
     started = time.perf_counter()
     device = pick_device(config.device)
     shard, joined = join_from_environment(cuda=device.type == "cuda")
+    finished = False
     try:
         shard.check_share(config.meta_batch)  # before loading any data
         if device.type == "cuda" and shard.world > 1:
             device = torch.device("cuda", shard.local_rank)
-        return _train(config, progress and shard.is_main, device, shard, started)
+        result = _train(config, progress and shard.is_main, device, shard, started)
+        finished = True
+        return result
     finally:
         if joined:
-            torch.distributed.destroy_process_group()
+            leave_process_group(finished)
 
 
 def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Shard, started: float) -> TrainResult:
@@ -199,9 +217,9 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
     if initial is None:
         network = standard_network(spec, preprocessing, norm_states, lr_steps, config.architecture, config.widths,
                                    config.adapt_from)
+        network.reset_step_lrs(config.inner_lrs)
     else:
-        network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states)
-    network.reset_step_lrs(config.inner_lrs)
+        network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states, config.inner_lrs)
     network.to(device)
     learned = network  # what the outer loop updates and validation adapts
     if config.freeze_body:

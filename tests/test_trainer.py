@@ -50,6 +50,21 @@ def test_the_exported_model_is_the_best_validated_one(tmp_path, glyph_tree):
         assert torch.equal(exported[key], value)
 
 
+def test_a_maml_plus_plus_file_continues_with_its_learned_rates_and_per_step_norms(tmp_path, glyph_tree):
+    maml_plus_plus = dict(learned_lrs=True, per_step_norm=True, inner_steps=2, iterations=3)
+    first = train(config(tmp_path / "first", glyph_tree, **maml_plus_plus), progress=False)
+    start, _ = load_model(first.model_path)
+    assert not torch.allclose(start.step_lrs, torch.full_like(start.step_lrs, 0.4))  # learned, so it can tell
+    # a meta lr of 1e-12 moves no weight visibly: the run's network is the file's, rates and norms included
+    again = train(config(tmp_path / "again", glyph_tree, init=first.model_path, meta_lr=1e-12, **maml_plus_plus),
+                  progress=False)
+    continued, _ = load_model(again.model_path)
+    for key, value in start.state_dict().items():
+        torch.testing.assert_close(continued.state_dict()[key], value, rtol=0, atol=1e-9, msg=key)
+    with pytest.raises(ValueError, match="per-step norms for 2 inner steps"):
+        train(config(tmp_path / "other", glyph_tree, init=first.model_path, **{**maml_plus_plus, "inner_steps": 3}))
+
+
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
 def test_a_crashed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, glyph_tree, monkeypatch, algorithm):
     straight = train(config(tmp_path / "straight", glyph_tree, algorithm=algorithm), progress=False)
