@@ -119,6 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
 
     evaluate = commands.add_parser("evaluate", help="mean accuracy (or MSE) and 95%% CI on the test split")
+    evaluate.add_argument("--split", choices=("test", "val"), default="test",
+                          help="val: the validation classes, to choose between models without looking at test")
     evaluate.add_argument("model", type=Path)
     evaluate.add_argument("--dataset", choices=DATASETS, default=None, help="default: the model's own")
     _add_data_arguments(evaluate)
@@ -226,18 +228,18 @@ def run_evaluate(args: argparse.Namespace) -> int:
     network, recipe = load_model(args.model, device)
     spec = DataSpec(args.dataset or recipe.dataset, args.data_root, args.download, split_seed=recipe.split_seed)
     preprocessing = None if recipe.preprocessing is None else recipe.image_preprocessing()
-    test_split = load_splits(spec, preprocessing)["test"] if preprocessing is not None else None
-    sampler = task_sampler(spec, test_split, preprocessing, args.ways, args.shots, args.queries, augment=False)
+    classes = load_splits(spec, preprocessing)[args.split] if preprocessing is not None else None
+    sampler = task_sampler(spec, classes, preprocessing, args.ways, args.shots, args.queries, augment=False)
     steps = recipe.test_steps if args.steps is None else args.steps
     result = evaluate_episodes(network, sampler, tuple(recipe.inner_lrs), steps, args.episodes, args.seed, device,
                                progress=True)
     label = "accuracy" if result.metric == "accuracy" else "MSE"
     scale = 100.0 if result.metric == "accuracy" else 1.0
     unit = "%" if result.metric == "accuracy" else ""
-    print(f"{spec.dataset} {args.ways}-way {args.shots}-shot, {steps} steps, {result.episodes} test episodes: "
+    print(f"{spec.dataset} {args.ways}-way {args.shots}-shot, {steps} steps, {result.episodes} {args.split} episodes: "
           f"{label} {scale * result.mean:.2f}{unit} ± {scale * result.ci95:.2f}{unit} (95% CI)")
     print(json.dumps({result.metric: round(result.mean, 5), "ci95": round(result.ci95, 5), "ways": args.ways,
-                      "shots": args.shots, "steps": steps, "episodes": result.episodes}))
+                      "shots": args.shots, "steps": steps, "episodes": result.episodes, "split": args.split}))
     return 0
 
 

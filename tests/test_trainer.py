@@ -120,9 +120,15 @@ def test_cli_train_then_evaluate_prints_a_json_summary(tmp_path, glyph_tree, cap
                      "--queries", "2", "--episodes", "30"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     summary = json.loads(lines[-1])
-    assert set(summary) == {"accuracy", "ci95", "ways", "shots", "steps", "episodes"}
+    assert set(summary) == {"accuracy", "ci95", "ways", "shots", "steps", "episodes", "split"}
     assert summary["episodes"] == 30 and summary["ways"] == 3 and 0 <= summary["accuracy"] <= 1
-    assert summary["ci95"] > 0 and "95% CI" in lines[-2]
+    assert summary["ci95"] > 0 and "95% CI" in lines[-2] and summary["split"] == "test"
+    # the validation split (3 of the tree's classes; test has 6) is there for choosing between models
+    four_way = [str(out), "--data-root", str(glyph_tree), "--ways", "4", "--queries", "2", "--episodes", "3"]
+    assert cli.main(["evaluate", *four_way]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", *four_way, "--split", "val"]) == 2
+    assert "this split has 3" in capsys.readouterr().err
 
 
 def test_cli_reports_bad_arguments_without_a_traceback(tmp_path, capsys):
