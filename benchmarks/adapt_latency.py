@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import fewshot_serve
-from fewshot_serve.networks import Conv4
+from fewshot_serve.networks import Conv4, single_backward
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -72,12 +72,13 @@ def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq
     for param in learner.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lrs[min(step, len(lrs) - 1)]
-        optimizer.zero_grad()
-        F.cross_entropy(learner(xs), ys).backward()
-        optimizer.step()
+    with single_backward():  # the fused BatchNorm a tutorial's nn.BatchNorm2d would use, as ours does
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[min(step, len(lrs) - 1)]
+            optimizer.zero_grad()
+            F.cross_entropy(learner(xs), ys).backward()
+            optimizer.step()
     with torch.no_grad():
         return learner(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
 
@@ -109,7 +110,8 @@ def optional_peers() -> dict[str, Callable]:
         def with_higher(network, ways, lrs, steps, xs, ys, xq):
             learner = per_task_copy(network, ways)
             optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
-            with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt):
+            with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt), \
+                    single_backward():
                 for _ in range(steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
                 with torch.no_grad():
@@ -124,8 +126,9 @@ def optional_peers() -> dict[str, Callable]:
         def with_learn2learn(network, ways, lrs, steps, xs, ys, xq):
             learner = per_task_copy(network, ways)
             clone = learn2learn.algorithms.MAML(learner, lr=lrs[0], first_order=True).clone()
-            for _ in range(steps):
-                clone.adapt(F.cross_entropy(clone(xs), ys))
+            with single_backward():
+                for _ in range(steps):
+                    clone.adapt(F.cross_entropy(clone(xs), ys))
             with torch.no_grad():
                 return clone(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
 

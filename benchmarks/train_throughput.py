@@ -11,6 +11,7 @@ so its peak resident memory (CPU) or peak allocated memory (CUDA) is its own. Wr
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import resource
@@ -24,7 +25,7 @@ import torch.nn.functional as F
 from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
 
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
-from fewshot_serve.networks import Conv4
+from fewshot_serve.networks import Conv4, single_backward
 
 ROOT = Path(__file__).resolve().parents[1]
 INNER = InnerLoop(inner_lrs=(0.4,), train_steps=2, test_steps=2)  # with one step a shared head row moves alone
@@ -49,8 +50,10 @@ def higher_update(network: Conv4, batch: TaskBatch, algorithm: str) -> dict[str,
         optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):
-            for _ in range(INNER.train_steps):
-                diffopt.step(F.cross_entropy(fmodel(xs), ys))
+            # first order: the fused BatchNorm, as ours uses for steps differentiated once
+            with single_backward() if algorithm != "maml" else contextlib.nullcontext():
+                for _ in range(INNER.train_steps):
+                    diffopt.step(F.cross_entropy(fmodel(xs), ys))
             loss = F.cross_entropy(fmodel(torch.cat([xs, xq]), len(xs))[len(xs):], yq)
             grads = torch.autograd.grad(loss, fmodel.parameters(time=0) if algorithm == "maml" else fmodel.parameters())
         for (key, total), grad in zip(totals.items(), grads):

@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from .networks import MetaNetwork
+from .networks import MetaNetwork, single_backward
 
 Params = dict[str, Tensor]
 
@@ -97,6 +97,10 @@ def adapt(
         outputs = network.head_logits(network.at_step({**start, **head}, 0), features)
         return network.loss(outputs, y_support)
 
+    def fused_norms() -> contextlib.AbstractContextManager:
+        """Fused BatchNorm kernels where this loop's steps are differentiated once, eagerly."""
+        return single_backward() if first_order and not composable else contextlib.nullcontext()
+
     if composable:
         grad_and_loss = torch.func.grad_and_value(support_loss)
     else:
@@ -108,7 +112,7 @@ def adapt(
                 head, start = {k: fast[k] for k in network.head_keys}, {**fixed, **fast}
                 # first order: nothing outside records the features or the step (as below)
                 untracked = torch.no_grad() if first_order else contextlib.nullcontext()
-                with untracked:
+                with untracked, fused_norms():
                     features = network.head_input(network.at_step(start, 0), h_support)
                 if composable:
                     with untracked:
@@ -129,8 +133,10 @@ def adapt(
             elif composable:
                 grads, loss = grad_and_loss(fast, step)
             else:
-                loss = support_loss(fast, step)
-                grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)))
+                with fused_norms():
+                    loss = support_loss(fast, step)
+                    grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()),
+                                                               create_graph=not first_order)))
             lrs = network.inner_lrs_at(fixed, step, inner_lrs, fast_names)
             # A weight the step leaves alone still becomes a new graph node (a view), as a moved one
             # does: the next step's gradient must not also reach it through this step's head update.
