@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 
 import fewshot_serve
-from fewshot_serve.networks import Conv4, single_backward
+from fewshot_serve.networks import Conv4, first_order_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -72,7 +72,7 @@ def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq
     for param in learner.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
-    with single_backward():  # the fused BatchNorm a tutorial's nn.BatchNorm2d would use, as ours does
+    with first_order_kernels():  # the fused BatchNorm a tutorial's nn.BatchNorm2d would use, as ours does
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lrs[min(step, len(lrs) - 1)]
@@ -111,7 +111,7 @@ def optional_peers() -> dict[str, Callable]:
             learner = per_task_copy(network, ways)
             optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
             with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt), \
-                    single_backward():
+                    first_order_kernels():
                 for _ in range(steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
                 with torch.no_grad():
@@ -126,7 +126,7 @@ def optional_peers() -> dict[str, Callable]:
         def with_learn2learn(network, ways, lrs, steps, xs, ys, xq):
             learner = per_task_copy(network, ways)
             clone = learn2learn.algorithms.MAML(learner, lr=lrs[0], first_order=True).clone()
-            with single_backward():
+            with first_order_kernels():
                 for _ in range(steps):
                     clone.adapt(F.cross_entropy(clone(xs), ys))
             with torch.no_grad():

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
 
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
-from fewshot_serve.networks import Conv4, single_backward
+from fewshot_serve.networks import Conv4, first_order_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 INNER = InnerLoop(inner_lrs=(0.4,), train_steps=2, test_steps=2)  # with one step a shared head row moves alone
@@ -51,7 +51,7 @@ def higher_update(network: Conv4, batch: TaskBatch, algorithm: str) -> dict[str,
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):
             # first order: the fused BatchNorm, as ours uses for steps differentiated once
-            with single_backward() if algorithm != "maml" else contextlib.nullcontext():
+            with first_order_kernels() if algorithm != "maml" else contextlib.nullcontext():
                 for _ in range(INNER.train_steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
             loss = F.cross_entropy(fmodel(torch.cat([xs, xq]), len(xs))[len(xs):], yq)

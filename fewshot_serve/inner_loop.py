@@ -16,7 +16,7 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from .networks import MetaNetwork, single_backward
+from .networks import MetaNetwork, first_order_kernels
 
 Params = dict[str, Tensor]
 
@@ -99,7 +99,7 @@ def adapt(
 
     def fused_norms() -> contextlib.AbstractContextManager:
         """Fused BatchNorm kernels where this loop's steps are differentiated once, eagerly."""
-        return single_backward() if first_order and not composable else contextlib.nullcontext()
+        return first_order_kernels() if first_order and not composable else contextlib.nullcontext()
 
     if composable:
         grad_and_loss = torch.func.grad_and_value(support_loss)

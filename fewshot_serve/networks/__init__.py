@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SharedHeadClassifier, single_backward, step_lr, support_norm
+from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SharedHeadClassifier, first_order_kernels, step_lr, support_norm
 from .conv4 import Conv4
 from .mlp import SinusoidMLP
 from .resnet12 import ResNet12, fixed_norm_params
@@ -20,7 +20,7 @@ from .resnet12 import ResNet12, fixed_norm_params
 ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "mlp": SinusoidMLP}
 
 __all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "Conv4", "ResNet12", "SinusoidMLP", "ARCHITECTURES",
-           "build_network", "fixed_norm_params", "single_backward", "step_lr", "support_norm"]
+           "build_network", "fixed_norm_params", "first_order_kernels", "step_lr", "support_norm"]
 
 
 def build_network(config: dict[str, Any]) -> MetaNetwork:

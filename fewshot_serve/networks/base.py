@@ -65,25 +65,37 @@ def channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
     return mean.flatten(), (centred * centred).mean(dim=(0, 2, 3))
 
 
-_SINGLE_BACKWARD = contextvars.ContextVar("single_backward", default=False)
+_FIRST_ORDER_KERNELS = contextvars.ContextVar("first_order_kernels", default=False)
 
 
 @contextlib.contextmanager
-def single_backward() -> Iterator[None]:
-    """Within it, norms over whole batches use PyTorch's fused BatchNorm kernel.
+def first_order_kernels() -> Iterator[None]:
+    """Within it, networks run the kernels that are fastest for being differentiated at most once.
 
-    For computations differentiated at most once: first-order inner steps (serving, FOMAML,
-    Reptile). The fused forward and backward measured 2.6-3.4x faster than :func:`support_norm`'s
-    written-out arithmetic on Conv4's support activations (one CPU thread), the same to float
-    rounding (relative 1e-6). It is not the default because its *second* derivative is what MAML
-    cannot use (see :func:`support_norm`). A context variable, so each serving thread (and
-    ``asyncio`` task) has its own.
+    For first-order inner steps taken eagerly (serving, FOMAML, Reptile; not inside ``torch.func``
+    transforms). Two changes, each the same function to float rounding (relative 1e-6):
+
+    * Norms over whole batches use PyTorch's fused BatchNorm: forward and backward measured
+      2.6-3.4x faster than :func:`support_norm`'s written-out arithmetic on Conv4's support
+      activations (one CPU thread). Its *second* derivative is what MAML cannot use (see
+      :func:`support_norm`), so it is not the default.
+    * On CPU, Conv4 keeps its activations channels-last after the first convolution, where
+      pooling and the fused norm vectorize over channels: with the fused norm, whole adaptations
+      measured 1.14-1.27x faster than in NCHW. Meta-training's second-order and query passes
+      measured no gain, and ``torch.func.vmap`` does not implement the layout.
+
+    A context variable, so each serving thread (and ``asyncio`` task) has its own.
     """
-    token = _SINGLE_BACKWARD.set(True)
+    token = _FIRST_ORDER_KERNELS.set(True)
     try:
         yield
     finally:
-        _SINGLE_BACKWARD.reset(token)
+        _FIRST_ORDER_KERNELS.reset(token)
+
+
+def using_first_order_kernels() -> bool:
+    """Whether the caller is inside :func:`first_order_kernels`."""
+    return _FIRST_ORDER_KERNELS.get()
 
 
 def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> Tensor:
@@ -93,9 +105,9 @@ def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> 
     and the fused kernel's second derivative under ``torch.func.grad`` disagreed with finite
     differences (relative error 7e-5 on the test of tests/test_meta_gradients.py). The statistics
     take two passes (see :func:`channel_statistics`), the centred activations shared with them.
-    Under :func:`single_backward`, statistics over all rows come from the fused kernel instead.
+    Under :func:`first_order_kernels`, statistics over all rows come from the fused kernel instead.
     """
-    if n_ref is None and _SINGLE_BACKWARD.get():
+    if n_ref is None and using_first_order_kernels():
         return F.batch_norm(x, None, None, weight, bias, training=True, eps=BN_EPS)
     ref = x if n_ref is None else x[:n_ref]
     mean = ref.mean(dim=(0, 2, 3), keepdim=True)

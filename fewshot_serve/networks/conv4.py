@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
-from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm
+from .base import (BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm,
+                   using_first_order_kernels)
 
 
 class ConvBlock(nn.Module):
@@ -68,6 +69,8 @@ class Conv4(SharedHeadClassifier):
         for i in range(len(self.blocks)):
             prefix = f"blocks.{i}."
             x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
+            if i == 0 and x.device.type == "cpu" and using_first_order_kernels():
+                x = x.contiguous(memory_format=torch.channels_last)  # the later convolutions keep it
             x = support_norm(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"], n_ref)
             x = F.max_pool2d(F.relu(x), 2)
         return x.flatten(1)

@@ -1,12 +1,13 @@
-"""First-order inner steps use PyTorch's fused BatchNorm (``single_backward``); every other path the
-written-out one that MAML can differentiate twice. Both must take the same steps."""
+"""First-order inner steps run ``first_order_kernels`` (PyTorch's fused BatchNorm; channels-last Conv4
+activations on CPU); every other path the written-out norm that MAML can differentiate twice, in NCHW.
+Both must take the same steps."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from fewshot_serve.inner_loop import adapt
-from fewshot_serve.networks import single_backward, support_norm
+from fewshot_serve.networks import first_order_kernels, support_norm
 
 from test_first_step_shortcut import LRS, NETWORKS, WAYS, task
 
@@ -25,10 +26,10 @@ def fused_calls(monkeypatch):
     return calls
 
 
-def test_the_norm_is_fused_only_inside_single_backward_and_over_whole_batches():
+def test_the_norm_is_fused_only_inside_first_order_kernels_and_over_whole_batches():
     x, weight, bias = torch.randn(6, 4, 5, 5), torch.rand(4) + 0.5, torch.randn(4)
     written_out = support_norm(x, weight, bias, None)
-    with single_backward():
+    with first_order_kernels():
         fused = support_norm(x.requires_grad_(), weight, bias, None)
         assert "NativeBatchNorm" in type(fused.grad_fn).__name__
         # statistics of the first rows only (support rows of a support + query batch): written out
