@@ -34,9 +34,6 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=CONCURRENCY, help="requests run at once per event")
     parser.add_argument("--queue-size", type=int, default=QUEUE_SIZE,
                         help="requests that may wait; more are refused at once with 'Queue is full'")
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the inner loop: faster adaptation after a warm-up of tens of "
-                             "seconds per model and task shape at start")
     parser.add_argument("--bf16", action="store_true",
                         help="classify in bfloat16 where the CPU/GPU has it natively (about 4x faster on AMX "
                              "CPUs; accuracy measured in benchmarks/bf16_accuracy.py)")
@@ -45,7 +42,7 @@ def main() -> None:
         credentials = Credentials.load(args.auth_file)
         launch(args.model or shipped_models(), host=args.host, port=args.port, share=args.share,
                credentials=credentials, allow_anonymous=args.no_auth, concurrency=args.concurrency,
-               queue_size=args.queue_size, compile=args.compile, bf16=args.bf16)
+               queue_size=args.queue_size, bf16=args.bf16)
     except ValueError as error:
         parser.error(str(error))
 

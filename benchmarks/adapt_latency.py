@@ -9,8 +9,6 @@ same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound
 
 * ours: ``FewShotModel.adapt_tensors`` + ``AdaptedClassifier.probabilities`` (the serving path
   minus image decoding).
-* ours, compiled: the same with ``load(..., compile=True)`` (``app.py --compile``), timed after
-  the shape's one-off compilation, whose time is reported too.
 * textbook: deep-copy the module, ``torch.optim.SGD``, ``.backward()`` per step (the MAML tutorial).
 * higher / learn2learn: run when importable (``pip install -r benchmarks/requirements-peers.txt``).
 * bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
@@ -138,9 +136,8 @@ def optional_peers() -> dict[str, Callable]:
     return peers
 
 
-def run(model_path: Path, repeats: int, device: str, settings=SETTINGS, with_compiled: bool = True) -> dict:
+def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     model = fewshot_serve.load(model_path, device=device)
-    compiled = fewshot_serve.load(model_path, device=device, compile=True) if with_compiled else None
     network, recipe = model.network, model.recipe
     if network.lr_steps or network.norm_states:
         raise ValueError(f"{model_path} uses MAML++ options, which the peers' plain SGD loops cannot reproduce; "
@@ -164,18 +161,8 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS, with_com
             sync()
             return probabilities
 
-        def ours_compiled():
-            probabilities = compiled.adapt_tensors(xs, ys, ways).probabilities(xq)
-            sync()
-            return probabilities
-
         reference = ours()
         row = {"ours": timed(ours, repeats)}
-        if compiled is not None:
-            started = time.perf_counter()
-            torch.testing.assert_close(ours_compiled(), reference, atol=1e-4, rtol=1e-3)
-            compile_seconds = time.perf_counter() - started
-            row["ours, compiled"] = timed(ours_compiled, repeats)
         for name, peer in peers.items():
             def call(peer=peer):
                 result = peer(network, ways, lrs, steps, xs, ys, xq)
@@ -188,8 +175,6 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS, with_com
         entry = {name: {"p50_ms": 1e3 * percentile(t, 0.5), "p95_ms": 1e3 * percentile(t, 0.95)}
                  for name, t in row.items()}
         entry["gflop"] = flops / 1e9
-        if compiled is not None:
-            entry["compile_s"] = compile_seconds
         if peak:
             entry["bound_ms"] = 1e3 * flops / peak
         report["settings"][f"{ways}-way {shots}-shot"] = entry
@@ -229,17 +214,13 @@ def print_table(report: dict) -> None:
           + (f", peak matmul {report['peak_matmul_gflops']:.0f} GFLOP/s" if report["peak_matmul_gflops"] else ""))
     for setting, entry in report["settings"].items():
         ours = entry["ours"]["p50_ms"]
-        fastest = entry["ours, compiled"]["p50_ms"] if "ours, compiled" in entry else None
-        compiling = f"; compiling took {entry['compile_s']:.0f} s" if fastest else ""
-        print(f"\n{setting}: {entry['gflop']:.2f} GFLOP of work{compiling}")
+        print(f"\n{setting}: {entry['gflop']:.2f} GFLOP of work")
         for name, times in entry.items():
             if isinstance(times, dict):
-                ratio = "" if name.startswith("ours") else f"   {name} / ours = {times['p50_ms'] / ours:.2f}x" + (
-                    f", / ours compiled = {times['p50_ms'] / fastest:.2f}x" if fastest else "")
+                ratio = "" if name == "ours" else f"   {name} / ours = {times['p50_ms'] / ours:.2f}x"
                 print(f"  {name:15s} p50 {times['p50_ms']:8.2f} ms   p95 {times['p95_ms']:8.2f} ms{ratio}")
         if "bound_ms" in entry:
-            print(f"  {'FLOP bound':15s}     {entry['bound_ms']:8.2f} ms          ours / bound = {ours / entry['bound_ms']:.2f}x"
-                  + (f", ours compiled / bound = {fastest / entry['bound_ms']:.2f}x" if fastest else ""))
+            print(f"  {'FLOP bound':15s}     {entry['bound_ms']:8.2f} ms          ours / bound = {ours / entry['bound_ms']:.2f}x")
 
 
 def main() -> None:
@@ -251,10 +232,9 @@ def main() -> None:
     parser.add_argument("--photo-model", type=Path, default=ROOT / "models" / "photos-resnet12.safetensors",
                         help="also time this photo model alone (skipped if the file is absent)")
     parser.add_argument("--photo-only", action="store_true", help="time only the photo model")
-    parser.add_argument("--no-compile", action="store_true", help="skip the compiled contestant (and its compiling)")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    reports = [] if args.photo_only else [run(args.model, args.repeats, device, with_compiled=not args.no_compile)
+    reports = [] if args.photo_only else [run(args.model, args.repeats, device)
                                           for device in devices]
     for report in reports:
         print_table(report)

@@ -10,7 +10,6 @@ uses plain autograd, leaner for one task at a time.
 from __future__ import annotations
 
 import contextlib
-import functools
 from typing import NamedTuple, Sequence
 
 import torch
@@ -46,7 +45,6 @@ def adapt(
     composable: bool = False,
     trajectory: bool = False,
     head_first_step: bool = True,
-    compiled: bool = False,
 ) -> Adaptation:
     """Take ``steps`` SGD steps from ``params``, a task's start (:meth:`MetaNetwork.task_parameters`),
     on the support loss.
@@ -59,7 +57,8 @@ def adapt(
 
     ``first_order`` treats the inner gradients as constants (FOMAML, Reptile, serving); otherwise
     the steps stay differentiable, so the gradient of anything computed from the result flows
-    through every step (MAML's exact second order).
+    through every step (MAML's exact second order). Eager first-order steps run under
+    :func:`~fewshot_serve.networks.first_order_kernels` (fused norms, channels-last on CPU).
 
     ``composable`` takes the inner gradients with ``torch.func.grad``, which works inside
     ``torch.func.vmap`` and ``torch.func.grad``; the default, plain ``torch.autograd.grad``,
@@ -73,15 +72,7 @@ def adapt(
     alone; the body's weights stay exactly as they are (the plain path, ``False``, moves them by
     rounding error only). Differentiable like any step: in second order, the head's update
     depends on the body through the features.
-
-    ``compiled`` (first order only; serving's opt-in): the support gradient of every later step
-    is one ``torch.compile``'d function, which fuses the norm, ReLU and pooling arithmetic around
-    the convolutions. The same steps to within float rounding; the first call for each support
-    shape compiles (tens of seconds on a small CPU), and later ones run faster
-    (benchmarks/adapt_latency.py).
     """
-    if compiled and not first_order:
-        raise ValueError("the compiled inner loop is first order (serving); MAML's second order runs eagerly")
     fast_names = network.fast_weight_names()
     fixed = {k: v for k, v in params.items() if k not in fast_names}
     fast = {k: params[k] for k in fast_names}
@@ -120,11 +111,6 @@ def adapt(
                 else:
                     loss = head_loss(head, features, start)
                     grads = dict(zip(head, torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)))
-            elif compiled:
-                # this step's norm rows are inputs (at_step moves no fast weight): one graph for every step
-                stepped = {k: v for k, v in network.at_step({**fixed, **fast}, step).items() if k not in fast}
-                with torch.no_grad():
-                    grads, loss = compiled_support_gradient()(network, stepped, fast, h_support, y_support)
             elif composable and first_order:
                 # The enclosing transforms do not record the inner backward at all (cheaper than
                 # detaching afterwards); the inner gradient is still computed by its own transform.
@@ -146,21 +132,6 @@ def adapt(
                 states.append(network.at_step({**fixed, **fast}, step + 1))
     support_losses = torch.stack(losses) if losses else x_support.new_zeros(0)
     return Adaptation(network.at_step({**fixed, **fast}, steps), support_losses, states)
-
-
-def support_gradient(network: MetaNetwork, stepped: Params, fast: Params, h_support: Tensor,
-                     y_support: Tensor) -> tuple[Params, Tensor]:
-    """The support loss and its gradient for the fast weights, the step's other parameters being ``stepped``."""
-    def support_loss(weights: Params) -> Tensor:
-        return network.loss(network.adapted_part({**stepped, **weights}, h_support), y_support)
-
-    return torch.func.grad_and_value(support_loss)(fast)
-
-
-@functools.cache
-def compiled_support_gradient():
-    """:func:`support_gradient` under ``torch.compile`` (built on first use, so importing stays cheap)."""
-    return torch.compile(support_gradient, dynamic=True)
 
 
 def predict(network: MetaNetwork, params: Params, x_support: Tensor, x_query: Tensor) -> Tensor:

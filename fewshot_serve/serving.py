@@ -14,9 +14,7 @@ concurrent requests (threads of one server) cannot see each other's classes.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 import time
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -44,13 +42,10 @@ class InputError(ValueError):
     """A request that cannot be served as given; the message says what to change."""
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None, compile: bool = False,
-         bf16: bool = False) -> "FewShotModel":
+def load(path: str | os.PathLike, device: str | torch.device | None = None, bf16: bool = False) -> "FewShotModel":
     """Load a model file for serving. ``device=None``: CUDA when present, else CPU.
 
-    ``compile=True`` runs the inner loop's steps ``torch.compile``'d (see :func:`adapt`): faster
-    adaptation once each support shape has compiled; :meth:`FewShotModel.warm_up` compiles the
-    common shapes ahead of the first request. ``bf16=True`` classifies queries under bfloat16
+    ``bf16=True`` classifies queries under bfloat16
     autocast where the device supports it natively (:func:`bf16_available`; ignored elsewhere):
     about 4x faster on a CPU with AMX, probabilities within about 1e-2 of float32
     (accuracy measured in benchmarks/bf16_accuracy.py). Adaptation stays float32.
@@ -59,31 +54,18 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, comp
     network, recipe = load_model(path, device)
     if network.task_kind != "classification":
         raise InputError(f"{path} is a {network.task_kind} model; serving classifies images")
-    return FewShotModel(network, recipe, device, compile, bf16 and bf16_available(device))
+    return FewShotModel(network, recipe, device, bf16 and bf16_available(device))
 
 
 class FewShotModel:
     """A meta-learned initialization ready to adapt to new classes."""
 
-    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device, compile: bool = False,
-                 bf16: bool = False) -> None:
-        self.network, self.recipe, self.device, self.compile, self.bf16 = network, recipe, device, compile, bf16
+    def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device, bf16: bool = False) -> None:
+        self.network, self.recipe, self.device, self.bf16 = network, recipe, device, bf16
         self.preprocessing: Preprocessing = recipe.image_preprocessing()
         self._meta_params = {k: v.detach() for k, v in network.named_parameters()}
         for param in network.parameters():
             param.requires_grad_(False)
-        # a support shape's first compiled adaptation compiles: one at a time, not once per waiting thread
-        self._compiled_shapes: set[tuple[int, ...]] = set()
-        self._compile_lock = threading.Lock()
-
-    def warm_up(self, settings: Sequence[tuple[int, int]] = ((5, 1), (5, 5))) -> None:
-        """Compile the inner loop for these ``(ways, shots)`` now (with ``compile``; else nothing to do)."""
-        if not self.compile:
-            return
-        size, channels = self.preprocessing.image_size, self.preprocessing.channels
-        for ways, shots in settings:
-            x = torch.zeros(ways * shots, channels, size, size, device=self.device)
-            self.adapt_tensors(x, torch.arange(ways, device=self.device).repeat_interleave(shots), ways)
 
     def prepare(self, images: Sequence[ImageLike], what: str) -> np.ndarray:
         """Decode and preprocess images into one uint8 ``[n, C, S, S]`` array."""
@@ -116,13 +98,7 @@ class FewShotModel:
         if not isinstance(steps, int) or not 0 <= steps <= 100:
             raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
         start = self.network.task_parameters(self._meta_params, len(labels))
-        shape = (*x.shape, len(labels))
-        compiling = self.compile and shape not in self._compiled_shapes
-        with self._compile_lock if compiling else contextlib.nullcontext():
-            adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True,
-                               compiled=self.compile)
-        if compiling:
-            self._compiled_shapes.add(shape)
+        adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True)
         losses = adaptation.support_losses.tolist()
         if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
             raise InputError("adaptation diverged on these images (non-finite loss); try fewer steps")

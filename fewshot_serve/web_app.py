@@ -305,37 +305,31 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
     return app
 
 
-def load_models(paths: Sequence[str | os.PathLike], compile: bool = False, bf16: bool = False
-                ) -> dict[str, FewShotModel]:
+def load_models(paths: Sequence[str | os.PathLike], bf16: bool = False) -> dict[str, FewShotModel]:
     """Each model file, loaded, under its file name without the suffix (which must differ).
 
-    ``compile``: compiled inner loops (see :func:`fewshot_serve.load`), warmed for 5-way 1-shot and
-    5-shot before the app opens. ``bf16``: bfloat16 classification where the hardware has it.
+    ``bf16``: bfloat16 classification where the hardware has it (see :func:`fewshot_serve.load`).
     """
     models: dict[str, FewShotModel] = {}
     for path in paths:
         name = Path(path).stem
         if name in models:
             raise ValueError(f"two model files are named {name!r}; rename one")
-        models[name] = load(path, compile=compile, bf16=bf16)
-    if compile:
-        for name, model in models.items():
-            print(f"compiling the inner loop of {name} for 5-way 1-shot and 5-shot...", flush=True)
-            model.warm_up()
+        models[name] = load(path, bf16=bf16)
     return models
 
 
 def launch(model_paths: str | os.PathLike | Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, block: bool = True, credentials: Credentials | None = None,
            allow_anonymous: bool = False, concurrency: int = CONCURRENCY, queue_size: int = QUEUE_SIZE,
-           compile: bool = False, bf16: bool = False) -> gr.Blocks:
+           bf16: bool = False) -> gr.Blocks:
     """Load the model file(s) and serve the app; ``block=False`` returns once it is listening (tests).
 
     With ``credentials`` every page and API call needs a login. Serving anything but loopback (or a
     share link) without them is refused unless ``allow_anonymous``. At most ``concurrency`` requests
     per event run at once and ``queue_size`` wait; past that a request is refused at once with
-    "Queue is full! Please try again." rather than waiting without bound. ``compile`` and
-    ``bf16``: see :func:`load_models`.
+    "Queue is full! Please try again." rather than waiting without bound. ``bf16``: see
+    :func:`load_models`.
     """
     if credentials is None and not allow_anonymous and (share or not is_loopback(host)):
         raise ValueError(
@@ -346,7 +340,7 @@ def launch(model_paths: str | os.PathLike | Sequence[str | os.PathLike], host: s
         raise ValueError("concurrency and queue size must be at least 1")
     if isinstance(model_paths, (str, os.PathLike)):
         model_paths = [model_paths]
-    app = build_app(load_models(model_paths, compile, bf16))
+    app = build_app(load_models(model_paths, bf16))
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=not block,
                max_file_size=MAX_UPLOAD_BYTES, show_error=False, quiet=not block, auth=credentials,

@@ -16,8 +16,7 @@ import train_throughput  # noqa: E402
 
 
 def test_adapt_latency_smoke(capsys):
-    # (the compiled contestant is held to the eager loop in tests/test_compiled_adaptation.py)
-    report = adapt_latency.run(FOMAML_MODEL, repeats=2, device="cpu", settings=((3, 1),), with_compiled=False)
+    report = adapt_latency.run(FOMAML_MODEL, repeats=2, device="cpu", settings=((3, 1),))
     entry = report["settings"]["3-way 1-shot"]
     assert {"ours", "textbook", "gflop", "bound_ms"} <= set(entry)  # peers must also agree with ours to be timed
     adapt_latency.print_table(report)
