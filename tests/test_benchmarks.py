@@ -11,6 +11,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 FOMAML_MODEL = ROOT / "models" / "omniglot-conv4-fomaml.safetensors"  # the benchmarks' default
 
 import adapt_latency  # noqa: E402
+import first_order_kernels  # noqa: E402
 import serve_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -21,6 +22,17 @@ def test_adapt_latency_smoke(capsys):
     assert {"ours", "textbook", "gflop", "bound_ms"} <= set(entry)  # peers must also agree with ours to be timed
     adapt_latency.print_table(report)
     assert "ours / bound" in capsys.readouterr().out
+
+
+def test_first_order_kernels_smoke(capsys):
+    from fewshot_serve.networks import base, conv4
+
+    switches = (base.using_first_order_kernels, conv4.using_first_order_kernels)
+    report = first_order_kernels.run(FOMAML_MODEL, repeats=1, settings=((3, 1),))  # answers checked equal inside
+    assert set(report["settings"]["3-way 1-shot"]) == set(first_order_kernels.VARIANTS)
+    assert (base.using_first_order_kernels, conv4.using_first_order_kernels) == switches  # switched back
+    first_order_kernels.print_table(report)
+    assert "channels-last" in capsys.readouterr().out
 
 
 def test_adapt_latency_photo_smoke(tmp_path, capsys):

@@ -66,11 +66,13 @@ class Conv4(SharedHeadClassifier):
         return params
 
     def head_input(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        if x.device.type == "cpu" and using_first_order_kernels():
+            # every convolution then keeps channels-last (.contiguous would leave a 1-channel input's
+            # strides as they are, and the first convolution's output NCHW)
+            x = x.to(memory_format=torch.channels_last)
         for i in range(len(self.blocks)):
             prefix = f"blocks.{i}."
             x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
-            if i == 0 and x.device.type == "cpu" and using_first_order_kernels():
-                x = x.contiguous(memory_format=torch.channels_last)  # the later convolutions keep it
             x = support_norm(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"], n_ref)
             x = F.max_pool2d(F.relu(x), 2)
         return x.flatten(1)

@@ -1,0 +1,92 @@
+"""What ``first_order_kernels`` buys serving: the fused norm, then channels-last, side by side.
+
+    python benchmarks/first_order_kernels.py [--model models/omniglot-conv4-fomaml.safetensors] [--repeats 30]
+
+For 5-way 1-shot, 5-way 5-shot and 20-way 1-shot, ``FewShotModel.adapt_tensors`` and the
+classification of 75 queries, p50 over ``--repeats``, with the first-order steps' kernels:
+
+* written-out norm, NCHW: what every path used before (and MAML's second order still uses);
+* fused norm, NCHW: PyTorch's fused BatchNorm kernel;
+* fused norm, channels-last: the default, Conv4's activations channels-last on CPU.
+
+Contestants alternate within each repeat, on the same inputs, and are first checked to give the
+same probabilities. Writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+import fewshot_serve
+from adapt_latency import QUERIES, SETTINGS, percentile, timed  # benchmarks/ is this script's folder
+from fewshot_serve.networks import base, conv4
+
+ROOT = Path(__file__).resolve().parents[1]
+ON = base.using_first_order_kernels
+OFF = lambda: False  # noqa: E731
+#: contestant -> (the norm's switch, Conv4's layout switch)
+VARIANTS = {"written-out norm, NCHW": (OFF, OFF), "fused norm, NCHW": (ON, OFF), "fused norm, channels-last": (ON, ON)}
+
+
+def switched(variant: str) -> None:
+    base.using_first_order_kernels, conv4.using_first_order_kernels = VARIANTS[variant]
+
+
+def run(model_path: Path, repeats: int, settings=SETTINGS) -> dict:
+    model = fewshot_serve.load(model_path, device="cpu")
+    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
+    report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "model": model_path.name, "steps": model.recipe.test_steps, "settings": {}}
+    generator = torch.Generator().manual_seed(0)
+    try:
+        for ways, shots in settings:
+            xs = torch.randn(ways * shots, channels, size, size, generator=generator)
+            ys = torch.arange(ways).repeat_interleave(shots)
+            xq = torch.randn(QUERIES, channels, size, size, generator=generator)
+            work = lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq)  # noqa: E731
+            answers = {}
+            for variant in VARIANTS:
+                switched(variant)
+                answers[variant] = work()
+            for variant, answer in answers.items():
+                torch.testing.assert_close(answer, answers["written-out norm, NCHW"], atol=1e-5, rtol=1e-4,
+                                           msg=variant)
+            times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
+            for _ in range(repeats):  # alternate, so drift in the machine's speed hits all alike
+                for variant in VARIANTS:
+                    switched(variant)
+                    times[variant] += timed(work, repeats=1, warmup=1)
+            report["settings"][f"{ways}-way {shots}-shot"] = {v: 1e3 * percentile(t, 0.5) for v, t in times.items()}
+    finally:
+        switched("fused norm, channels-last")
+    return report
+
+
+def print_table(report: dict) -> None:
+    print(f"{report['model']}: {report['threads']} threads, {report['steps']} steps, adapt + classify {QUERIES} "
+          f"queries, p50 ms (speed-up over the written-out norm in NCHW)")
+    print(f"{'setting':15s}" + "".join(f"{variant:>30s}" for variant in VARIANTS))
+    for setting, p50 in report["settings"].items():
+        slowest = p50["written-out norm, NCHW"]
+        print(f"{setting:15s}" + "".join(f"{f'{ms:.1f} ({slowest / ms:.2f}x)':>30s}" for ms in p50.values()))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4-fomaml.safetensors")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "first_order_kernels.json")
+    args = parser.parse_args()
+    report = run(args.model, args.repeats)
+    print_table(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
