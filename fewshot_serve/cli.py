@@ -39,7 +39,7 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the dataset's folder (default: omniglot/images_background (omniglot-subset: "
                             "omniglot/images_background_subset), tiny-imagenet/, "
                             "cifar100/ or mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
-    group.add_argument("--download", action="store_true", help="download Omniglot / CIFAR-100 with torchvision")
+    group.add_argument("--download", action="store_true", help="download Omniglot's background set / CIFAR-100 with torchvision")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -115,8 +115,9 @@ def _subdirs(folder: Path) -> list[Path]:
 def load_omniglot(root: Path, preprocessing: Preprocessing) -> ImageClasses:
     """Omniglot as ``alphabet/character/*.png`` (the ../shared layout and torchvision's).
 
-    ``root`` may be an ``images_background``-style folder of alphabets, or a folder holding
-    such folders (torchvision's ``omniglot-py``), whose alphabets are then all used.
+    ``root`` may be an ``images_background``-style folder of alphabets, or torchvision's
+    ``omniglot-py`` (or its parent), of which only ``images_background`` is read: the 20
+    evaluation alphabets stay unseen, for scoring a model on handwriting it never trained beside.
     """
     root = Path(root)
     if not root.is_dir():
@@ -125,11 +126,11 @@ def load_omniglot(root: Path, preprocessing: Preprocessing) -> ImageClasses:
         )
     if (root / "omniglot-py").is_dir():
         root = root / "omniglot-py"
-    alphabet_roots = [d for d in _subdirs(root) if d.name.startswith("images_")] or [root]
+    if (root / "images_background").is_dir():
+        root = root / "images_background"
     classes = [
         (f"{alphabet.name}/{character.name}", alphabet.name, character)
-        for alphabet_root in alphabet_roots
-        for alphabet in _subdirs(alphabet_root)
+        for alphabet in _subdirs(root)
         for character in _subdirs(alphabet)
     ]
     if not classes:
@@ -138,12 +139,14 @@ def load_omniglot(root: Path, preprocessing: Preprocessing) -> ImageClasses:
 
 
 def download_omniglot(root: Path) -> Path:
-    """Fetch Omniglot's background and evaluation sets with torchvision; returns the data folder."""
+    """Fetch Omniglot's background set (30 alphabets) with torchvision; returns its folder.
+
+    Only the background set: the evaluation alphabets are for scoring, never for training.
+    """
     from torchvision.datasets import Omniglot
 
-    for background in (True, False):
-        Omniglot(str(root), background=background, download=True)
-    return Path(root) / "omniglot-py"
+    Omniglot(str(root), background=True, download=True)
+    return Path(root) / "omniglot-py" / "images_background"
 
 
 def load_folder_tree(root: Path, preprocessing: Preprocessing) -> ImageClasses:

@@ -101,6 +101,9 @@ def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, Image
         # are rebuilt from the same set it was trained beside.
         root = spec.data_root or default_omniglot_root(spec.dataset)
         if spec.download:
+            if spec.dataset != "omniglot":
+                raise ValueError(f"{spec.dataset} is this project's choice of 8 background alphabets, not a "
+                                 "download; use --dataset omniglot --download for the whole background set")
             root = download_omniglot(root)
         return split_by_group(load_omniglot(root, preprocessing), spec.split_seed)
     if spec.dataset == "tiny-imagenet":

@@ -96,7 +96,7 @@ def test_sinusoid_tasks_follow_the_maml_ranges():
     assert y.abs().max() <= 5.0 and y.abs().amax(1).max() > 4.0
 
 
-def test_omniglot_reads_the_torchvision_layout(tmp_path):
+def test_omniglot_reads_the_background_set_of_the_torchvision_layout(tmp_path):
     from conftest import write_class_tree
     from fewshot_serve.datasets import load_omniglot
 
@@ -104,8 +104,23 @@ def test_omniglot_reads_the_torchvision_layout(tmp_path):
         for alphabet in alphabets:
             write_class_tree(tmp_path / "omniglot-py" / part / alphabet, classes=2, per_class=3)
     classes = load_omniglot(tmp_path, Preprocessing(28, 1, True, "pad", (0.0,), (1.0,)))
-    assert classes.groups == ["Alpha", "Alpha", "Beta", "Beta", "Gamma", "Gamma"]
-    assert classes.names[0] == "Alpha/class00" and classes.images.shape == (18, 1, 28, 28)
+    assert classes.groups == ["Alpha", "Alpha", "Beta", "Beta"]  # the evaluation alphabets stay unseen
+    assert classes.names[0] == "Alpha/class00" and classes.images.shape == (12, 1, 28, 28)
+
+
+def test_download_fetches_only_the_background_set(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    from fewshot_serve.datasets import download_omniglot
+    from fewshot_serve.sources import DataSpec, load_splits
+
+    requested = []
+    monkeypatch.setattr(torchvision.datasets, "Omniglot",
+                        lambda root, background, download: requested.append((background, download)))
+    assert download_omniglot(tmp_path) == tmp_path / "omniglot-py" / "images_background"
+    assert requested == [(True, True)]
+    with pytest.raises(ValueError, match="--dataset omniglot --download"):
+        load_splits(DataSpec("omniglot-subset", tmp_path, download=True), Preprocessing(28, 1, True, "pad", (0.0,), (1.0,)))
 
 
 def test_omniglot_dataset_names_pick_the_background_set_or_its_subset(tmp_path, monkeypatch):
