@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import platform
-import statistics
 import time
 from pathlib import Path
 from typing import Callable
@@ -33,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 import fewshot_serve
+from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.networks import Conv4, first_order_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -243,8 +242,7 @@ def main() -> None:
         for report in photo_reports:
             print_photo_table(report)
         reports += photo_reports
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(reports, indent=2) + "\n")
+    atomic_write_json(args.out, reports)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ only where the difference stays within 0.2 points.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -23,6 +22,7 @@ import torch
 from tqdm import tqdm
 
 import fewshot_serve
+from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import EvaluationResult
 from fewshot_serve.sources import DataSpec, load_splits
@@ -80,8 +80,7 @@ def main() -> None:
     print(f"classifying {report['queries'] * args.ways} queries, p50: float32 {times['float32']:.1f} ms, "
           f"bfloat16 {times['bfloat16']:.1f} ms ({times['float32'] / times['bfloat16']:.2f}x)")
     out = args.out or ROOT / "benchmarks" / "results" / f"bf16_{args.model.stem}_{args.ways}x{args.shots}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(out, report)
 
 
 if __name__ == "__main__":

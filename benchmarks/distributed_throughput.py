@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fewshot_serve.atomic import atomic_write_text
+from fewshot_serve.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,8 +61,7 @@ def main() -> None:
     base = rates[0][1]
     for name, rate in rates:
         print(f"{name:28s} {rate:7.2f} tasks/s  ({rate / base:.2f}x the first)")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -16,13 +16,13 @@ same probabilities. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 from pathlib import Path
 
 import torch
 
 import fewshot_serve
+from fewshot_serve.atomic import atomic_write_json
 from adapt_latency import QUERIES, SETTINGS, percentile, timed  # benchmarks/ is this script's folder
 from fewshot_serve.networks import base, conv4
 
@@ -84,8 +84,7 @@ def main() -> None:
     args = parser.parse_args()
     report = run(args.model, args.repeats)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,6 @@ milliseconds per call and shares, and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import fewshot_serve
+from fewshot_serve.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -98,8 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     report = run(args.model, args.repeats)
     print_table(report)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
 
 
 if __name__ == "__main__":

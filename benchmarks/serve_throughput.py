@@ -12,7 +12,6 @@ one at a time, the lever for batching concurrent requests. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import threading
 import time
@@ -23,6 +22,7 @@ import torch
 from torch.func import vmap
 
 import fewshot_serve
+from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.inner_loop import adapt, predict
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -122,8 +122,7 @@ def main() -> None:
     report["batching"] = batching
     print(f"\n{batching['tasks']} tasks adapted in one vmap pass: {batching['vmap_tasks_per_s']:.2f} tasks/s; "
           f"one at a time: {batching['sequential_tasks_per_s']:.2f} tasks/s; vmap / sequential = {batching['speedup']:.2f}x")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
 
+from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
 from fewshot_serve.networks import Conv4, first_order_kernels
 
@@ -148,8 +149,7 @@ def main() -> None:
                 print(f"{setting:8s} {algorithm:8s} {contestant:10s} {row['tasks_per_s']:9.2f} {row['peak_mb']:9.0f} "
                       f"{row['max_relative_difference']:10.1e}  {ratio:.2f}x")
             report["results"][f"{setting} {algorithm}"] = rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_json(args.out, report)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,3 +38,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_output(path) as temporary:
         temporary.write_text(text)
+
+
+def atomic_write_json(path: str | os.PathLike, data: object) -> None:
+    """``data`` as indented JSON (what benchmarks and evaluation scripts leave as results)."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot_serve.atomic import atomic_output, atomic_write_text
+from fewshot_serve.atomic import atomic_output, atomic_write_json
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes
 from fewshot_serve.model_file import load_model
@@ -67,7 +67,7 @@ def main() -> None:
         # re-read before writing: another evaluation may have added its model meanwhile
         results = json.loads(json_path.read_text()) if json_path.exists() else {}
         results[args.names[index] if args.names else recipe.algorithm] = entry
-        atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
+        atomic_write_json(json_path, results)
     plot(results, png_path)
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fewshot_serve.atomic import atomic_write_text
+from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes
 from fewshot_serve.model_file import load_model
@@ -100,7 +100,7 @@ def main() -> None:
         # re-read before writing: another evaluation may have added its contestant meanwhile
         results = json.loads(args.output.read_text()) if args.output.exists() else {}
         results[name] = entry
-        atomic_write_text(args.output, json.dumps(results, indent=2) + "\n")
+        atomic_write_json(args.output, results)
 
 
 if __name__ == "__main__":
