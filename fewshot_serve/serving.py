@@ -27,7 +27,7 @@ from .inner_loop import adapt
 from .model_file import Recipe, load_model
 from .networks import MetaNetwork
 from .precision import bf16_available
-from .preprocessing import ImageError, ImageLike, Preprocessing, open_image
+from .preprocessing import ImageLike, Preprocessing, open_image
 from .sources import pick_device
 
 #: Request limits (documented in README.md); beyond them a request is refused with InputError.
