@@ -88,8 +88,9 @@ def adapt(
         outputs = network.head_logits(network.at_step({**start, **head}, 0), features)
         return network.loss(outputs, y_support)
 
-    def fused_norms() -> contextlib.AbstractContextManager:
-        """Fused BatchNorm kernels where this loop's steps are differentiated once, eagerly."""
+    def step_kernels() -> contextlib.AbstractContextManager:
+        """:func:`first_order_kernels` (fused norms; channels-last Conv4 on CPU) where this loop's
+        steps are differentiated once, eagerly; the default kernels otherwise."""
         return first_order_kernels() if first_order and not composable else contextlib.nullcontext()
 
     if composable:
@@ -103,7 +104,7 @@ def adapt(
                 head, start = {k: fast[k] for k in network.head_keys}, {**fixed, **fast}
                 # first order: nothing outside records the features or the step (as below)
                 untracked = torch.no_grad() if first_order else contextlib.nullcontext()
-                with untracked, fused_norms():
+                with untracked, step_kernels():
                     features = network.head_input(network.at_step(start, 0), h_support)
                 if composable:
                     with untracked:
@@ -119,7 +120,7 @@ def adapt(
             elif composable:
                 grads, loss = grad_and_loss(fast, step)
             else:
-                with fused_norms():
+                with step_kernels():
                     loss = support_loss(fast, step)
                     grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()),
                                                                create_graph=not first_order)))

@@ -157,9 +157,9 @@ def _network_from(
     one norm, so they must match.
     """
     settings = initial.config()
-    if norm_states != settings.get("norm_states", 0):
+    has = settings.get("norm_states", 0)
+    if norm_states != has:
         wanted = f"{norm_states - 1} inner steps with per-step norms" if norm_states else "no per-step norms"
-        has = settings.get("norm_states", 0)
         raise ValueError(f"this run has {wanted}; the --init file has "
                          + (f"per-step norms for {has - 1} inner steps" if has else "one shared norm"))
     if "adapt_from" in settings:
