@@ -26,6 +26,7 @@ from tqdm import tqdm
 from .atomic import atomic_write_text
 from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
+from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
@@ -46,7 +47,7 @@ from .sources import (
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
 
-NETWORK_OPTIONS = ("architecture", "widths", "adapt_from", "init", "freeze_body")
+NETWORK_OPTIONS = ("architecture", "widths", "adapt_from", "init", "freeze_body", "centre_features")
 MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
     adapt_from: int = 0  # resnet12: the first block the inner loop adapts (4: the head only)
     init: Path | None = None  # start from this model file's weights (e.g. `fewshot-serve pretrain`'s)
     freeze_body: bool = False  # with init: meta-learn only the adapted part, on cached frozen-part outputs
+    centre_features: bool = False  # with a pretrained init: subtract the training classes' mean feature (CL2N)
     # MAML++ (Antoniou et al. 2019), each off by default; see networks/base.py and meta_learning.Annealing
     learned_lrs: bool = False  # learn a learning rate per fast weight and inner step (LSLR)
     per_step_norm: bool = False  # BatchNorm weights and biases per inner-loop state (BNWB)
@@ -97,6 +99,8 @@ class TrainConfig:
             raise ValueError("multi-step-loss and first-order-iterations must be >= 0")
         if self.freeze_body and (self.init is None or self.adapt_from == 0):
             raise ValueError("--freeze-body needs --init and --adapt-from > 0 (the frozen part must exist)")
+        if self.centre_features and self.init is None:
+            raise ValueError("--centre-features needs --init with a pretrained ResNet-12 (`fewshot-serve pretrain`)")
         if self.algorithm == "reptile" and self.uses_maml_plus_plus:
             raise ValueError(REPTILE_REFUSES_MAML_PLUS_PLUS)
         if self.meta_lr is None:
@@ -147,14 +151,16 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
 
 
 def _network_from(
-    initial: MetaNetwork, adapt_from: int, lr_steps: int, norm_states: int, inner_lrs: Sequence[float]
+    initial: MetaNetwork, adapt_from: int, lr_steps: int, norm_states: int, inner_lrs: Sequence[float],
+    centre_features: bool = False,
 ) -> MetaNetwork:
     """A copy of ``initial`` (weights included) with this run's inner-loop scope and MAML++ options.
 
     A meta-learned file continues as it was learned: where it has this run's per-step norms and
     learned learning rates (a MAML++ model fine-tuned on 20-way tasks, say), they are kept.
     Otherwise the learned rates start at ``inner_lrs``; per-step norms cannot be invented from
-    one norm, so they must match.
+    one norm, so they must match. A centred file stays centred; ``centre_features`` makes the copy
+    centred, its centre still to be measured (:mod:`.feature_centre`).
     """
     settings = initial.config()
     has = settings.get("norm_states", 0)
@@ -164,11 +170,17 @@ def _network_from(
                          + (f"per-step norms for {has - 1} inner steps" if has else "one shared norm"))
     if "adapt_from" in settings:
         settings["adapt_from"] = adapt_from
+    if centre_features:
+        if settings.get("architecture") != "resnet12" or settings.get("norm") != "fixed":
+            raise ValueError("--centre-features needs a pretrained ResNet-12 (fixed norm, from `fewshot-serve "
+                             "pretrain`) as --init")
+        settings["centred"] = True
     inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})
-    weights = {k: v for k, v in initial.state_dict().items() if inherits_lrs or k != "step_lrs"}
+    weights = {k: v for k, v in initial.state_dict().items() if (inherits_lrs or k != "step_lrs")
+               and not (centre_features and k == "feature_centre")}
     outcome = network.load_state_dict(weights, strict=False)
-    if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs"}:
+    if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs", "feature_centre"}:
         raise ValueError(f"the --init weights do not fit the network: {outcome}")
     if not inherits_lrs:
         network.reset_step_lrs(inner_lrs)
@@ -219,8 +231,11 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
                                    config.adapt_from)
         network.reset_step_lrs(config.inner_lrs)
     else:
-        network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states, config.inner_lrs)
+        network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states, config.inner_lrs,
+                                config.centre_features)
     network.to(device)
+    if config.centre_features:
+        centre_on_training_classes(network, splits["train"], preprocessing, device)
     learned = network  # what the outer loop updates and validation adapts
     if config.freeze_body:
         learned = AdaptedPart(network)

@@ -7,8 +7,9 @@
 ``--model NAME=FILE`` adapts FILE with its own inner loop (test-time steps and learning rates), or
 with a fixed learning rate and step count given as ``NAME=FILE@LR,STEPS`` (a pretrained file's
 head fine-tuned without meta-learning, at the values chosen on validation classes);
-``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features, no inner loop
-(a fixed-norm ResNet-12 adapting its head only).
+``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features as its head
+sees them (unit length, centred where FILE is), no inner loop (a fixed-norm ResNet-12 adapting its
+head only).
 Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (600 episodes, 15
 queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0). Results
 merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
@@ -88,7 +89,9 @@ def main() -> None:
         for ways, shots in SETTINGS:
             sampler = ImageEpisodes(test, preprocessing, ways, shots, queries=15)
             if mode == "nearest mean":
-                result = nearest_mean_accuracy(table.mean((2, 3)), sampler, args.episodes, seed=0)
+                with torch.no_grad():  # the features as the head sees them (centred, where the file is)
+                    features = network.head_input(network.at_step(dict(network.named_parameters()), 0), table)
+                result = nearest_mean_accuracy(features, sampler, args.episodes, seed=0)
             elif table is not None:  # the same episodes, from the frozen part's cached output (tested equal)
                 result = evaluate_episodes(AdaptedPart(network), CachedEpisodes(sampler, table), lrs, steps,
                                            args.episodes, seed=0, device=device, progress=True)

@@ -1,6 +1,7 @@
 """Supervised pretraining and meta-learning from it, on generated photos in Tiny ImageNet's layout."""
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ import torch
 import fewshot_serve.pretraining as pretraining
 from fewshot_serve import cli
 from fewshot_serve.checkpoint import load_checkpoint
-from fewshot_serve.model_file import load_model
+from fewshot_serve.model_file import load_model, save_model
+from fewshot_serve.networks import ResNet12
 from fewshot_serve.pretraining import PretrainConfig, pretrain
 from fewshot_serve.sources import DataSpec
 
@@ -88,3 +90,33 @@ def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained
     assert cli.main(["train", *common, "--split-seed", "1", "--init", str(result.model_path), "--iterations", "1",
                      "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "split seed" in capsys.readouterr().err
+
+
+def test_centred_meta_learning_measures_the_training_classes_mean_feature(pretrained, tiny_imagenet_tree, tmp_path,
+                                                                          capsys):
+    from fewshot_serve.sources import load_splits
+
+    _, result = pretrained
+    out = tmp_path / "centred.safetensors"
+    common = ["--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree), "--init", str(result.model_path)]
+    assert cli.main(["train", *common, "--adapt-from", "4", "--freeze-body", "--centre-features", "--algorithm",
+                     "fomaml", "--ways", "3", "--shots", "1", "--queries", "2", "--inner-steps", "2",
+                     "--meta-batch", "2", "--iterations", "2", "--val-every", "2", "--val-episodes", "3",
+                     "--out", str(out)]) == 0
+    start, _ = load_model(result.model_path)
+    trained, recipe = load_model(out)
+    assert recipe.network["centred"] is True and "feature_centre" not in dict(start.named_buffers())
+    train_classes = load_splits(DataSpec("tiny-imagenet", tiny_imagenet_tree), recipe.image_preprocessing())["train"]
+    with torch.no_grad():  # every training image, one at a time, with the pretrained backbone
+        x = recipe.image_preprocessing().normalize(train_classes.images)
+        mean = torch.stack([start.embed(dict(start.named_parameters()), image[None])[0] for image in x]).mean(0)
+    torch.testing.assert_close(trained.feature_centre, mean, rtol=1e-4, atol=1e-6)
+    assert mean.abs().max() > 1e-2  # a centre that changes the features
+
+    # refused without a pretrained (fixed-norm) ResNet-12 to measure: none at all, or one with support norms
+    support_norm = ResNet12(3, WIDTHS, 16, norm="support")
+    save_model(tmp_path / "support.safetensors", support_norm, replace(recipe, network=support_norm.config()))
+    for init in ([], ["--init", str(tmp_path / "support.safetensors")]):
+        assert cli.main(["train", "--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree), *init,
+                         "--centre-features", "--iterations", "1", "--out", str(tmp_path / "x.safetensors")]) == 2
+        assert "--centre-features needs" in capsys.readouterr().err

@@ -17,11 +17,13 @@ WIDTHS = (3, 4, 5, 6)
 WAYS, SHOTS, QUERIES = 3, 2, 2
 
 
-def tiny_resnet(norm="support", adapt_from=0, dtype=torch.float64, lr_steps=0) -> ResNet12:
+def tiny_resnet(norm="support", adapt_from=0, dtype=torch.float64, lr_steps=0, centred=False) -> ResNet12:
     torch.manual_seed(0)
-    network = ResNet12(3, WIDTHS, 16, norm=norm, adapt_from=adapt_from, lr_steps=lr_steps).to(dtype)
+    network = ResNet12(3, WIDTHS, 16, norm=norm, adapt_from=adapt_from, lr_steps=lr_steps, centred=centred).to(dtype)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # non-trivial values everywhere, so every term of every gradient is exercised
+        if centred:
+            network.set_feature_centre(0.3 * torch.randn(WIDTHS[-1], generator=g, dtype=dtype))
         network.head.weight.normal_(0, 0.5, generator=g)
         network.head.bias.fill_(0.1)
         network.logit_scale.fill_(2.0)
@@ -37,7 +39,7 @@ def params_of(network):
     return {k: v.detach().clone() for k, v in network.named_parameters()}
 
 
-def reference_forward(params, x, norm_stats):
+def reference_forward(params, x, norm_stats, centre=None):
     """ResNet-12 written out by hand; ``norm_stats(key, h)`` gives each norm's (mean, var)."""
     def conv_norm(prefix, conv, norm, h, padding):
         h = F.conv2d(h, params[f"{prefix}{conv}.weight"], padding=padding)
@@ -52,7 +54,7 @@ def reference_forward(params, x, norm_stats):
         h = F.leaky_relu(conv_norm(p, "conv2", "norm2", h, 1), 0.1)
         h = conv_norm(p, "conv3", "norm3", h, 1) + conv_norm(p, "shortcut", "shortcut_norm", x, 0)
         x = F.max_pool2d(F.leaky_relu(h, 0.1), 2)
-    features = x.mean((2, 3))
+    features = x.mean((2, 3)) - (0 if centre is None else centre)
     features = features / features.norm(dim=1, keepdim=True)
     return params["logit_scale"] * (features @ params["head.weight"].T + params["head.bias"])
 
@@ -76,6 +78,20 @@ def test_forward_matches_reference_and_frozen_then_adapted_part(adapt_from):
     adapted_blocks = {name.split(".")[1] for name in network.fast_weight_names() if name.startswith("blocks.")}
     assert adapted_blocks == {str(i) for i in range(adapt_from, 4)}
     assert "logit_scale" not in network.fast_weight_names() and "head.weight" in network.fast_weight_names()
+
+
+@pytest.mark.parametrize("adapt_from", [0, 4])
+def test_centred_features_subtract_the_centre_before_normalizing(adapt_from):
+    network = tiny_resnet(adapt_from=adapt_from, centred=True)
+    params, x = params_of(network), images(7)
+    assert "feature_centre" not in params  # a constant of the file: never trained, never adapted
+    expected = reference_forward(params, x, batch_statistics(4), network.feature_centre)
+    torch.testing.assert_close(network.apply_params(params, x, 4), expected, rtol=1e-10, atol=1e-12)
+    uncentred = reference_forward(params, x, batch_statistics(4))
+    assert (network.apply_params(params, x, 4) - uncentred).abs().max() > 1e-3
+    assert network.config()["centred"] is True and "centred" not in tiny_resnet().config()
+    with pytest.raises(ValueError, match="centred=True"):
+        tiny_resnet().set_feature_centre(torch.zeros(WIDTHS[-1], dtype=torch.float64))
 
 
 def test_folded_running_statistics_equal_eval_mode_batchnorm():
@@ -103,9 +119,9 @@ def test_pretraining_forward_updates_running_statistics_towards_the_batch():
     torch.testing.assert_close(mean, h.mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("norm", ["support", "fixed"])
-def test_frozen_classifier_equals_predict(norm):
-    network = tiny_resnet(norm=norm)
+@pytest.mark.parametrize("norm, centred", [("support", False), ("fixed", False), ("fixed", True)])
+def test_frozen_classifier_equals_predict(norm, centred):
+    network = tiny_resnet(norm=norm, centred=centred)
     meta = params_of(network)
     xs, xq = images(WAYS * SHOTS, 2), images(5, 3)
     ys = torch.arange(WAYS).repeat_interleave(SHOTS)
@@ -186,10 +202,11 @@ def recipe_for(network):
                   shots=1, queries=15)
 
 
-def test_model_file_round_trip_serving_and_onnx(tmp_path):
+@pytest.mark.parametrize("centred", [False, True])
+def test_model_file_round_trip_serving_and_onnx(tmp_path, centred):
     import fewshot_serve
 
-    network = tiny_resnet(norm="fixed", adapt_from=3, dtype=torch.float32)
+    network = tiny_resnet(norm="fixed", adapt_from=3, dtype=torch.float32, centred=centred)
     path = tmp_path / "photos.safetensors"
     save_model(path, network, recipe_for(network))
     loaded, recipe = load_model(path)
@@ -216,6 +233,8 @@ def test_model_file_round_trip_serving_and_onnx(tmp_path):
     ({"norm": "group"}, "norm in"),
     ({"adapt_from": 7}, "adapt_from in"),
     ({"depth": 12}, "needs exactly"),
+    ({"centred": 1}, "centred true or false"),
+    ({"centred": True}, "missing tensors \\['feature_centre'\\]"),
 ])
 def test_model_file_rejects_bad_resnet_recipes(tmp_path, change, message):
     network = tiny_resnet(dtype=torch.float32)

@@ -1,0 +1,27 @@
+"""The training classes' mean feature, which a centred ResNet-12 subtracts before normalizing.
+
+Measured once, with the backbone that will be served, over every training image without
+augmentation (``train --init FILE --centre-features``), and stored in the model file: serving and
+the ONNX export then subtract the very same constant, and classes never seen in training, which
+have no mean of their own to offer, are centred the way the training classes were.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .datasets import ImageClasses
+from .frozen_body import per_image
+from .networks import MetaNetwork, ResNet12
+from .preprocessing import Preprocessing
+
+
+def centre_on_training_classes(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
+                               device: torch.device) -> None:
+    """Set ``network``'s feature centre to the mean pooled feature of ``classes``' images."""
+    if not isinstance(network, ResNet12) or not network.centred:
+        raise ValueError("feature centring needs a ResNet-12 built with centred=True")
+    params = network.at_step(dict(network.named_parameters()), 0)
+    features = per_image(lambda x: network.embed(params, x).double().sum(0, keepdim=True), network, classes.images,
+                         preprocessing.normalize, device, "feature centre")
+    network.set_feature_centre((features.sum(0) / len(classes.images)).to(network.feature_centre.dtype))
