@@ -13,7 +13,9 @@ head only).
 Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (600 episodes, 15
 queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0). Results
 merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
-separate runs; the test classes' names are recorded with them.
+separate runs; the test classes' names are recorded with them. ``--split val --output FILE``
+scores the validation classes instead, to choose between candidates without touching the test
+classes.
 """
 
 from __future__ import annotations
@@ -47,8 +49,8 @@ def named(text: str) -> tuple[str, Path, tuple[float, int] | None]:
     return name, Path(path), (float(lr), int(steps))
 
 
-def frozen_outputs(network, test, preprocessing, device, cache: list) -> torch.Tensor | None:
-    """The frozen part's output for every test image, for a fixed-norm ResNet-12 whose inner loop adapts
+def frozen_outputs(network, classes, preprocessing, device, cache: list) -> torch.Tensor | None:
+    """The frozen part's output for every image of ``classes``, for a fixed-norm ResNet-12 whose inner loop adapts
     only its head (None otherwise); shared by files whose frozen blocks are equal (a backbone and the
     models meta-learned from it with ``--freeze-body``)."""
     if getattr(network, "norm", None) != "fixed" or network.adapt_from != 4:
@@ -57,7 +59,7 @@ def frozen_outputs(network, test, preprocessing, device, cache: list) -> torch.T
     for weights, table in cache:
         if weights.keys() == frozen.keys() and all(torch.equal(weights[k], frozen[k]) for k in frozen):
             return table
-    table = cache_frozen_part(network, test, preprocessing, device)
+    table = cache_frozen_part(network, classes, preprocessing, device)
     cache.append((frozen, table))
     return table
 
@@ -68,26 +70,32 @@ def main() -> None:
     parser.add_argument("--nearest-mean", type=named, action="append", default=[])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--output", type=Path, default=HERE / "photos-comparison.json")
+    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--output", type=Path, default=None, help="default: photos-comparison.json beside this script "
+                        "(test split only)")
     args = parser.parse_args()
+    if args.output is None:
+        if args.split != "test":
+            parser.error("--split val needs --output: the model card's comparison file holds test scores only")
+        args.output = HERE / "photos-comparison.json"
     device = torch.device("cpu")
-    test_splits: dict[tuple, object] = {}
+    scored_classes: dict[tuple, object] = {}
     cache: list[tuple[dict, torch.Tensor]] = []
     for mode, (name, path, override) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
         key = (recipe.dataset, recipe.split_seed, preprocessing.image_size)
-        if key not in test_splits:  # decoding does not depend on mean/std, so models of one size share it
+        if key not in scored_classes:  # decoding does not depend on mean/std, so models of one size share it
             spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed)
-            test_splits[key] = load_splits(spec, preprocessing)["test"]
-        test = test_splits[key]
+            scored_classes[key] = load_splits(spec, preprocessing)[args.split]
+        classes = scored_classes[key]
         lrs, steps = (tuple(recipe.inner_lrs), recipe.test_steps) if override is None else ((override[0],), override[1])
         entry = {"file": path.name, "mode": mode, "algorithm": recipe.algorithm, "network": recipe.network,
                  "inner_lrs": lrs if not network.lr_steps else "learned", "test_steps": steps,
-                 "test_classes": test.names}
-        table = frozen_outputs(network, test, preprocessing, device, cache)
+                 f"{args.split}_classes": classes.names}
+        table = frozen_outputs(network, classes, preprocessing, device, cache)
         for ways, shots in SETTINGS:
-            sampler = ImageEpisodes(test, preprocessing, ways, shots, queries=15)
+            sampler = ImageEpisodes(classes, preprocessing, ways, shots, queries=15)
             if mode == "nearest mean":
                 with torch.no_grad():  # the features as the head sees them (centred, where the file is)
                     features = network.head_input(network.at_step(dict(network.named_parameters()), 0), table)
