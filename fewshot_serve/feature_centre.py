@@ -9,6 +9,7 @@ have no mean of their own to offer, are centred the way the training classes wer
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from .datasets import ImageClasses
 from .frozen_body import per_image
@@ -17,11 +18,21 @@ from .preprocessing import Preprocessing
 
 
 def centre_on_training_classes(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
-                               device: torch.device) -> None:
-    """Set ``network``'s feature centre to the mean pooled feature of ``classes``' images."""
+                               device: torch.device, frozen_outputs: Tensor | None = None) -> None:
+    """Set ``network``'s feature centre to the mean pooled feature of ``classes``' images.
+
+    ``frozen_outputs``, the frozen part's output for those images where meta-learning has already
+    cached it (``--freeze-body``), saves a second pass through the backbone: only the blocks after
+    it run (none, for a head-only inner loop).
+    """
     if not isinstance(network, ResNet12) or not network.centred:
         raise ValueError("feature centring needs a ResNet-12 built with centred=True")
     params = network.at_step(dict(network.named_parameters()), 0)
-    features = per_image(lambda x: network.embed(params, x).double().sum(0, keepdim=True), network, classes.images,
-                         preprocessing.normalize, device, "feature centre")
-    network.set_feature_centre((features.sum(0) / len(classes.images)).to(network.feature_centre.dtype))
+    if frozen_outputs is None:
+        sums = per_image(lambda x: network.pooled_features(params, network.frozen_part(params, x)).double().sum(0, True),
+                         network, classes.images, preprocessing.normalize, device, "feature centre")
+    else:
+        with torch.no_grad():
+            sums = torch.stack([network.pooled_features(params, chunk.to(device)).double().sum(0)
+                                for chunk in frozen_outputs.split(500)])
+    network.set_feature_centre((sums.sum(0) / len(classes.images)).to(network.feature_centre.dtype))

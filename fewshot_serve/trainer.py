@@ -234,15 +234,13 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states, config.inner_lrs,
                                 config.centre_features)
     network.to(device)
-    if config.centre_features:
-        centre_on_training_classes(network, splits["train"], preprocessing, device)
-    learned = network  # what the outer loop updates and validation adapts
+    learned, cached = network, {}  # learned: what the outer loop updates and validation adapts
     if config.freeze_body:
         learned = AdaptedPart(network)
-        train_tasks, val_tasks = (
-            CachedEpisodes(sample(split, False), cache_frozen_part(network, splits[split], preprocessing, device))
-            for split in ("train", "val")
-        )
+        cached = {split: cache_frozen_part(network, splits[split], preprocessing, device) for split in ("train", "val")}
+        train_tasks, val_tasks = (CachedEpisodes(sample(split, False), cached[split]) for split in ("train", "val"))
+    if config.centre_features:
+        centre_on_training_classes(network, splits["train"], preprocessing, device, cached.get("train"))
     inner = InnerLoop(config.inner_lrs, config.inner_steps, config.test_steps)
     vectorize = vmap_is_faster(network, device) if config.vectorize is None else config.vectorize
     learner = MetaLearner(learned, config.algorithm, inner, config.meta_lr, config.iterations, vectorize,

@@ -92,14 +92,15 @@ def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained
     assert "split seed" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("frozen", [["--freeze-body"], []], ids=["from the frozen-body cache", "from the images"])
 def test_centred_meta_learning_measures_the_training_classes_mean_feature(pretrained, tiny_imagenet_tree, tmp_path,
-                                                                          capsys):
+                                                                          capsys, frozen):
     from fewshot_serve.sources import load_splits
 
     _, result = pretrained
     out = tmp_path / "centred.safetensors"
     common = ["--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree), "--init", str(result.model_path)]
-    assert cli.main(["train", *common, "--adapt-from", "4", "--freeze-body", "--centre-features", "--algorithm",
+    assert cli.main(["train", *common, "--adapt-from", "3", *frozen, "--centre-features", "--algorithm",
                      "fomaml", "--ways", "3", "--shots", "1", "--queries", "2", "--inner-steps", "2",
                      "--meta-batch", "2", "--iterations", "2", "--val-every", "2", "--val-episodes", "3",
                      "--out", str(out)]) == 0

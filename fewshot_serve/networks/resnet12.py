@@ -163,8 +163,13 @@ class ResNet12(SharedHeadClassifier):
     def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         return self._blocks(params, x, n_ref, range(self.adapt_from))
 
+    def pooled_features(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        """The adapted blocks on the frozen part's output ``h``, then global average pooling: the
+        features before centring and unit length (what the feature centre is the mean of)."""
+        return self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3))
+
     def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        pooled = self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3))
+        pooled = self.pooled_features(params, h, n_ref)
         return F.normalize(pooled - self.feature_centre if self.centred else pooled, dim=1)
 
     @torch.no_grad()
