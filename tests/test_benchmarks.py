@@ -94,3 +94,13 @@ def test_bf16_accuracy_smoke(colour_model):
                                data_root=colour_model.parent / "classes")
     assert report["predictions"] == 18 and 0 <= report["bfloat16"]["mean"] <= 1
     assert report["difference"]["mean"] == pytest.approx(report["bfloat16"]["mean"] - report["float32"]["mean"])
+
+
+def test_onnx_classify_smoke(capsys):
+    import onnx_classify
+
+    report = onnx_classify.run([FOMAML_MODEL], repeats=1, ways=2, shots=1)  # answers checked equal inside
+    entry = report["models"][FOMAML_MODEL.name]
+    assert set(onnx_classify.CONTESTANTS) <= set(entry) and entry["handover_ms"] > 0
+    onnx_classify.print_table(report)
+    assert "break-even" in capsys.readouterr().out
