@@ -18,8 +18,9 @@ Two settings make it the backbone of "pretrain, then meta-learn":
   Blocks before it are the :meth:`frozen_part`, computed once per image in the inner loop.
 
 And one that helps a pretrained backbone on classes it has never seen: ``centred`` subtracts a
-fixed ``feature_centre`` (the training classes' mean feature, :func:`~fewshot_serve.feature_centre.
-training_feature_mean`) before the L2 normalization (SimpleShot's CL2N, Wang et al. 2019). All of a
+fixed ``feature_centre`` (the training classes' mean feature, measured by
+:func:`~fewshot_serve.feature_centre.centre_on_training_classes`) before the L2 normalization
+(SimpleShot's CL2N, Wang et al. 2019). All of a
 backbone's features share a large common component; on unit length without centring it dominates
 the cosines between new classes. Measured on the photo model's validation classes, nearest-mean
 1-shot accuracy rose from 51.3% to 53.1% (5-shot unchanged).
