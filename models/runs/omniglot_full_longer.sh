@@ -18,3 +18,7 @@ for model in "$START" omniglot-conv4-longer.safetensors; do
     fewshot-serve evaluate "$model" --split val --ways "$1" --shots "$2" --episodes 600 | tail -1
   done
 done
+# Only after that choice: the held-out test alphabets, both files on the same episodes (the model card's table).
+python "$(dirname "$0")/../compare_omniglot.py" "$START" omniglot-conv4-longer.safetensors \
+  --names "MAML++, 2,000 iterations (previous default)" "MAML++, continued to 6,000 iterations (shipped)" \
+  --settings 5x1 5x5 20x1 20x5 --output omniglot-full-shipped
