@@ -22,3 +22,4 @@ done
 python "$(dirname "$0")/../compare_omniglot.py" "$START" omniglot-conv4-longer.safetensors \
   --names "MAML++, 2,000 iterations (previous default)" "MAML++, continued to 6,000 iterations (shipped)" \
   --settings 5x1 5x5 20x1 20x5 --output omniglot-full-shipped
+cp omniglot-conv4-longer.safetensors "$(dirname "$0")/../omniglot-conv4.safetensors"  # the shipped file
