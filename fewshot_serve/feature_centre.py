@@ -29,8 +29,8 @@ def centre_on_training_classes(network: MetaNetwork, classes: ImageClasses, prep
         raise ValueError("feature centring needs a ResNet-12 built with centred=True")
     params = network.at_step(dict(network.named_parameters()), 0)
     if frozen_outputs is None:
-        sums = per_image(lambda x: network.pooled_features(params, network.frozen_part(params, x)).double().sum(0, True),
-                         network, classes.images, preprocessing.normalize, device, "feature centre")
+        sums = per_image(lambda x: network.embed(params, x).double().sum(0, True), network, classes.images,
+                         preprocessing.normalize, device, "feature centre")
     else:
         with torch.no_grad():
             sums = torch.stack([network.pooled_features(params, chunk.to(device)).double().sum(0)
