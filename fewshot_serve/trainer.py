@@ -177,8 +177,7 @@ def _network_from(
         settings["centred"] = True
     inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})
-    weights = {k: v for k, v in initial.state_dict().items() if (inherits_lrs or k != "step_lrs")
-               and not (centre_features and k == "feature_centre")}
+    weights = {k: v for k, v in initial.state_dict().items() if inherits_lrs or k != "step_lrs"}
     outcome = network.load_state_dict(weights, strict=False)
     if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs", "feature_centre"}:
         raise ValueError(f"the --init weights do not fit the network: {outcome}")
