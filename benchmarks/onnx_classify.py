@@ -4,8 +4,9 @@
 
 For each model, a 5-way 5-shot task of random inputs is adapted once through the serving API;
 its frozen classifier then classifies 75 queries with torch (``AdaptedClassifier.probabilities``,
-float32) and with onnxruntime on the ONNX export of the very same classifier (``OnnxClassifier``,
-CPU provider, as many intra-op threads as torch uses). Both are first checked to give the same
+float32) and with onnxruntime on the ONNX export of the very same classifier (an
+``InferenceSession`` on the CPU provider, as ``OnnxClassifier`` opens, but given as many intra-op
+threads as torch uses). Both are first checked to give the same
 probabilities (1e-4); then they alternate within each repeat. Prints p50 / p95, the ratio, what
 handing a task over to onnxruntime costs (export + session load, p50 of 3) and after how many
 queries that cost is paid back, and writes JSON. The question it answers: should serving hand
@@ -56,9 +57,8 @@ def run(model_paths: list[Path], repeats: int, ways: int = 5, shots: int = 5) ->
 
         handovers = timed(handed_over, repeats=3, warmup=1)
         session = handed_over()
-        queries = xq.numpy()
-        work = {"torch": lambda: adapted.probabilities(xq),
-                "onnxruntime": lambda: session.run(None, {session.get_inputs()[0].name: queries})[0]}
+        feed = {session.get_inputs()[0].name: xq.numpy()}  # looked up once, as OnnxClassifier does
+        work = {"torch": lambda: adapted.probabilities(xq), "onnxruntime": lambda: session.run(None, feed)[0]}
         np.testing.assert_allclose(work["onnxruntime"](), work["torch"]().numpy(), atol=1e-4)
         times: dict[str, list[float]] = {name: [] for name in CONTESTANTS}
         for _ in range(repeats):  # alternate, so drift in the machine's speed hits both alike
