@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="bfloat16 autocast (default: where the hardware supports it)")
     pretrain.add_argument("--run-dir", type=Path, default=None, help="checkpoint/log/plot folder (default: OUT.run)")
     pretrain.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    pretrain.add_argument("--init", type=Path, default=None,
+                          help="start from another pretraining run's checkpoint.safetensors (network, classifier, "
+                               "BatchNorm statistics), e.g. to fine-tune at a larger --image-size with a smaller --lr")
     pretrain.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
 
     train = commands.add_parser("train", help="meta-learn an initialization and export it as safetensors")
@@ -185,7 +188,7 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=args.device, bf16=args.bf16, run_dir=args.run_dir, resume=args.resume,
-        command="fewshot-serve " + shlex.join(argv),
+        init=args.init, command="fewshot-serve " + shlex.join(argv),
     )
     result = pretrain(config)
     print(json.dumps({"model": str(result.model_path), "best_val_5shot": result.best_score,

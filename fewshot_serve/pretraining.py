@@ -11,6 +11,11 @@ Validation is few-shot, on the validation classes: nearest class mean of the fea
 meta-trainer, the run folder holds ``checkpoint.safetensors`` (atomic, every
 ``checkpoint_every`` steps), ``log.jsonl`` and ``curves.png``; a resumed run ends with exactly the
 weights of an uninterrupted one, since every random draw is a function of the seed and the step.
+
+``init`` starts from another pretraining run's checkpoint (its network, classifier and BatchNorm
+statistics; a fresh optimizer and schedule). The use it exists for is a short second run at a
+larger ``image_size`` (FixRes, Touvron et al. 2019; progressive resizing): most of the epochs run
+at the small, cheap size, and the network then learns the detail the larger one shows.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text
 from .augmentation import augment_photos
-from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, load_checkpoint, resume_checkpoint, save_checkpoint
 from .episodes import ImageEpisodes
 from .model_file import Recipe, save_model
 from .nearest_mean import embed_images, nearest_mean_accuracy
 from .networks import ResNet12, fixed_norm_params
+from .networks.resnet12 import RunningStatistics
 from .precision import bf16_available
 from .run_log import plot_curves, read_log
 from .sources import RESNET12_WIDTHS, DataSpec, load_splits, measured_preprocessing, pick_device, standard_preprocessing
@@ -64,6 +70,7 @@ class PretrainConfig:
     test_steps: int = 10
     run_dir: Path | None = None
     resume: bool = False
+    init: Path | None = None  # another pretraining run's checkpoint.safetensors to start from
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -74,6 +81,7 @@ class PretrainConfig:
             raise ValueError("lr must be positive")
         self.out = Path(self.out)
         self.run_dir = Path(self.run_dir) if self.run_dir else self.out.with_suffix(".run")
+        self.init = Path(self.init) if self.init else None
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -153,6 +161,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     state = TrainingState(0, snapshot(), export_params(), None, 0, None, torch.zeros(1, dtype=torch.uint8),
                           config.fingerprint())
     log: list[dict[str, Any]] = []
+    if config.init is not None:
+        _start_from(config.init, trained, running)
     if config.resume and checkpoint_path.exists():
         state = resume_checkpoint(checkpoint_path, config.fingerprint())
         with torch.no_grad():
@@ -198,7 +208,9 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
             permutation_epoch = epoch
         picks = permutation[index * config.batch_size : (index + 1) * config.batch_size]
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
-        x = preprocessing.normalize(augment_photos(train_classes.images[picks], generator).to(device))
+        # padding 4 at 32x32, scaled with the image so that crops shift objects by the same fraction
+        crops = augment_photos(train_classes.images[picks], generator, padding=preprocessing.image_size // 8)
+        x = preprocessing.normalize(crops.to(device))
         x = x.contiguous(memory_format=torch.channels_last)
         y = labels[picks].to(device)
         for group in optimizer.param_groups:
@@ -227,3 +239,33 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         validate(config.epochs)
         checkpoint()
     return PretrainResult(config.out, state.best_score, state.best_iteration, time.perf_counter() - started)
+
+
+def _start_from(path: Path, trained: list[tuple[str, torch.Tensor]], running: RunningStatistics) -> None:
+    """Copy a pretraining checkpoint's current weights and BatchNorm statistics into ``trained``/``running``.
+
+    Only a checkpoint of ``fewshot-serve pretrain`` has what this needs: an exported model file lacks
+    the classifier over the training classes and has its statistics folded away. Shapes must match
+    (same widths, same training classes); the image size may differ, since convolutions do not
+    depend on it.
+    """
+    if not path.is_file():
+        raise ValueError(f"--init {path}: no such file (give a pretraining run's checkpoint.safetensors)")
+    try:
+        source = load_checkpoint(path).meta_params
+    except (KeyError, OSError, ValueError) as error:
+        raise ValueError(f"--init {path}: not a training checkpoint ({error})") from error
+    targets = dict(trained)
+    for key, (mean, var) in running.items():
+        targets[f"{RUNNING}{key}.mean"], targets[f"{RUNNING}{key}.var"] = mean, var
+    missing = sorted(set(targets) - set(source))
+    if missing:
+        raise ValueError(f"--init {path}: not a checkpoint of `fewshot-serve pretrain` with these widths "
+                         f"(no {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
+    wrong = [k for k, v in targets.items() if source[k].shape != v.shape]
+    if wrong:
+        raise ValueError(f"--init {path}: {wrong[0]} has shape {tuple(source[wrong[0]].shape)}, here "
+                         f"{tuple(targets[wrong[0]].shape)} (different widths or number of training classes?)")
+    with torch.no_grad():
+        for key, value in targets.items():
+            value.copy_(source[key])

@@ -69,6 +69,37 @@ def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tin
         pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", lr=0.05, resume=True), progress=False)
 
 
+def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pretrained, tiny_imagenet_tree, tmp_path,
+                                                                              monkeypatch, capsys):
+    straight_config, _ = pretrained
+    source = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors").meta_params
+    monkeypatch.setattr(pretraining, "cosine_lr", lambda base, step, total: 0.0)  # no step moves a weight
+
+    def weights_after_one_epoch(name, **changes):
+        config = config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", epochs=1,
+                            data=DataSpec("tiny-imagenet", tiny_imagenet_tree, image_size=24), **changes)
+        pretrain(config, progress=False)
+        return load_checkpoint(config.run_dir / "checkpoint.safetensors").meta_params
+
+    started = weights_after_one_epoch("init", init=straight_config.run_dir / "checkpoint.safetensors")
+    fresh = weights_after_one_epoch("fresh")
+    trained = [k for k in source if not k.startswith(pretraining.RUNNING)]
+    assert any(k.startswith(pretraining.CLASSIFIER) for k in trained)
+    for key in trained:
+        assert torch.equal(started[key], source[key]), key
+    assert not all(torch.equal(fresh[k], source[k]) for k in trained)
+
+    # refused: another network's checkpoint, a model file (no classifier, no statistics), no file
+    wider = config_for(tiny_imagenet_tree, tmp_path / "wider.safetensors", widths=(4, 4, 8, 16), epochs=1)
+    pretrain(wider, progress=False)
+    common = ["pretrain", "--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree), "--widths", "4,4,8,8",
+              "--out", str(tmp_path / "x.safetensors"), "--init"]
+    for init, reason in ((wider.run_dir / "checkpoint.safetensors", "has shape"),
+                         (straight_config.out, "not a training checkpoint"), (tmp_path / "none", "no such file")):
+        assert cli.main([*common, str(init)]) == 2
+        assert reason in capsys.readouterr().err
+
+
 def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained, tiny_imagenet_tree, tmp_path, capsys):
     _, result = pretrained
     out = tmp_path / "photos.safetensors"
