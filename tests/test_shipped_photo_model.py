@@ -24,7 +24,7 @@ def test_the_file_holds_a_pretrained_then_meta_learned_resnet12_under_50_mb(mode
     assert recipe.network["architecture"] == "resnet12" and recipe.network["norm"] == "fixed"
     assert recipe.dataset == "tiny-imagenet" and recipe.algorithm in ("maml", "fomaml")
     assert recipe.class_counts == {"train": 100, "val": 20, "test": 40}
-    assert (model.preprocessing.channels, model.preprocessing.image_size) == (3, 32)
+    assert (model.preprocessing.channels, model.preprocessing.image_size) == (3, 48)
 
 
 def test_it_adapts_to_colour_photos_and_its_onnx_export_agrees(model, tmp_path):

@@ -9,29 +9,46 @@ here="$(cd "$(dirname "$0")" && pwd)"
 #    2 cores with bfloat16 autocast (AMX). Exports the best epoch by validation nearest-mean 5-way 5-shot.
 fewshot-serve pretrain --widths 64,128,256,512 --epochs 30 --out photos-pretrained.safetensors
 
-# 2. The head-only inner loop's learning rate and steps, chosen on the 20 VALIDATION classes.
+# 2. Then at 48x48, from step 1's last checkpoint (network, classifier, BatchNorm statistics; FixRes-style):
+#     ~4.9 min an epoch on 2 cores. Validation peaked at epoch 5 and fell from epoch 8 on, so the run was
+#     stopped after epoch 10 of 14; the file holds epoch 5 (the best so far is exported at every checkpoint).
+fewshot-serve pretrain --init photos-pretrained.run/checkpoint.safetensors --image-size 48 \
+  --widths 64,128,256,512 --epochs 14 --lr 0.02 --out photos-pretrained-48.safetensors
+
+# 3. The head-only inner loop's learning rate and steps, chosen on the 20 VALIDATION classes (with the 32x32
+#    backbone; kept for the 48x48 one, whose meta-learning then learns its own per-step rates).
 python "$here/photos_inner_loop_sweep.py" photos-pretrained.safetensors
 
-# 3. Meta-learning from the pretrained backbone: the inner loop adapts the head (shared row, unit-length
+# 4. Meta-learning from the pretrained backbone: the inner loop adapts the head (shared row, unit-length
 #    features centred on the training classes' mean feature, learned temperature); the outer loop learns
 #    the head row, the temperature and the per-step learning rates on the frozen backbone's features
-#    (cached once per image). 13 minutes on one core when the model was made: 6 caching, 2 meta-learning, and 5
-#    measuring the centre in a pass of its own, which now reuses the cache instead.
-meta=(--algorithm maml --dataset tiny-imagenet --init photos-pretrained.safetensors --adapt-from 4 --freeze-body
+#    (cached once per image). Validation peaked within the first 100 iterations both times.
+meta=(--algorithm maml --dataset tiny-imagenet --adapt-from 4 --freeze-body
       --centre-features --learned-lrs --ways 5 --shots 5 --queries 15 --inner-steps 10 --inner-lr 2.0
-      --meta-batch 16 --iterations 1000 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr)
-OMP_NUM_THREADS=1 fewshot-serve train "${meta[@]}" --out photos-resnet12.safetensors
+      --meta-batch 16 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr)
+#    On the 32x32 backbone (the previous shipped model; 13 minutes on one core when it was made).
+OMP_NUM_THREADS=1 fewshot-serve train "${meta[@]}" --init photos-pretrained.safetensors --iterations 1000 \
+  --out photos-resnet12-32.safetensors
+#    On the 48x48 backbone (shipped): 16 minutes on one core, 15 of them caching the backbone's features.
+OMP_NUM_THREADS=1 fewshot-serve train "${meta[@]}" --init photos-pretrained-48.safetensors --iterations 300 \
+  --out photos-resnet12-48.safetensors
 
-# 3b. Centring or not, chosen on the 20 VALIDATION classes (same episodes for all), never the test classes:
-#     the previous shipped model (uncentred; PREVIOUS=its file) against this one, and nearest class means.
+# 4b. Chosen on the 20 VALIDATION classes (same episodes for all), never the test classes. Centring or not:
+#     the uncentred model shipped before (PREVIOUS=its file, from git history) against the 32x32 one...
 if [[ -n "${PREVIOUS:-}" ]]; then
   python "$here/../compare_photos.py" --split val --output photos-val-comparison.json \
-    --model "uncentred MAML=$PREVIOUS" --model "centred MAML=photos-resnet12.safetensors" \
+    --model "uncentred MAML=$PREVIOUS" --model "centred MAML=photos-resnet12-32.safetensors" \
     --nearest-mean "nearest mean=photos-pretrained.safetensors" \
-    --nearest-mean "centred nearest mean=photos-resnet12.safetensors"
+    --nearest-mean "centred nearest mean=photos-resnet12-32.safetensors"
 fi
+#     ... and 32x32 against 48x48.
+python "$here/../compare_photos.py" --split val --output photos-val-comparison-48.json \
+  --model "32x32 centred MAML (shipped)=photos-resnet12-32.safetensors" \
+  --model "48x48 centred MAML=photos-resnet12-48.safetensors" \
+  --nearest-mean "48x48 nearest mean=photos-pretrained-48.safetensors" \
+  --nearest-mean "48x48 centred nearest mean=photos-resnet12-48.safetensors"
 
-# 4. From-scratch baselines, one core each, side by side: what 12 minutes of meta-training reached
+# 5. From-scratch baselines, one core each, side by side: what 12 minutes of meta-training reached
 #    (run with a 720 s timeout; the iteration counts below are where they stopped, and with them the runs
 #    end with the same exported weights).
 OMP_NUM_THREADS=1 fewshot-serve train --dataset tiny-imagenet --architecture conv4 --algorithm maml \
@@ -45,13 +62,16 @@ OMP_NUM_THREADS=1 fewshot-serve train --dataset tiny-imagenet --architecture res
   --checkpoint-every 10 --out photos-resnet12-scratch.safetensors &
 wait
 
-# 5. The ablation on the 40 held-out TEST classes: 600 episodes each, the same episodes for every row.
+# 6. The ablation on the 40 held-out TEST classes: 600 episodes each, the same episodes for every row.
 python "$here/../compare_photos.py" --model "Conv4, MAML++ from scratch=photos-conv4-scratch.safetensors"
 python "$here/../compare_photos.py" --episodes 200 \
   --model "ResNet-12, FOMAML from scratch=photos-resnet12-scratch.safetensors"  # ~1 s an episode on CPU
-python "$here/../compare_photos.py" \
-  --nearest-mean "ResNet-12 pretrained only, nearest class mean=photos-pretrained.safetensors" \
-  --model "ResNet-12 pretrained only, head fine-tuned without meta-learning=photos-pretrained.safetensors@2,10" \
-  --nearest-mean "ResNet-12 pretrained only, nearest class mean of centred features=photos-resnet12.safetensors" \
-  --model "ResNet-12 pretrained + centring + MAML (shipped)=photos-resnet12.safetensors"
-cp photos-resnet12.safetensors "$here/../photos-resnet12.safetensors"
+for pair in "32 photos-pretrained.safetensors" "48 photos-pretrained-48.safetensors"; do
+  read -r size pretrained <<< "$pair"
+  python "$here/../compare_photos.py" \
+    --nearest-mean "${size}×${size}: ResNet-12 pretrained only, nearest class mean=$pretrained" \
+    --model "${size}×${size}: ResNet-12 pretrained only, head fine-tuned without meta-learning=$pretrained@2,10" \
+    --nearest-mean "${size}×${size}: ResNet-12 pretrained only, nearest class mean of centred features=photos-resnet12-$size.safetensors" \
+    --model "${size}×${size}: ResNet-12 pretrained + centring + MAML=photos-resnet12-$size.safetensors"
+done
+cp photos-resnet12-48.safetensors "$here/../photos-resnet12.safetensors"
