@@ -227,7 +227,9 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4-fomaml.safetensors",
                         help="a model without MAML++ options, which the peers' plain SGD loops can adapt too")
     parser.add_argument("--repeats", type=int, default=50)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "adapt_latency.json")
+    parser.add_argument("--out", type=Path, default=None, help="JSON results (default: benchmarks/results/"
+                        "adapt_latency.json, or adapt_latency_photo.json with --photo-only, so neither run "
+                        "overwrites the other's)")
     parser.add_argument("--photo-model", type=Path, default=ROOT / "models" / "photos-resnet12.safetensors",
                         help="also time this photo model alone (skipped if the file is absent)")
     parser.add_argument("--photo-only", action="store_true", help="time only the photo model")
@@ -242,7 +244,9 @@ def main() -> None:
         for report in photo_reports:
             print_photo_table(report)
         reports += photo_reports
-    atomic_write_json(args.out, reports)
+    results = ROOT / "benchmarks" / "results"
+    atomic_write_json(args.out or results / ("adapt_latency_photo.json" if args.photo_only else "adapt_latency.json"),
+                      reports)
 
 
 if __name__ == "__main__":
