@@ -82,6 +82,8 @@ class PretrainConfig:
         self.out = Path(self.out)
         self.run_dir = Path(self.run_dir) if self.run_dir else self.out.with_suffix(".run")
         self.init = Path(self.init) if self.init else None
+        if self.init is not None and not self.init.is_file():  # before minutes of loading data
+            raise ValueError(f"--init {self.init}: no such file (give a pretraining run's checkpoint.safetensors)")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
@@ -158,11 +160,11 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         return {**fixed, "head.weight": torch.zeros_like(fixed["head.weight"]),
                 "head.bias": torch.zeros_like(fixed["head.bias"]), "logit_scale": torch.ones_like(fixed["logit_scale"])}
 
+    if config.init is not None:
+        _start_from(config.init, trained, running)
     state = TrainingState(0, snapshot(), export_params(), None, 0, None, torch.zeros(1, dtype=torch.uint8),
                           config.fingerprint())
     log: list[dict[str, Any]] = []
-    if config.init is not None:
-        _start_from(config.init, trained, running)
     if config.resume and checkpoint_path.exists():
         state = resume_checkpoint(checkpoint_path, config.fingerprint())
         with torch.no_grad():
@@ -249,8 +251,6 @@ def _start_from(path: Path, trained: list[tuple[str, torch.Tensor]], running: Ru
     (same widths, same training classes); the image size may differ, since convolutions do not
     depend on it.
     """
-    if not path.is_file():
-        raise ValueError(f"--init {path}: no such file (give a pretraining run's checkpoint.safetensors)")
     try:
         source = load_checkpoint(path).meta_params
     except (KeyError, OSError, ValueError) as error:
