@@ -147,11 +147,10 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     checkpoint_path, log_path = run_dir / "checkpoint.safetensors", run_dir / "log.jsonl"
     atomic_write_text(run_dir / "classes.json", json.dumps({k: v.names for k, v in splits.items()}, indent=1))
 
+    live = _checkpointed(trained, running)
+
     def snapshot() -> dict[str, torch.Tensor]:
-        tensors = {k: v.detach().clone() for k, v in trained}
-        for key, (mean, var) in running.items():
-            tensors[f"{RUNNING}{key}.mean"], tensors[f"{RUNNING}{key}.var"] = mean.clone(), var.clone()
-        return tensors
+        return {k: v.detach().clone() for k, v in live.items()}
 
     def export_params() -> dict[str, torch.Tensor]:
         """The current backbone as the exported fixed-norm network's weights (head at zero)."""
@@ -161,18 +160,15 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                 "head.bias": torch.zeros_like(fixed["head.bias"]), "logit_scale": torch.ones_like(fixed["logit_scale"])}
 
     if config.init is not None:
-        _start_from(config.init, trained, running)
+        _start_from(config.init, live)
     state = TrainingState(0, snapshot(), export_params(), None, 0, None, torch.zeros(1, dtype=torch.uint8),
                           config.fingerprint())
     log: list[dict[str, Any]] = []
     if config.resume and checkpoint_path.exists():
         state = resume_checkpoint(checkpoint_path, config.fingerprint())
         with torch.no_grad():
-            for key, value in trained:
+            for key, value in live.items():
                 value.copy_(state.meta_params[key])
-            for key, (mean, var) in running.items():
-                mean.copy_(state.meta_params[f"{RUNNING}{key}.mean"])
-                var.copy_(state.meta_params[f"{RUNNING}{key}.var"])
         optimizer.load_state_dict(state.optimizer)
         log = [r for r in read_log(log_path) if r["iteration"] <= state.iteration]
 
@@ -243,8 +239,19 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     return PretrainResult(config.out, state.best_score, state.best_iteration, time.perf_counter() - started)
 
 
-def _start_from(path: Path, trained: list[tuple[str, torch.Tensor]], running: RunningStatistics) -> None:
-    """Copy a pretraining checkpoint's current weights and BatchNorm statistics into ``trained``/``running``.
+def _checkpointed(trained: list[tuple[str, torch.Tensor]], running: RunningStatistics) -> dict[str, torch.Tensor]:
+    """The live tensors a checkpoint holds, under their names there: every trained weight, and each
+    norm's running mean and variance. Updated in place by training, so one mapping serves saving,
+    resuming and ``init`` alike."""
+    tensors = dict(trained)
+    for key, (mean, var) in running.items():
+        tensors[f"{RUNNING}{key}.mean"], tensors[f"{RUNNING}{key}.var"] = mean, var
+    return tensors
+
+
+def _start_from(path: Path, targets: dict[str, torch.Tensor]) -> None:
+    """Copy a pretraining checkpoint's current weights and BatchNorm statistics into ``targets``
+    (:func:`_checkpointed`).
 
     Only a checkpoint of ``fewshot-serve pretrain`` has what this needs: an exported model file lacks
     the classifier over the training classes and has its statistics folded away. Shapes must match
@@ -255,9 +262,6 @@ def _start_from(path: Path, trained: list[tuple[str, torch.Tensor]], running: Ru
         source = load_checkpoint(path).meta_params
     except (KeyError, OSError, ValueError) as error:
         raise ValueError(f"--init {path}: not a training checkpoint ({error})") from error
-    targets = dict(trained)
-    for key, (mean, var) in running.items():
-        targets[f"{RUNNING}{key}.mean"], targets[f"{RUNNING}{key}.var"] = mean, var
     missing = sorted(set(targets) - set(source))
     if missing:
         raise ValueError(f"--init {path}: not a checkpoint of `fewshot-serve pretrain` with these widths "
