@@ -24,6 +24,7 @@ _EXPORTS = {
     "Recipe": "model_file",
     "load_model": "model_file",
     "save_model": "model_file",
+    "set_test_steps": "model_file",
     "adapt": "inner_loop",
     "MetaLearner": "meta_learning",
     "InnerLoop": "meta_learning",

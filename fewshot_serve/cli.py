@@ -143,6 +143,11 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--steps", type=int, default=None, help="inner steps (default: the model's test-time steps)")
     export.add_argument("--device", default=None)
     export.add_argument("--out", type=Path, required=True, help="the .onnx file to write")
+    steps = commands.add_parser("set-steps", help="copy a model file with another test-time (serving) step count")
+    steps.add_argument("model", type=Path)
+    steps.add_argument("--test-steps", type=int, required=True,
+                       help="inner steps when served (choose with `evaluate --split val --steps N`)")
+    steps.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
     hashing = commands.add_parser("hash-password", help="print an auth-file line with a hashed password for USER")
     hashing.add_argument("user")
     return parser
@@ -176,6 +181,14 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     adapted.export_onnx(args.out)
     print(json.dumps({"onnx": str(args.out), "labels": adapted.labels,
                       "support_loss": [round(v, 4) for v in adapted.support_losses]}))
+    return 0
+
+
+def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .model_file import set_test_steps
+
+    recipe = set_test_steps(args.model, args.test_steps, args.out, command="fewshot-serve " + shlex.join(argv))
+    print(json.dumps({"model": str(args.out), "train_steps": recipe.train_steps, "test_steps": recipe.test_steps}))
     return 0
 
 
@@ -259,6 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_train(args, argv)
         if args.command == "export-onnx":
             return run_export_onnx(args)
+        if args.command == "set-steps":
+            return run_set_steps(args, argv)
         if args.command == "hash-password":
             return run_hash_password(args)
         return run_evaluate(args)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +108,22 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
         raise ModelFileError(f"{path}: not a readable safetensors model file ({error})") from None
     network.load_state_dict(tensors)
     return network.to(device).eval(), recipe
+
+
+def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike, command: str = "") -> Recipe:
+    """Write a copy of ``source`` that adapts with ``steps`` inner steps when served; returns its recipe.
+
+    Meta-training fixes the training step count, but serving may take more steps than training did
+    (MAML++'s last learned rate and norm row carry on) and the best count is measured afterwards, on
+    validation classes (``fewshot-serve evaluate --split val --steps N``). ``command``, the call
+    that made the change, is appended to the recipe's ``command`` so the file still says how it was made.
+    """
+    network, recipe = load_model(source)
+    if not _is_int(steps, 1, MAX_STEPS):
+        raise ValueError(f"test-time steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
+    recipe = replace(recipe, test_steps=steps, command="; ".join(filter(None, (recipe.command, command))))
+    save_model(out, network, recipe)
+    return recipe
 
 
 def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:

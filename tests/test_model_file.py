@@ -112,3 +112,30 @@ def test_truncated_and_non_safetensors_files_are_rejected(saved, tmp_path):
         load_model(pickle_like)
     with pytest.raises(ModelFileError, match="no such model file"):
         load_model(tmp_path / "absent.safetensors")
+
+
+def test_set_steps_changes_only_the_serving_step_count_and_records_the_call(saved, tmp_path, capsys):
+    from fewshot_serve.cli import main
+
+    path, network = saved
+    out = tmp_path / "ten.safetensors"
+    assert main(["set-steps", str(path), "--test-steps", "10", "--out", str(out)]) == 0
+    loaded, recipe = load_model(out)
+    assert recipe.test_steps == 10 and recipe.train_steps == 2
+    assert recipe.command == f"fewshot-serve train ...; fewshot-serve set-steps {path} --test-steps 10 --out {out}"
+    assert recipe == make_recipe(test_steps=10, command=recipe.command)
+    for key, value in network.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    assert main(["set-steps", str(out), "--test-steps", "3", "--out", str(out)]) == 0  # in place
+    assert load_model(out)[1].test_steps == 3
+
+
+@pytest.mark.parametrize("steps", ["0", "101"])
+def test_set_steps_refuses_a_step_count_out_of_range_and_writes_nothing(saved, tmp_path, capsys, steps):
+    from fewshot_serve.cli import main
+
+    path, _ = saved
+    out = tmp_path / "bad.safetensors"
+    assert main(["set-steps", str(path), "--test-steps", steps, "--out", str(out)]) == 2
+    assert "test-time steps must be an integer in [1, 100]" in capsys.readouterr().err
+    assert not out.exists()
