@@ -25,7 +25,7 @@ from fewshot_serve.evaluation import evaluate_episodes
 from fewshot_serve.model_file import load_model
 from fewshot_serve.sources import DataSpec, load_splits
 
-STEP_COUNTS = (0, 1, 2, 3, 5, 10)
+STEP_COUNTS = (0, 1, 2, 3, 5, 10, 20)
 HERE = Path(__file__).resolve().parent
 
 
