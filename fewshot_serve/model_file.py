@@ -118,9 +118,9 @@ def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike
     validation classes (``fewshot-serve evaluate --split val --steps N``). ``command``, the call
     that made the change, is appended to the recipe's ``command`` so the file still says how it was made.
     """
-    network, recipe = load_model(source)
     if not _is_int(steps, 1, MAX_STEPS):
         raise ValueError(f"test-time steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
+    network, recipe = load_model(source)
     recipe = replace(recipe, test_steps=steps, command="; ".join(filter(None, (recipe.command, command))))
     save_model(out, network, recipe)
     return recipe

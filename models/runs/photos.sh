@@ -15,22 +15,6 @@ fewshot-serve pretrain --widths 64,128,256,512 --epochs 30 --out photos-pretrain
 fewshot-serve pretrain --init photos-pretrained.run/checkpoint.safetensors --image-size 48 \
   --widths 64,128,256,512 --epochs 14 --lr 0.02 --out photos-pretrained-48.safetensors
 
-# 2b. Tried, not shipped (TRY_56=1): the same once more at 56x56 from step 2's last checkpoint, one core, 71 min;
-#     then step 4's recipe on it and the validation comparison against the shipped 48x48 model (model card:
-#     +0.19 / +0.65 points on validation, within the intervals, for 1.36x the work per image).
-if [[ -n "${TRY_56:-}" ]]; then
-  OMP_NUM_THREADS=1 fewshot-serve pretrain --init photos-pretrained-48.run/checkpoint.safetensors --image-size 56 \
-    --widths 64,128,256,512 --epochs 6 --lr 0.02 --out photos-pretrained-56.safetensors
-  OMP_NUM_THREADS=1 fewshot-serve train --algorithm maml --dataset tiny-imagenet --adapt-from 4 --freeze-body \
-    --centre-features --learned-lrs --ways 5 --shots 5 --queries 15 --inner-steps 10 --inner-lr 2.0 --meta-batch 16 \
-    --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr --init photos-pretrained-56.safetensors \
-    --iterations 300 --out photos-resnet12-56.safetensors
-  python "$here/../compare_photos.py" --split val --output photos-val-comparison-56.json \
-    --model "48x48 centred MAML (shipped)=$here/../photos-resnet12.safetensors" \
-    --model "56x56 centred MAML=photos-resnet12-56.safetensors" \
-    --nearest-mean "56x56 centred nearest mean=photos-resnet12-56.safetensors"
-fi
-
 # 3. The head-only inner loop's learning rate and steps, chosen on the 20 VALIDATION classes (with the 32x32
 #    backbone; kept for the 48x48 one, whose meta-learning then learns its own per-step rates).
 python "$here/photos_inner_loop_sweep.py" photos-pretrained.safetensors
@@ -63,6 +47,20 @@ python "$here/../compare_photos.py" --split val --output photos-val-comparison-4
   --model "48x48 centred MAML=photos-resnet12-48.safetensors" \
   --nearest-mean "48x48 nearest mean=photos-pretrained-48.safetensors" \
   --nearest-mean "48x48 centred nearest mean=photos-resnet12-48.safetensors"
+
+# 4c. Tried, not shipped (TRY_56=1): step 2 once more at 56x56 from step 2's last checkpoint (one core, 71 min),
+#     then step 4's recipe on it and the validation comparison against the shipped 48x48 model (model card:
+#     +0.19 / +0.65 points on validation, within the intervals, for 1.36x the work per image).
+if [[ -n "${TRY_56:-}" ]]; then
+  OMP_NUM_THREADS=1 fewshot-serve pretrain --init photos-pretrained-48.run/checkpoint.safetensors --image-size 56 \
+    --widths 64,128,256,512 --epochs 6 --lr 0.02 --out photos-pretrained-56.safetensors
+  OMP_NUM_THREADS=1 fewshot-serve train "${meta[@]}" --init photos-pretrained-56.safetensors --iterations 300 \
+    --out photos-resnet12-56.safetensors
+  python "$here/../compare_photos.py" --split val --output photos-val-comparison-56.json \
+    --model "48x48 centred MAML (shipped)=$here/../photos-resnet12.safetensors" \
+    --model "56x56 centred MAML=photos-resnet12-56.safetensors" \
+    --nearest-mean "56x56 centred nearest mean=photos-resnet12-56.safetensors"
+fi
 
 # 5. From-scratch baselines, one core each, side by side: what 12 minutes of meta-training reached
 #    (run with a 720 s timeout; the iteration counts below are where they stopped, and with them the runs
