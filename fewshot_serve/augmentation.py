@@ -1,4 +1,5 @@
-"""Photo augmentation for training classes: random crop with padding, horizontal flip, colour jitter.
+"""Photo augmentation for training classes: random crop with padding, horizontal flip, colour jitter;
+and CutMix for supervised pretraining.
 
 Applied to whole uint8 batches ``[n, 3, S, S]`` in torch (no per-image PIL work), with every random
 draw taken from the caller's ``torch.Generator``, so a seeded run sees the same augmented images
@@ -6,6 +7,9 @@ every time, also after a resume.
 """
 
 from __future__ import annotations
+
+import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,3 +46,36 @@ def augment_photos(images: Tensor, generator: torch.Generator, padding: int = 4,
 def luminance(x: Tensor) -> Tensor:
     """ITU-R 601 luma of RGB ``[n, 3, H, W]``, as ``[n, 1, H, W]`` (what PIL's "L" conversion uses)."""
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
+class CutMix(NamedTuple):
+    """A CutMix batch: ``images`` hold a box of ``partner``'s images; ``kept`` is each label's weight."""
+
+    images: Tensor
+    partner: Tensor  # index into the batch of the image pasted into each one
+    kept: float  # fraction of each image's own pixels: the loss weight of its own label
+
+
+def cutmix(images: Tensor, generator: torch.Generator, probability: float) -> CutMix:
+    """With ``probability``, paste one random box of a shuffled copy of the batch into every image
+    (CutMix, Yun et al. 2019); otherwise return the batch unchanged (``kept`` 1).
+
+    A regularizer for pretraining: a label is worth only the area it still covers, so the network
+    cannot rest on one discriminative patch, and its features stay useful for classes it has not
+    seen. One box and one area for the whole batch, the area drawn uniformly (Beta(1, 1)), the box
+    clipped at the border and ``kept`` measured after clipping.
+    """
+    n, _, height, width = images.shape
+    identity = torch.arange(n)
+    if probability <= 0 or torch.rand((), generator=generator) >= probability:
+        return CutMix(images, identity, 1.0)
+    area = torch.rand((), generator=generator).item()
+    box_h, box_w = round(height * math.sqrt(area)), round(width * math.sqrt(area))
+    cy = int(torch.randint(0, height, (), generator=generator))
+    cx = int(torch.randint(0, width, (), generator=generator))
+    top, bottom = max(cy - box_h // 2, 0), min(cy + box_h - box_h // 2, height)
+    left, right = max(cx - box_w // 2, 0), min(cx + box_w - box_w // 2, width)
+    partner = torch.randperm(n, generator=generator)
+    mixed = images.clone()
+    mixed[:, :, top:bottom, left:right] = images[partner, :, top:bottom, left:right]
+    return CutMix(mixed, partner, 1.0 - (bottom - top) * (right - left) / (height * width))

@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=int, default=128)
     pretrain.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (cosine-annealed to 0)")
     pretrain.add_argument("--weight-decay", type=float, default=5e-4)
+    pretrain.add_argument("--cutmix", type=float, default=0.0,
+                          help="probability that a batch is CutMix-ed (a regularizer against overfitting; default 0)")
+    pretrain.add_argument("--ema", type=float, default=0.0,
+                          help="validate and export a moving average of the weights with this decay per step "
+                               "(e.g. 0.998; default 0: the weights themselves)")
     pretrain.add_argument("--val-episodes", type=int, default=200)
     pretrain.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     pretrain.add_argument("--seed", type=int, default=0)
@@ -199,7 +204,7 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = PretrainConfig(
         out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed),
         widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
+        weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
         seed=args.seed, device=args.device, bf16=args.bf16, run_dir=args.run_dir, resume=args.resume,
         init=args.init, command="fewshot-serve " + shlex.join(argv),
     )

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.augmentation import augment_photos
+from fewshot_serve.augmentation import augment_photos, cutmix
 from fewshot_serve.datasets import load_tiny_imagenet
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.nearest_mean import nearest_mean_accuracy
@@ -53,6 +53,24 @@ def test_augmentation_crops_flips_and_jitters_reproducibly():
     assert torch.equal(out, again)
     jittered = augment_photos(batch, torch.Generator().manual_seed(0), padding=2, jitter=0.4)
     assert not torch.equal(jittered, out)
+
+
+def test_cutmix_pastes_one_box_of_the_partner_and_weights_labels_by_its_area():
+    # every image one flat shade, so each pixel tells whose it is
+    images = (torch.arange(16, dtype=torch.uint8) * 10).view(16, 1, 1, 1).expand(16, 3, 12, 12).contiguous()
+    mixed = cutmix(images, torch.Generator().manual_seed(1), probability=1.0)
+    assert 0 < mixed.kept < 1 and sorted(mixed.partner.tolist()) == list(range(16))
+    own = mixed.images == images
+    pasted = mixed.images == images[mixed.partner]
+    assert torch.all(own | pasted)
+    moved = mixed.partner != torch.arange(16)
+    assert moved.any()
+    for i in torch.nonzero(moved).flatten():
+        assert own[i].float().mean().item() == pytest.approx(mixed.kept)
+    again = cutmix(images, torch.Generator().manual_seed(1), probability=1.0)
+    assert torch.equal(again.images, mixed.images) and again.kept == mixed.kept
+    untouched = cutmix(images, torch.Generator().manual_seed(1), probability=0.0)
+    assert untouched.images is images and untouched.kept == 1.0
 
 
 def test_training_photo_episodes_are_augmented_and_validation_ones_are_not(tiny_imagenet_tree):

@@ -69,6 +69,48 @@ def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tin
         pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", lr=0.05, resume=True), progress=False)
 
 
+def test_cutmix_and_moving_average_resume_exactly_and_export_the_average(tiny_imagenet_tree, tmp_path, monkeypatch):
+    def config(name, **changes):
+        return config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", **{"epochs": 1, "cutmix": 1.0, "ema": 0.9,
+                                                                                  **changes})
+
+    straight = config("straight")
+    pretrain(straight, progress=False)
+    real = pretraining.cosine_lr
+
+    def crash_at_step_5(base, step, total):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return real(base, step, total)
+
+    monkeypatch.setattr(pretraining, "cosine_lr", crash_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(crashed := config("crashed"), progress=False)
+    monkeypatch.setattr(pretraining, "cosine_lr", real)
+    crashed.resume = True
+    pretrain(crashed, progress=False)
+    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").meta_params
+    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").meta_params
+    assert set(resumed) == set(tensors)
+    for key, value in tensors.items():
+        assert torch.equal(resumed[key], value), key
+
+    # every live tensor has its average beside it, and the file holds the average (one epoch: the last state)
+    live = [k for k in tensors if not k.startswith(pretraining.AVERAGE)]
+    assert {pretraining.AVERAGE + k for k in live} == set(tensors) - set(live)
+    network, _ = load_model(straight.out)
+    conv = "blocks.0.conv1.weight"
+    assert torch.equal(network.state_dict()[conv], tensors[pretraining.AVERAGE + conv])
+    assert not torch.equal(tensors[pretraining.AVERAGE + conv], tensors[conv])
+    record = [json.loads(line) for line in (straight.run_dir / "log.jsonl").read_text().splitlines()][-1]
+    assert {"val_metric", "val_raw_metric", "val_raw_1shot"} <= set(record)
+
+    with pytest.raises(ValueError, match="cutmix"):
+        config("bad", cutmix=1.5)
+    with pytest.raises(ValueError, match="ema"):
+        config("bad", ema=1.0)
+
+
 def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pretrained, tiny_imagenet_tree, tmp_path,
                                                                               monkeypatch, capsys):
     straight_config, _ = pretrained
