@@ -12,6 +12,7 @@ FOMAML_MODEL = ROOT / "models" / "omniglot-conv4-fomaml.safetensors"  # the benc
 
 import adapt_latency  # noqa: E402
 import first_order_kernels  # noqa: E402
+import pool_order  # noqa: E402
 import serve_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 
@@ -33,6 +34,16 @@ def test_first_order_kernels_smoke(capsys):
     assert (base.using_first_order_kernels, conv4.using_first_order_kernels) == switches  # switched back
     first_order_kernels.print_table(report)
     assert "channels-last" in capsys.readouterr().out
+
+
+def test_pool_order_smoke(capsys):
+    from fewshot_serve.networks import conv4
+
+    report = pool_order.run(FOMAML_MODEL, repeats=1, settings=((3, 1),))  # answers checked equal inside
+    assert set(report["settings"]["3-way 1-shot"]) == set(pool_order.VARIANTS)
+    assert conv4.Conv4.head_input is pool_order.POOL_FIRST  # switched back
+    pool_order.print_table(report)
+    assert "pool, then ReLU" in capsys.readouterr().out
 
 
 def test_adapt_latency_photo_smoke(tmp_path, capsys):
