@@ -204,9 +204,9 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = PretrainConfig(
         out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed),
         widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_episodes=args.val_episodes, checkpoint_every=args.checkpoint_every,
-        seed=args.seed, device=args.device, bf16=args.bf16, run_dir=args.run_dir, resume=args.resume,
-        init=args.init, command="fewshot-serve " + shlex.join(argv),
+        weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_episodes=args.val_episodes,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, bf16=args.bf16,
+        run_dir=args.run_dir, resume=args.resume, init=args.init, command="fewshot-serve " + shlex.join(argv),
     )
     result = pretrain(config)
     print(json.dumps({"model": str(result.model_path), "best_val_5shot": result.best_score,

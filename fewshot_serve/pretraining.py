@@ -183,8 +183,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
             for key, value in average.items():
                 value.copy_(live[key])
     exported_tensors = average or live
-    state = TrainingState(0, snapshot(), export_params(exported_tensors), None, 0, None, torch.zeros(1, dtype=torch.uint8),
-                          config.fingerprint())
+    state = TrainingState(0, snapshot(), export_params(exported_tensors), None, 0, None,
+                          torch.zeros(1, dtype=torch.uint8), config.fingerprint())
     log: list[dict[str, Any]] = []
     if config.resume and checkpoint_path.exists():
         state = resume_checkpoint(checkpoint_path, config.fingerprint())

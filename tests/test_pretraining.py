@@ -23,6 +23,15 @@ def config_for(tree, out, **changes):
     return PretrainConfig(**{**settings, **changes})
 
 
+def crashing_at_step_5(schedule):
+    """``schedule`` (the learning rate's), raising at step 5 as a crash would; the checkpoint before is step 3's."""
+    def crashing(base, step, total):
+        if step == 5:
+            raise KeyboardInterrupt("simulated crash")
+        return schedule(base, step, total)
+    return crashing
+
+
 @pytest.fixture(scope="module")
 def pretrained(tiny_imagenet_tree, tmp_path_factory):
     config = config_for(tiny_imagenet_tree, tmp_path_factory.mktemp("pretrain") / "pre.safetensors")
@@ -47,13 +56,7 @@ def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tin
     straight_config, _ = pretrained
     config = config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors")
     real = pretraining.cosine_lr
-
-    def crash_at_step_5(base, step, total):
-        if step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real(base, step, total)
-
-    monkeypatch.setattr(pretraining, "cosine_lr", crash_at_step_5)
+    monkeypatch.setattr(pretraining, "cosine_lr", crashing_at_step_5(real))
     with pytest.raises(KeyboardInterrupt):
         pretrain(config, progress=False)
     assert load_checkpoint(config.run_dir / "checkpoint.safetensors").iteration == 3
@@ -77,13 +80,7 @@ def test_cutmix_and_moving_average_resume_exactly_and_export_the_average(tiny_im
     straight = config("straight")
     pretrain(straight, progress=False)
     real = pretraining.cosine_lr
-
-    def crash_at_step_5(base, step, total):
-        if step == 5:
-            raise KeyboardInterrupt("simulated crash")
-        return real(base, step, total)
-
-    monkeypatch.setattr(pretraining, "cosine_lr", crash_at_step_5)
+    monkeypatch.setattr(pretraining, "cosine_lr", crashing_at_step_5(real))
     with pytest.raises(KeyboardInterrupt):
         pretrain(crashed := config("crashed"), progress=False)
     monkeypatch.setattr(pretraining, "cosine_lr", real)
