@@ -55,6 +55,40 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def side_by_side(model_path: Path, repeats: int, settings, variants: dict[str, Callable[[], None]],
+                 reference: str) -> dict:
+    """p50 ms of ``FewShotModel.adapt_tensors`` plus the classification of ``QUERIES`` queries, per setting
+    and per variant of the serving path (``variants``: name -> the call that switches it on).
+
+    Variants alternate within each repeat, on the same inputs, so drift in the machine's speed hits
+    all alike; each is first checked to give ``reference``'s probabilities. The caller switches its
+    default back afterwards.
+    """
+    model = fewshot_serve.load(model_path, device="cpu")
+    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
+    report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "model": model_path.name, "steps": model.recipe.test_steps, "settings": {}}
+    generator = torch.Generator().manual_seed(0)
+    for ways, shots in settings:
+        xs = torch.randn(ways * shots, channels, size, size, generator=generator)
+        ys = torch.arange(ways).repeat_interleave(shots)
+        xq = torch.randn(QUERIES, channels, size, size, generator=generator)
+        work = lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq)  # noqa: E731
+        answers = {}
+        for variant, switch_on in variants.items():
+            switch_on()
+            answers[variant] = work()
+        for variant, answer in answers.items():
+            torch.testing.assert_close(answer, answers[reference], atol=1e-5, rtol=1e-4, msg=variant)
+        times: dict[str, list[float]] = {variant: [] for variant in variants}
+        for _ in range(repeats):
+            for variant, switch_on in variants.items():
+                switch_on()
+                times[variant] += timed(work, repeats=1, warmup=1)
+        report["settings"][f"{ways}-way {shots}-shot"] = {v: 1e3 * percentile(t, 0.5) for v, t in times.items()}
+    return report
+
+
 def per_task_copy(network: Conv4, ways: int) -> Conv4:
     """A module copy whose shared head row is repeated once per class: the peers' starting point."""
     learner = copy.deepcopy(network)

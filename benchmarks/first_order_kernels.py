@@ -16,14 +16,11 @@ same probabilities. Writes JSON.
 from __future__ import annotations
 
 import argparse
-import platform
+from functools import partial
 from pathlib import Path
 
-import torch
-
-import fewshot_serve
 from fewshot_serve.atomic import atomic_write_json
-from adapt_latency import QUERIES, SETTINGS, percentile, timed  # benchmarks/ is this script's folder
+from adapt_latency import QUERIES, SETTINGS, side_by_side  # benchmarks/ is this script's folder
 from fewshot_serve.networks import base, conv4
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,33 +35,11 @@ def switched(variant: str) -> None:
 
 
 def run(model_path: Path, repeats: int, settings=SETTINGS) -> dict:
-    model = fewshot_serve.load(model_path, device="cpu")
-    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
-    report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "model": model_path.name, "steps": model.recipe.test_steps, "settings": {}}
-    generator = torch.Generator().manual_seed(0)
+    switches = {variant: partial(switched, variant) for variant in VARIANTS}
     try:
-        for ways, shots in settings:
-            xs = torch.randn(ways * shots, channels, size, size, generator=generator)
-            ys = torch.arange(ways).repeat_interleave(shots)
-            xq = torch.randn(QUERIES, channels, size, size, generator=generator)
-            work = lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq)  # noqa: E731
-            answers = {}
-            for variant in VARIANTS:
-                switched(variant)
-                answers[variant] = work()
-            for variant, answer in answers.items():
-                torch.testing.assert_close(answer, answers["written-out norm, NCHW"], atol=1e-5, rtol=1e-4,
-                                           msg=variant)
-            times: dict[str, list[float]] = {variant: [] for variant in VARIANTS}
-            for _ in range(repeats):  # alternate, so drift in the machine's speed hits all alike
-                for variant in VARIANTS:
-                    switched(variant)
-                    times[variant] += timed(work, repeats=1, warmup=1)
-            report["settings"][f"{ways}-way {shots}-shot"] = {v: 1e3 * percentile(t, 0.5) for v, t in times.items()}
+        return side_by_side(model_path, repeats, settings, switches, reference="written-out norm, NCHW")
     finally:
         switched("fused norm, channels-last")
-    return report
 
 
 def print_table(report: dict) -> None:

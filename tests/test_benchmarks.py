@@ -41,7 +41,7 @@ def test_pool_order_smoke(capsys):
 
     report = pool_order.run(FOMAML_MODEL, repeats=1, settings=((3, 1),))  # answers checked equal inside
     assert set(report["settings"]["3-way 1-shot"]) == set(pool_order.VARIANTS)
-    assert conv4.Conv4.head_input is pool_order.POOL_FIRST  # switched back
+    assert conv4.relu_and_pool is pool_order.POOL_FIRST  # switched back
     pool_order.print_table(report)
     assert "pool, then ReLU" in capsys.readouterr().out
 

@@ -13,6 +13,13 @@ from .base import (BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_stati
                    using_first_order_kernels)
 
 
+def relu_and_pool(x: Tensor) -> Tensor:
+    """ReLU and 2x2 max-pooling, computed pool first: the same function (ReLU is monotonic) and, but
+    where a window's maximum is tied, the same gradient, while ReLU and its backward touch a quarter
+    of the values."""
+    return F.relu(F.max_pool2d(x, 2))
+
+
 class ConvBlock(nn.Module):
     """Parameters of 3x3 conv -> support BatchNorm -> ReLU -> 2x2 max-pool."""
 
@@ -75,9 +82,7 @@ class Conv4(SharedHeadClassifier):
             prefix = f"blocks.{i}."
             x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
             x = support_norm(x, params[prefix + "norm.weight"], params[prefix + "norm.bias"], n_ref)
-            # pooling first: the same function (ReLU is monotonic), and ReLU and its backward touch a quarter
-            # of the values; the gradient too is the same, but where a window's maximum is tied
-            x = F.relu(F.max_pool2d(x, 2))
+            x = relu_and_pool(x)
         return x.flatten(1)
 
     def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
@@ -108,7 +113,7 @@ class Conv4(SharedHeadClassifier):
             conv.bias.copy_(params[prefix + "conv.bias"] * scale + shift)
             layers += [conv, nn.MaxPool2d(2), nn.ReLU()]
             # the next layer's statistics from this convolution's output, not from a second pass
-            x = F.relu(F.max_pool2d(h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1), 2))
+            x = relu_and_pool(h * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
         head = skip_init(nn.Linear, self.feature_dim, params["head.weight"].shape[0], device=x.device, dtype=x.dtype)
         head.weight.copy_(params["head.weight"])
         head.bias.copy_(params["head.bias"])
