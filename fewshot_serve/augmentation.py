@@ -1,5 +1,5 @@
-"""Photo augmentation for training classes: random crop with padding, horizontal flip, colour jitter;
-and CutMix for supervised pretraining.
+"""Augmentation for training classes: random crop with padding (handwriting: shifts only), and for
+photos also horizontal flip and colour jitter; and CutMix for supervised pretraining.
 
 Applied to whole uint8 batches ``[n, 3, S, S]`` in torch (no per-image PIL work), with every random
 draw taken from the caller's ``torch.Generator``, so a seeded run sees the same augmented images
@@ -16,21 +16,35 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def random_crop(images: Tensor, generator: torch.Generator, padding: int) -> Tensor:
+    """Shift each image by up to ``padding`` pixels each way: a random crop of its reflect-padded copy.
+
+    This is all handwriting gets: a mirrored character can be another character, and Omniglot's
+    rotations are new classes, not variants. Returns float32 ``[n, C, S, S]`` of uint8 values.
+    """
+    n, _, height, width = images.shape
+    padded = F.pad(images.float(), (padding,) * 4, mode="reflect")
+    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
+    rows = (dy.view(n, 1, 1) + torch.arange(height).view(1, height, 1)).expand(n, height, width)
+    cols = (dx.view(n, 1, 1) + torch.arange(width).view(1, 1, width)).expand(n, height, width)
+    # advanced indices around a slice put their dims first: [n, S, S, C]
+    return padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+
+
+def augment_characters(images: Tensor, generator: torch.Generator, padding: int = 3) -> Tensor:
+    """Randomly shift uint8 handwriting images (:func:`random_crop`)."""
+    return random_crop(images, generator, padding).to(torch.uint8)
+
+
 def augment_photos(images: Tensor, generator: torch.Generator, padding: int = 4, jitter: float = 0.4) -> Tensor:
     """Randomly crop (after reflect-padding by ``padding``), flip and colour-jitter uint8 photos.
 
     Colour jitter scales brightness, contrast and saturation by factors in ``[1 - jitter, 1 + jitter]``
     (torchvision's ``ColorJitter(0.4, 0.4, 0.4)`` convention), one draw per image.
     """
-    n, _, height, width = images.shape
-    x = images.float()
-    padded = F.pad(x, (padding,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator)
-    rows = (dy.view(n, 1, 1) + torch.arange(height).view(1, height, 1)).expand(n, height, width)
-    cols = (dx.view(n, 1, 1) + torch.arange(width).view(1, 1, width)).expand(n, height, width)
-    # advanced indices around a slice put their dims first: [n, S, S, C]
-    x = padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
+    n = images.shape[0]
+    x = random_crop(images, generator, padding)
     flip = torch.rand(n, generator=generator) < 0.5
     x = torch.where(flip.view(n, 1, 1, 1), x.flip(-1), x)
     factors = 1.0 + jitter * (2.0 * torch.rand(3, n, 1, 1, 1, generator=generator) - 1.0)

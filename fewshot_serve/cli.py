@@ -47,8 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     pretrain = commands.add_parser("pretrain", help="supervised pretraining of a ResNet-12 over all training classes")
-    pretrain.add_argument("--dataset", choices=[d for d in DATASETS if d not in ("sinusoid", "omniglot", "omniglot-subset")],
-                          default="tiny-imagenet")
+    pretrain.add_argument("--dataset", choices=[d for d in DATASETS if d != "sinusoid"], default="tiny-imagenet")
     _add_data_arguments(pretrain)
     pretrain.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     pretrain.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
@@ -62,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--ema", type=float, default=0.0,
                           help="validate and export a moving average of the weights with this decay per step "
                                "(e.g. 0.998; default 0: the weights themselves)")
+    pretrain.add_argument("--val-ways", type=int, default=5,
+                          help="classes per validation episode (e.g. 20 for handwriting, where 5 is too easy to rank)")
     pretrain.add_argument("--val-episodes", type=int, default=200)
     pretrain.add_argument("--checkpoint-every", type=int, default=100, help="steps between checkpoints")
     pretrain.add_argument("--seed", type=int, default=0)
@@ -204,7 +205,8 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = PretrainConfig(
         out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed),
         widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_episodes=args.val_episodes,
+        weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_ways=args.val_ways,
+        val_episodes=args.val_episodes,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, bf16=args.bf16,
         run_dir=args.run_dir, resume=args.resume, init=args.init, command="fewshot-serve " + shlex.join(argv),
     )

@@ -10,8 +10,10 @@ head fine-tuned without meta-learning, at the values chosen on validation classe
 ``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features as its head
 sees them (unit length, centred where FILE is), no inner loop (a fixed-norm ResNet-12 adapting its
 head only).
-Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (600 episodes, 15
-queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0). Results
+Each is scored on 5-way 1-shot and 5-way 5-shot episodes of the test classes (``--settings``; 600
+episodes, 15 queries per class, mean ± 95% CI); all contestants see the very same episodes (seed 0).
+Nothing here is photo-specific: the handwriting backbone's ablation uses it with ``--settings 5x1
+5x5 20x1 20x5`` (then on the episodes of ``compare_omniglot.py``, which draws them the same way). Results
 merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
 separate runs; the test classes' names are recorded with them. ``--split val --output FILE``
 scores the validation classes instead, to choose between candidates without touching the test
@@ -35,7 +37,6 @@ from fewshot_serve.nearest_mean import nearest_mean_accuracy
 from fewshot_serve.sources import DataSpec, load_splits
 
 HERE = Path(__file__).resolve().parent
-SETTINGS = ((5, 1), (5, 5))
 
 
 def named(text: str) -> tuple[str, Path, tuple[float, int] | None]:
@@ -69,6 +70,7 @@ def main() -> None:
     parser.add_argument("--model", type=named, action="append", default=[])
     parser.add_argument("--nearest-mean", type=named, action="append", default=[])
     parser.add_argument("--episodes", type=int, default=600)
+    parser.add_argument("--settings", nargs="+", default=["5x1", "5x5"], help="WAYSxSHOTS, e.g. 5x1 5x5 20x1")
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--output", type=Path, default=None, help="default: photos-comparison.json beside this script "
@@ -94,7 +96,7 @@ def main() -> None:
                  "inner_lrs": lrs if not network.lr_steps else "learned", "test_steps": steps,
                  f"{args.split}_classes": classes.names}
         table = frozen_outputs(network, classes, preprocessing, device, cache)
-        for ways, shots in SETTINGS:
+        for ways, shots in (map(int, setting.split("x")) for setting in args.settings):
             sampler = ImageEpisodes(classes, preprocessing, ways, shots, queries=15)
             if mode == "nearest mean":
                 with torch.no_grad():  # the features as the head sees them (centred, where the file is)

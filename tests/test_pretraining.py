@@ -5,6 +5,7 @@ from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fewshot_serve.pretraining as pretraining
 from fewshot_serve import cli
@@ -13,6 +14,8 @@ from fewshot_serve.model_file import load_model, save_model
 from fewshot_serve.networks import ResNet12
 from fewshot_serve.pretraining import PretrainConfig, pretrain
 from fewshot_serve.sources import DataSpec
+
+from conftest import draw_glyph
 
 WIDTHS = (4, 4, 8, 8)
 
@@ -191,3 +194,51 @@ def test_centred_meta_learning_measures_the_training_classes_mean_feature(pretra
         assert cli.main(["train", "--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree), *init,
                          "--centre-features", "--iterations", "1", "--out", str(tmp_path / "x.safetensors")]) == 2
         assert "--centre-features needs" in capsys.readouterr().err
+
+
+def test_handwriting_pretraining_learns_each_rotation_as_a_class(tmp_path):
+    """Omniglot's layout, generated: 8 alphabets of 3 characters (splits by alphabet 5 / 1 / 2)."""
+    from fewshot_serve.sources import load_splits, standard_preprocessing
+
+    for alphabet in range(8):
+        for character in range(3):
+            folder = tmp_path / "omniglot" / f"Alphabet{alphabet}" / f"character{character + 1:02d}"
+            folder.mkdir(parents=True)
+            for drawing in range(20):
+                draw_glyph(10 * alphabet + character, 1000 * alphabet + 50 * character + drawing).save(
+                    folder / f"{drawing}.png")
+    spec = DataSpec("omniglot", tmp_path / "omniglot")
+    train = load_splits(spec, standard_preprocessing(spec))["train"]
+    images, labels, classes = pretraining.training_images(train, rotate=True)
+    assert classes == 4 * len(train) == 60 and len(images) == len(labels) == 4 * len(train.images)
+    # label 4c + k is character c turned k quarter turns: what meta-training's episodes call that class
+    first = train.images[0]
+    for turns in range(4):
+        (index,) = torch.nonzero(labels == turns).flatten()[:1]
+        assert torch.equal(images[index], torch.rot90(first, turns, dims=(-2, -1)))
+
+    config = PretrainConfig(out=tmp_path / "characters.safetensors", data=spec, widths=WIDTHS, epochs=1,
+                            batch_size=32, val_ways=3, val_episodes=5, bf16=False)
+    pretrain(config, progress=False)
+    network, recipe = load_model(config.out)
+    assert recipe.dataset == "omniglot" and recipe.ways == 3 and recipe.network["in_channels"] == 1
+    assert recipe.class_counts == {"train": 15, "val": 3, "test": 6}
+    classifier = load_checkpoint(config.run_dir / "checkpoint.safetensors").meta_params["classifier.weight"]
+    assert classifier.shape == (60, network.feature_dim)
+    with pytest.raises(ValueError, match="val-ways"):
+        replace(config, val_ways=1)
+
+
+def test_handwriting_is_only_shifted_never_mirrored():
+    from fewshot_serve.augmentation import augment_characters
+
+    image = torch.zeros(1, 1, 12, 12, dtype=torch.uint8)
+    image[0, 0, 3:9, 5] = 255  # a vertical stroke, with a hook that a mirror image would move
+    image[0, 0, 3, 6:8] = 200
+    batch = image.expand(64, -1, -1, -1)
+    out = augment_characters(batch, torch.Generator().manual_seed(0), padding=2)
+    padded = F.pad(image.float(), (2,) * 4, mode="reflect")
+    shifts = {(dy, dx): padded[0, :, dy:dy + 12, dx:dx + 12].to(torch.uint8) for dy in range(5) for dx in range(5)}
+    found = [next(k for k, shifted in shifts.items() if torch.equal(shifted, o)) for o in out]
+    assert len(set(found)) > 10 and out.dtype == torch.uint8
+    assert torch.equal(out, augment_characters(batch, torch.Generator().manual_seed(0), padding=2))
