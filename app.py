@@ -11,7 +11,7 @@ from fewshot_serve.auth import AUTH_ENV, Credentials
 from fewshot_serve.web_app import CONCURRENCY, QUEUE_SIZE, launch
 
 MODELS = Path(__file__).resolve().parent / "models"
-FIRST = [MODELS / "photos-resnet12.safetensors", MODELS / "omniglot-conv4.safetensors"]
+FIRST = [MODELS / "photos-resnet12.safetensors", MODELS / "omniglot-resnet12.safetensors"]
 
 
 def shipped_models() -> list[Path]:

@@ -63,6 +63,14 @@ def omniglot_root() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def omniglot_full_root() -> Path:
+    root = default_omniglot_root("omniglot")  # all 30 background alphabets: the shipped model's split
+    if not root.is_dir():
+        pytest.skip(f"real Omniglot data not found at {root} (set FEWSHOT_SERVE_DATA to its datasets folder)")
+    return root
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))

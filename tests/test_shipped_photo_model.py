@@ -44,4 +44,4 @@ def test_the_app_offers_the_photo_model_first():
     sys.path.insert(0, str(ROOT))
     import app
 
-    assert [p.name for p in app.shipped_models()[:2]] == ["photos-resnet12.safetensors", "omniglot-conv4.safetensors"]
+    assert [p.name for p in app.shipped_models()[:2]] == ["photos-resnet12.safetensors", "omniglot-resnet12.safetensors"]
