@@ -90,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--centre-features", action="store_true",
                        help="with a pretrained ResNet-12 as --init: subtract the training classes' mean feature "
                             "(measured once, stored in the model file) before normalizing (SimpleShot's CL2N)")
+    train.add_argument("--prototype-head", action="store_true",
+                       help="with a ResNet-12 as --init: each class's head row starts at its support features' mean "
+                            "(Proto-MAML), so that zero steps classify by nearest class mean and steps refine that")
     train.add_argument("--architecture", choices=ARCHITECTURES, default=None, help="network (default: conv4)")
     train.add_argument("--widths", type=_widths, default=None,
                        help="conv4: filters (default 64 grayscale, 32 colour); resnet12: 4 block widths "
@@ -232,7 +235,7 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
         iterations=args.iterations, val_every=args.val_every, val_episodes=args.val_episodes,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, vectorize=args.vectorize,
         architecture=args.architecture, widths=args.widths, adapt_from=args.adapt_from, init=args.init,
-        freeze_body=args.freeze_body, centre_features=args.centre_features,
+        freeze_body=args.freeze_body, centre_features=args.centre_features, prototype_head=args.prototype_head,
         learned_lrs=args.learned_lrs, per_step_norm=args.per_step_norm, multi_step_loss=args.multi_step_loss,
         first_order_iterations=args.first_order_iterations, cosine_meta_lr=args.cosine_meta_lr,
         run_dir=args.run_dir, resume=args.resume, command="fewshot-serve " + shlex.join(argv),

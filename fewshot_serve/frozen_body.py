@@ -36,7 +36,7 @@ class AdaptedPart(MetaNetwork):
         super().__init__()
         object.__setattr__(self, "whole", network)  # not a submodule: its frozen part is not ours
         self.task_kind, self.lr_steps, self.norm_states = network.task_kind, network.lr_steps, network.norm_states
-        self.head_keys = network.head_keys
+        self.head_keys, self.prototype_head = network.head_keys, network.prototype_head
         self._names = [name for name, _ in network.named_parameters() if not network.in_frozen_part(name)]
 
     def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
@@ -64,6 +64,9 @@ class AdaptedPart(MetaNetwork):
 
     def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
         return self.whole.head_logits(params, features)
+
+    def prototype_rows(self, features: Tensor, labels: Tensor, ways: int) -> dict[str, Tensor]:
+        return self.whole.prototype_rows(features, labels, ways)
 
     def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
         return self.whole.task_parameters(meta_params, ways)

@@ -72,6 +72,11 @@ def adapt(
     alone; the body's weights stay exactly as they are (the plain path, ``False``, moves them by
     rounding error only). Differentiable like any step: in second order, the head's update
     depends on the body through the features.
+
+    With ``network.prototype_head`` (Proto-MAML), each class's head row first moves to where its
+    support features' mean puts it (:meth:`~fewshot_serve.networks.base.SharedHeadClassifier.prototype_rows`),
+    so zero steps classify by nearest class mean; the rows then differ, so the head-only first
+    step does not apply.
     """
     fast_names = network.fast_weight_names()
     fixed = {k: v for k, v in params.items() if k not in fast_names}
@@ -99,8 +104,15 @@ def adapt(
         fast = requiring_grad(fast)
     losses, states = [], []
     with contextlib.nullcontext() if composable else torch.enable_grad():  # even under an outer no_grad
+        if network.prototype_head:
+            with torch.no_grad() if first_order else contextlib.nullcontext(), step_kernels():
+                features = network.head_input(network.at_step({**fixed, **fast}, 0), h_support)
+            rows = network.prototype_rows(features, y_support, fast["head.weight"].shape[0])
+            # The rows then are weights of their own: views give the other weights new graph nodes, so
+            # that the first step's gradient reaches them only through the support loss, not the rows.
+            fast = {k: p + rows[k] if k in rows else p.view_as(p) for k, p in fast.items()}
         for step in range(steps):
-            if step == 0 and head_first_step and network.head_keys:
+            if step == 0 and head_first_step and network.head_keys and not network.prototype_head:
                 head, start = {k: fast[k] for k in network.head_keys}, {**fixed, **fast}
                 # first order: nothing outside records the features or the step (as below)
                 untracked = torch.no_grad() if first_order else contextlib.nullcontext()

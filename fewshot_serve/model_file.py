@@ -180,15 +180,16 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
         problems += _preprocessing_problems(recipe, network)
     elif architecture == "resnet12":
         widths = network.get("widths")
-        if set(network) - {"lr_steps", "centred"} != {"architecture", "in_channels", "widths", "image_size", "norm",
-                                                       "adapt_from"}:
+        optional = {"lr_steps", "centred", "prototype_head"}
+        if set(network) - optional != {"architecture", "in_channels", "widths", "image_size", "norm", "adapt_from"}:
             problems.append("resnet12 needs exactly in_channels, widths, image_size, norm and adapt_from "
-                            "(and optionally lr_steps, centred)")
+                            "(and optionally lr_steps, centred, prototype_head)")
         elif not (isinstance(widths, list) and len(widths) == 4 and all(_is_int(w, 1, MAX_FILTERS) for w in widths)
                   and _is_int(network["in_channels"], 1, 3) and _is_int(network["adapt_from"], 0, 4)
-                  and network["norm"] in NORMS and isinstance(network.get("centred", False), bool)):
+                  and network["norm"] in NORMS and isinstance(network.get("centred", False), bool)
+                  and isinstance(network.get("prototype_head", False), bool)):
             problems.append(f"resnet12 needs 4 widths in [1, {MAX_FILTERS}], in_channels in [1, 3], adapt_from in "
-                            f"[0, 4], norm in {NORMS} and centred true or false")
+                            f"[0, 4], norm in {NORMS}, and centred and prototype_head true or false")
         problems += _preprocessing_problems(recipe, network)
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):

@@ -47,7 +47,7 @@ from .sources import (
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
 
-NETWORK_OPTIONS = ("architecture", "widths", "adapt_from", "init", "freeze_body", "centre_features")
+NETWORK_OPTIONS = ("architecture", "widths", "adapt_from", "init", "freeze_body", "centre_features", "prototype_head")
 MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
 
 
@@ -77,6 +77,7 @@ class TrainConfig:
     init: Path | None = None  # start from this model file's weights (e.g. `fewshot-serve pretrain`'s)
     freeze_body: bool = False  # with init: meta-learn only the adapted part, on cached frozen-part outputs
     centre_features: bool = False  # with a pretrained init: subtract the training classes' mean feature (CL2N)
+    prototype_head: bool = False  # with a ResNet-12 init: class head rows start at their support means (Proto-MAML)
     # MAML++ (Antoniou et al. 2019), each off by default; see networks/base.py and meta_learning.Annealing
     learned_lrs: bool = False  # learn a learning rate per fast weight and inner step (LSLR)
     per_step_norm: bool = False  # BatchNorm weights and biases per inner-loop state (BNWB)
@@ -101,6 +102,8 @@ class TrainConfig:
             raise ValueError("--freeze-body needs --init and --adapt-from > 0 (the frozen part must exist)")
         if self.centre_features and self.init is None:
             raise ValueError("--centre-features needs --init with a pretrained ResNet-12 (`fewshot-serve pretrain`)")
+        if self.prototype_head and self.init is None:
+            raise ValueError("--prototype-head needs --init with a ResNet-12 (e.g. from `fewshot-serve pretrain`)")
         if self.algorithm == "reptile" and self.uses_maml_plus_plus:
             raise ValueError(REPTILE_REFUSES_MAML_PLUS_PLUS)
         if self.meta_lr is None:
@@ -153,6 +156,7 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
 def _network_from(
     initial: MetaNetwork, adapt_from: int, lr_steps: int, norm_states: int, inner_lrs: Sequence[float],
     centre_features: bool = False,
+    prototype_head: bool = False,
 ) -> MetaNetwork:
     """A copy of ``initial`` (weights included) with this run's inner-loop scope and MAML++ options.
 
@@ -160,7 +164,8 @@ def _network_from(
     learned learning rates (a MAML++ model fine-tuned on 20-way tasks, say), they are kept.
     Otherwise the learned rates start at ``inner_lrs``; per-step norms cannot be invented from
     one norm, so they must match. A centred file stays centred; ``centre_features`` makes the copy
-    centred, its centre still to be measured (:mod:`.feature_centre`).
+    centred, its centre still to be measured (:mod:`.feature_centre`). A Proto-MAML file stays one;
+    ``prototype_head`` makes the copy one.
     """
     settings = initial.config()
     has = settings.get("norm_states", 0)
@@ -175,6 +180,10 @@ def _network_from(
             raise ValueError("--centre-features needs a pretrained ResNet-12 (fixed norm, from `fewshot-serve "
                              "pretrain`) as --init")
         settings["centred"] = True
+    if prototype_head:
+        if settings.get("architecture") != "resnet12":
+            raise ValueError("--prototype-head needs a ResNet-12 as --init")
+        settings["prototype_head"] = True
     inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})
     weights = {k: v for k, v in initial.state_dict().items() if inherits_lrs or k != "step_lrs"}
@@ -231,7 +240,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         network.reset_step_lrs(config.inner_lrs)
     else:
         network = _network_from(initial[0], config.adapt_from, lr_steps, norm_states, config.inner_lrs,
-                                config.centre_features)
+                                config.centre_features, config.prototype_head)
     network.to(device)
     learned, cached = network, {}  # learned: what the outer loop updates and validation adapts
     if config.freeze_body:

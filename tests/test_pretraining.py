@@ -242,3 +242,19 @@ def test_handwriting_is_only_shifted_never_mirrored():
     found = [next(k for k, shifted in shifts.items() if torch.equal(shifted, o)) for o in out]
     assert len(set(found)) > 10 and out.dtype == torch.uint8
     assert torch.equal(out, augment_characters(batch, torch.Generator().manual_seed(0), padding=2))
+
+
+def test_proto_maml_from_the_pretrained_file_is_recorded_and_refused_without_a_resnet(pretrained, tiny_imagenet_tree,
+                                                                                      tmp_path, capsys):
+    _, result = pretrained
+    out = tmp_path / "proto.safetensors"
+    common = ["--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree)]
+    assert cli.main(["train", *common, "--init", str(result.model_path), "--adapt-from", "4", "--freeze-body",
+                     "--prototype-head", "--learned-lrs", "--ways", "3", "--shots", "2", "--queries", "2",
+                     "--inner-steps", "1", "--inner-lr", "1", "--meta-batch", "2", "--iterations", "2",
+                     "--val-every", "2", "--val-episodes", "3", "--out", str(out)]) == 0
+    trained, recipe = load_model(out)
+    assert recipe.network["prototype_head"] is True and trained.prototype_head
+    assert cli.main(["train", *common, "--prototype-head", "--iterations", "1",
+                     "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "--prototype-head needs --init" in capsys.readouterr().err

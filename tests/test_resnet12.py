@@ -17,9 +17,11 @@ WIDTHS = (3, 4, 5, 6)
 WAYS, SHOTS, QUERIES = 3, 2, 2
 
 
-def tiny_resnet(norm="support", adapt_from=0, dtype=torch.float64, lr_steps=0, centred=False) -> ResNet12:
+def tiny_resnet(norm="support", adapt_from=0, dtype=torch.float64, lr_steps=0, centred=False,
+                prototype_head=False) -> ResNet12:
     torch.manual_seed(0)
-    network = ResNet12(3, WIDTHS, 16, norm=norm, adapt_from=adapt_from, lr_steps=lr_steps, centred=centred).to(dtype)
+    network = ResNet12(3, WIDTHS, 16, norm=norm, adapt_from=adapt_from, lr_steps=lr_steps, centred=centred,
+                       prototype_head=prototype_head).to(dtype)
     g = torch.Generator().manual_seed(3)
     with torch.no_grad():  # non-trivial values everywhere, so every term of every gradient is exercised
         if centred:
@@ -119,9 +121,11 @@ def test_pretraining_forward_updates_running_statistics_towards_the_batch():
     torch.testing.assert_close(mean, h.mean((0, 2, 3)), rtol=1e-6, atol=1e-8)
 
 
-@pytest.mark.parametrize("norm, centred", [("support", False), ("fixed", False), ("fixed", True)])
-def test_frozen_classifier_equals_predict(norm, centred):
-    network = tiny_resnet(norm=norm, centred=centred)
+@pytest.mark.parametrize("norm, centred, prototype_head",
+                         [("support", False, False), ("fixed", False, False), ("fixed", True, False),
+                          ("fixed", True, True)])
+def test_frozen_classifier_equals_predict(norm, centred, prototype_head):
+    network = tiny_resnet(norm=norm, centred=centred, prototype_head=prototype_head)
     meta = params_of(network)
     xs, xq = images(WAYS * SHOTS, 2), images(5, 3)
     ys = torch.arange(WAYS).repeat_interleave(SHOTS)
@@ -140,11 +144,16 @@ def second_order_batch(tasks=2, dtype=torch.float64):
 INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=2, test_steps=2)
 
 
-@pytest.mark.parametrize("adapt_from", [0, 3])
-def test_maml_meta_gradient_matches_central_finite_differences(adapt_from):
-    network, batch = tiny_resnet(adapt_from=adapt_from, lr_steps=2), second_order_batch()
+@pytest.mark.parametrize("adapt_from, prototype_head", [(0, False), (3, False), (3, True)])
+def test_maml_meta_gradient_matches_central_finite_differences(adapt_from, prototype_head):
+    network = tiny_resnet(adapt_from=adapt_from, lr_steps=2, prototype_head=prototype_head)
+    batch = second_order_batch()
     theta = params_of(network)
     grads, _, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
+    if prototype_head:  # the vectorized meta-batch (torch.func) takes the same steps
+        vectorized, _, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=True)
+        for key, grad in grads.items():
+            torch.testing.assert_close(vectorized[key], grad, rtol=1e-9, atol=1e-12)
 
     def meta_loss(params):
         return meta_gradient(network, params, batch, INNER, first_order=False, vectorize=False)[1].item()
@@ -202,15 +211,17 @@ def recipe_for(network):
                   shots=1, queries=15)
 
 
-@pytest.mark.parametrize("centred", [False, True])
-def test_model_file_round_trip_serving_and_onnx(tmp_path, centred):
+@pytest.mark.parametrize("centred, prototype_head", [(False, False), (True, False), (True, True)])
+def test_model_file_round_trip_serving_and_onnx(tmp_path, centred, prototype_head):
     import fewshot_serve
 
-    network = tiny_resnet(norm="fixed", adapt_from=3, dtype=torch.float32, centred=centred)
+    network = tiny_resnet(norm="fixed", adapt_from=3, dtype=torch.float32, centred=centred,
+                          prototype_head=prototype_head)
     path = tmp_path / "photos.safetensors"
     save_model(path, network, recipe_for(network))
     loaded, recipe = load_model(path)
     assert recipe.network["architecture"] == "resnet12" and loaded.adapt_from == 3
+    assert loaded.prototype_head == prototype_head
     for key, value in network.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value), key
     model = fewshot_serve.load(path, "cpu")
@@ -233,7 +244,8 @@ def test_model_file_round_trip_serving_and_onnx(tmp_path, centred):
     ({"norm": "group"}, "norm in"),
     ({"adapt_from": 7}, "adapt_from in"),
     ({"depth": 12}, "needs exactly"),
-    ({"centred": 1}, "centred true or false"),
+    ({"centred": 1}, "centred and prototype_head true or false"),
+    ({"prototype_head": "yes"}, "centred and prototype_head true or false"),
     ({"centred": True}, "missing tensors \\['feature_centre'\\]"),
 ])
 def test_model_file_rejects_bad_resnet_recipes(tmp_path, change, message):
@@ -244,3 +256,18 @@ def test_model_file_rejects_bad_resnet_recipes(tmp_path, change, message):
     save_model(path, network, recipe)
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
+
+
+@pytest.mark.parametrize("adapt_from", [3, 4])
+def test_prototype_head_classifies_by_nearest_class_mean_before_any_step(adapt_from):
+    network = tiny_resnet(norm="fixed", adapt_from=adapt_from, centred=True, prototype_head=True)
+    meta = params_of(network)
+    xs, xq = images(WAYS * SHOTS, 2), images(5, 3)
+    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
+    params = adapt(network, network.task_parameters(meta, WAYS), xs, ys, (0.3,), 0, first_order=True).params
+    features = lambda x: network.head_input(meta, network.frozen_part(meta, x))  # noqa: E731
+    means = torch.stack([features(xs)[ys == c].mean(0) for c in range(WAYS)])
+    # the shared row's w·x + b is the same for every class, so only the distance to each mean is left
+    expected = (-meta["logit_scale"] * torch.cdist(features(xq), means) ** 2).softmax(-1)
+    torch.testing.assert_close(predict(network, params, xs, xq).softmax(-1), expected, rtol=1e-9, atol=1e-12)
+    assert not torch.allclose(expected, (features(xq) @ means.T * meta["logit_scale"]).softmax(-1), atol=1e-3)

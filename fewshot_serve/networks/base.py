@@ -145,6 +145,8 @@ class MetaNetwork(nn.Module):
 
     task_kind: str  # "classification" or "regression"
     lr_steps: int = 0  # learned per-step inner learning rates (MAML++ LSLR): how many steps
+    #: Proto-MAML: each class's head row starts from its support features' mean (:meth:`SharedHeadClassifier.prototype_rows`)
+    prototype_head: bool = False
     norm_states: int = 0  # per-step BatchNorm weights (MAML++ BNWB): rows per norm parameter
 
     def add_step_lrs(self, steps: int) -> None:
@@ -244,6 +246,21 @@ class SharedHeadClassifier(MetaNetwork):
 
     def apply_params(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         return self.adapted_part(params, self.frozen_part(params, x, n_ref), n_ref)
+
+    def prototype_rows(self, features: Tensor, labels: Tensor, ways: int) -> dict[str, Tensor]:
+        """What Proto-MAML (Triantafillou et al. 2020) adds to each class's copy of the head row
+        before the first step: ``2 μ_c`` to its weights and ``-|μ_c|²`` to its bias, where ``μ_c``
+        is the mean of the class's support ``features`` (:meth:`head_input`).
+
+        Since ``2 μ_c·x - |μ_c|² = |x|² - |x - μ_c|²``, the logits then rank a query's classes by
+        its distance to their means (nearest class mean) before any step; one step from a shared
+        row alone would rank them by the dot product ``μ_c·x``, which favours classes whose
+        support features agree. Differentiable in the features, so second-order MAML sees it.
+        """
+        # one-hot by comparison, not F.one_hot: it also works under torch.func.vmap
+        members = (labels.unsqueeze(0) == torch.arange(ways, device=labels.device).unsqueeze(1)).to(features.dtype)
+        means = (members @ features) / members.sum(1, keepdim=True)
+        return {"head.weight": 2 * means, "head.bias": -(means * means).sum(1)}
 
     def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
         params = dict(meta_params)

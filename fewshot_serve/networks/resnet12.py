@@ -73,6 +73,7 @@ class ResNet12(SharedHeadClassifier):
         adapt_from: int = 0,
         lr_steps: int = 0,
         centred: bool = False,
+        prototype_head: bool = False,
     ) -> None:
         super().__init__()
         if len(widths) != 4 or not all(isinstance(w, int) and w >= 1 for w in widths):
@@ -95,6 +96,7 @@ class ResNet12(SharedHeadClassifier):
         self.logit_scale = nn.Parameter(torch.ones(()))
         self.add_step_lrs(lr_steps)
         self.centred = centred
+        self.prototype_head = prototype_head
         if centred:  # a constant of the file, never trained: a buffer, saved with the weights
             self.register_buffer("feature_centre", torch.zeros(self.feature_dim))
 
@@ -108,6 +110,7 @@ class ResNet12(SharedHeadClassifier):
             "adapt_from": self.adapt_from,
             "lr_steps": self.lr_steps,
             **({"centred": True} if self.centred else {}),  # absent from files made before centring existed
+            **({"prototype_head": True} if self.prototype_head else {}),
         }
 
     def _is_fast_weight(self, name: str) -> bool:

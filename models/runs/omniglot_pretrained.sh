@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The shipped handwriting model, omniglot-resnet12.safetensors: supervised pretraining of a narrow
 # ResNet-12 on Omniglot's whole background set (the 18 training alphabets' 589 characters, each with its
-# three rotations as classes of their own: 2,356 classes), then one meta-learned inner step on its head.
+# three rotations as classes of their own: 2,356 classes), then one meta-learned Proto-MAML step on its head.
 # Then the validation choice and the held-out numbers of models/README.md. Run from a scratch folder
 # (e.g. runs/) with the data in $FEWSHOT_SERVE_DATA (default ../shared/datasets); times are for the
 # 2-core CPU of models/README.md (bfloat16 autocast, AMX).
@@ -22,14 +22,16 @@ fi
 # 2. The head-only inner loop on VALIDATION alphabets: fixed learning rates and steps from the zero head.
 python "$here/photos_inner_loop_sweep.py" omniglot-pretrained.safetensors --ways 20 --lrs 1 2 4 8 16 --steps 1 5 10 20
 
-# 3. Meta-learning: one inner step on the head (it ranks classes as their nearest means do, which no
-#    longer inner loop beat on validation), its learning rate and the logit scale learned by MAML on
-#    20-way 1-shot tasks of the training characters' cached features (20 s). A 10-step variant for comparison.
+# 3. Meta-learning on 20-way 1-shot tasks of the training characters' cached features (20-30 s each): the
+#    shipped Proto-MAML head (class rows start at their support means: nearest class mean before any step)
+#    with one step; for comparison 5 Proto-MAML steps, one step and ten centred steps from the shared row.
 meta=(fewshot-serve train --algorithm maml --dataset omniglot --init omniglot-pretrained.safetensors --adapt-from 4
-      --freeze-body --learned-lrs --ways 20 --shots 1 --queries 5 --inner-lr 16 --meta-batch 16 --val-every 50
+      --freeze-body --learned-lrs --ways 20 --shots 1 --queries 5 --meta-batch 16 --val-every 50
       --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr --iterations 300)
-"${meta[@]}" --inner-steps 1 --out omniglot-resnet12.safetensors
-"${meta[@]}" --inner-steps 10 --centre-features --out omniglot-resnet12-10steps.safetensors
+"${meta[@]}" --prototype-head --inner-lr 1 --inner-steps 1 --out omniglot-resnet12.safetensors
+"${meta[@]}" --prototype-head --inner-lr 1 --inner-steps 5 --out omniglot-resnet12-proto5.safetensors
+"${meta[@]}" --inner-lr 16 --inner-steps 1 --out omniglot-resnet12-shared-row.safetensors
+"${meta[@]}" --inner-lr 16 --inner-steps 10 --centre-features --out omniglot-resnet12-10steps.safetensors
 
 # 4. Chosen on the VALIDATION alphabets (600 episodes, the same for every row), against the previous
 #    default (MAML++ Conv4, omniglot_full.sh) ...
@@ -37,9 +39,11 @@ models="$here/.."
 contestants=(--nearest-mean "ResNet-12 pretrained only, nearest class mean=omniglot-pretrained.safetensors"
              --model "ResNet-12 pretrained only, head fine-tuned without meta-learning=omniglot-pretrained.safetensors@16,10"
              --model "ResNet-12 pretrained + 10-step centred MAML=omniglot-resnet12-10steps.safetensors"
-             --model "ResNet-12 pretrained + 1-step MAML (shipped)=omniglot-resnet12.safetensors")
+             --model "ResNet-12 pretrained + 1-step MAML from the shared head row=omniglot-resnet12-shared-row.safetensors"
+             --model "ResNet-12 pretrained + 1-step Proto-MAML (shipped)=omniglot-resnet12.safetensors")
 python "$models/compare_photos.py" --split val --output omniglot-val-comparison.json --settings 5x1 5x5 20x1 20x5 \
-  --model "Conv4, MAML++ (previous default)=$models/omniglot-conv4.safetensors" "${contestants[@]}"
+  --model "Conv4, MAML++ (previous default)=$models/omniglot-conv4.safetensors" "${contestants[@]}" \
+  --model "ResNet-12 pretrained + 5-step Proto-MAML=omniglot-resnet12-proto5.safetensors"
 # ... then, once, on the 8 held-out TEST alphabets, on compare_omniglot.py's episodes (same seed and sampler,
 #    so the previous default's row is omniglot-full-shipped.json's).
 python "$models/compare_photos.py" --output "$models/omniglot-pretrained-comparison.json" \
