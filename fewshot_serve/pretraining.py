@@ -3,10 +3,10 @@
 A ResNet-12 learns to tell all training classes apart (one linear classifier over them, SGD with
 Nesterov momentum, cosine learning rate, label smoothing; photos are cropped, flipped and
 colour-jittered, handwriting is shifted, and each Omniglot character's three rotations are classes
-of their own, as in meta-training). Its BatchNorm
-running statistics are then folded into fixed per-channel affines, and the result is exported as
-an ordinary model file: a fixed-norm ResNet-12 with the shared head row at zero, which serving can
-adapt as is and ``fewshot-serve train --init`` meta-learns from.
+of their own, as in meta-training). Its BatchNorm running statistics are then folded into fixed
+per-channel affines, and the result is exported as an ordinary model file: a fixed-norm ResNet-12
+with the shared head row at zero, which serving can adapt as is and ``fewshot-serve train --init``
+meta-learns from.
 
 Validation is few-shot, on the validation classes: nearest class mean of the features
 (:mod:`.nearest_mean`), ``val_ways``-way 1-shot and 5-shot; the best 5-shot epoch is exported
@@ -155,8 +155,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     recipe = Recipe(
         network=exported.config(), preprocessing=preprocessing.to_dict(), inner_lrs=list(config.inner_lrs),
         train_steps=config.test_steps, test_steps=config.test_steps, algorithm="pretrain", dataset=spec.dataset,
-        ways=config.val_ways, shots=5, queries=15, class_counts={k: len(v) for k, v in splits.items()}, split_seed=spec.split_seed,
-        command=config.command,
+        ways=config.val_ways, shots=5, queries=15, class_counts={k: len(v) for k, v in splits.items()},
+        split_seed=spec.split_seed, command=config.command,
     )
 
     steps_per_epoch = len(labels) // config.batch_size
@@ -222,8 +222,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         if improved:
             state.best_score, state.best_iteration, state.best_params = results[5].mean, epoch, params
         raw_scores = f" (raw weights {record['val_raw_metric']:.4f}, {record['val_raw_1shot']:.4f})" if average else ""
-        bar.write(f"epoch {epoch}: validation nearest-mean {config.val_ways}-way 5-shot {results[5].mean:.4f} ± {results[5].ci95:.4f}, "
-                  f"1-shot {results[1].mean:.4f}{raw_scores}" + (" (best)" if improved else ""))
+        bar.write(f"epoch {epoch}: validation nearest-mean {config.val_ways}-way 5-shot {results[5].mean:.4f} "
+                  f"± {results[5].ci95:.4f}, 1-shot {results[1].mean:.4f}{raw_scores}" + (" (best)" if improved else ""))
 
     def checkpoint() -> None:
         state.meta_params = snapshot()

@@ -104,6 +104,10 @@ class TrainConfig:
             raise ValueError("--centre-features needs --init with a pretrained ResNet-12 (`fewshot-serve pretrain`)")
         if self.prototype_head and self.init is None:
             raise ValueError("--prototype-head needs --init with a ResNet-12 (e.g. from `fewshot-serve pretrain`)")
+        if self.prototype_head and self.algorithm == "reptile":
+            # Reptile moves the start toward the adapted weights, which would drag the shared row to the
+            # support means' average; Proto-MAML's rows are rebuilt from every task's support instead
+            raise ValueError("--prototype-head works with maml and fomaml, not reptile")
         if self.algorithm == "reptile" and self.uses_maml_plus_plus:
             raise ValueError(REPTILE_REFUSES_MAML_PLUS_PLUS)
         if self.meta_lr is None:

@@ -258,3 +258,6 @@ def test_proto_maml_from_the_pretrained_file_is_recorded_and_refused_without_a_r
     assert cli.main(["train", *common, "--prototype-head", "--iterations", "1",
                      "--out", str(tmp_path / "x.safetensors")]) == 2
     assert "--prototype-head needs --init" in capsys.readouterr().err
+    assert cli.main(["train", *common, "--init", str(result.model_path), "--prototype-head", "--algorithm", "reptile",
+                     "--iterations", "1", "--out", str(tmp_path / "x.safetensors")]) == 2
+    assert "not reptile" in capsys.readouterr().err

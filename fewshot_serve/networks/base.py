@@ -145,7 +145,8 @@ class MetaNetwork(nn.Module):
 
     task_kind: str  # "classification" or "regression"
     lr_steps: int = 0  # learned per-step inner learning rates (MAML++ LSLR): how many steps
-    #: Proto-MAML: each class's head row starts from its support features' mean (:meth:`SharedHeadClassifier.prototype_rows`)
+    #: Proto-MAML: each class's head row starts from its support features' mean
+    #: (:meth:`SharedHeadClassifier.prototype_rows`)
     prototype_head: bool = False
     norm_states: int = 0  # per-step BatchNorm weights (MAML++ BNWB): rows per norm parameter
 
