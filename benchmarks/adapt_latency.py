@@ -1,7 +1,7 @@
 """Adaptation latency: load -> adapt -> classify, ours against the textbook baseline, peers and the FLOP bound.
 
     python benchmarks/adapt_latency.py [--model models/omniglot-conv4-fomaml.safetensors] [--repeats 50]
-                                       [--photo-model models/photos-resnet12.safetensors]
+                                       [--shipped models/photos-resnet12.safetensors ...] [--shipped-only]
 
 For 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries, at the file's test-time step
 count, every contestant adapts the same weights on the same preprocessed inputs and classifies the
@@ -13,9 +13,10 @@ same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound
 * higher / learn2learn: run when importable (``pip install -r benchmarks/requirements-peers.txt``).
 * bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
 
-The photo model (ResNet-12, learned per-step learning rates, head-only inner loop) has no
-textbook or peer counterpart that does the same work, so it is timed alone: 5-way 1-shot and
-5-shot with 75 queries, split into adaptation and classification.
+The shipped ResNet-12 models (photos and handwriting: learned per-step learning rates, head-only
+inner loop, Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they
+are timed alone, each beside the others in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot
+with 75 queries, split into adaptation and classification.
 """
 
 from __future__ import annotations
@@ -214,8 +215,8 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     return report
 
 
-def run_photo(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5))) -> dict:
-    """p50/p95 of adapting the photo model and classifying 75 queries, and of each half."""
+def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5), (20, 1))) -> dict:
+    """p50/p95 of adapting a model and classifying 75 queries, and of each half."""
     model = fewshot_serve.load(model_path, device=device)
     size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
     report = {"model": model_path.name, "device": device, "threads": torch.get_num_threads(),
@@ -234,8 +235,8 @@ def run_photo(model_path: Path, repeats: int, device: str, settings=((5, 1), (5,
     return report
 
 
-def print_photo_table(report: dict) -> None:
-    print(f"\nphoto model {report['model']}: device {report['device']}, {report['threads']} threads, "
+def print_alone_table(report: dict) -> None:
+    print(f"\nmodel {report['model']}: device {report['device']}, {report['threads']} threads, "
           f"{report['steps']} steps, {QUERIES} queries")
     for setting, entry in report["settings"].items():
         print(f"  {setting}: " + "   ".join(f"{name} p50 {t['p50_ms']:.1f} ms / p95 {t['p95_ms']:.1f} ms"
@@ -262,24 +263,25 @@ def main() -> None:
                         help="a model without MAML++ options, which the peers' plain SGD loops can adapt too")
     parser.add_argument("--repeats", type=int, default=50)
     parser.add_argument("--out", type=Path, default=None, help="JSON results (default: benchmarks/results/"
-                        "adapt_latency.json, or adapt_latency_photo.json with --photo-only, so neither run "
+                        "adapt_latency.json, or adapt_latency_shipped.json with --shipped-only, so neither run "
                         "overwrites the other's)")
-    parser.add_argument("--photo-model", type=Path, default=ROOT / "models" / "photos-resnet12.safetensors",
-                        help="also time this photo model alone (skipped if the file is absent)")
-    parser.add_argument("--photo-only", action="store_true", help="time only the photo model")
+    parser.add_argument("--shipped", type=Path, nargs="*",
+                        default=[ROOT / "models" / name for name in ("photos-resnet12.safetensors",
+                                                                    "omniglot-resnet12.safetensors")],
+                        help="also time these models alone (those absent are skipped)")
+    parser.add_argument("--shipped-only", action="store_true", help="time only the --shipped models")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    reports = [] if args.photo_only else [run(args.model, args.repeats, device)
+    reports = [] if args.shipped_only else [run(args.model, args.repeats, device)
                                           for device in devices]
     for report in reports:
         print_table(report)
-    if args.photo_model.exists():
-        photo_reports = [run_photo(args.photo_model, args.repeats, device) for device in devices]
-        for report in photo_reports:
-            print_photo_table(report)
-        reports += photo_reports
+    for path in (p for p in args.shipped if p.exists()):
+        for device in devices:
+            reports.append(run_alone(path, args.repeats, device))
+            print_alone_table(reports[-1])
     results = ROOT / "benchmarks" / "results"
-    atomic_write_json(args.out or results / ("adapt_latency_photo.json" if args.photo_only else "adapt_latency.json"),
+    atomic_write_json(args.out or results / ("adapt_latency_shipped.json" if args.shipped_only else "adapt_latency.json"),
                       reports)
 
 

@@ -52,10 +52,10 @@ def test_adapt_latency_photo_smoke(tmp_path, capsys):
 
     network = tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32)
     save_model(tmp_path / "photos.safetensors", network, recipe_for(network))
-    report = adapt_latency.run_photo(tmp_path / "photos.safetensors", repeats=2, device="cpu", settings=((3, 2),))
+    report = adapt_latency.run_alone(tmp_path / "photos.safetensors", repeats=2, device="cpu", settings=((3, 2),))
     assert set(report["settings"]["3-way 2-shot"]) == {"adapt + classify", "adapt", "classify"}
-    adapt_latency.print_photo_table(report)
-    assert "photo model" in capsys.readouterr().out
+    adapt_latency.print_alone_table(report)
+    assert "model photos.safetensors" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("contestant", ["ours-vmap", "ours-loop"])
