@@ -15,8 +15,8 @@ same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound
 
 The shipped ResNet-12 models (photos and handwriting: learned per-step learning rates, head-only
 inner loop, Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they
-are timed alone, each beside the others in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot
-with 75 queries, split into adaptation and classification.
+are timed alone, one after another in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with
+75 queries, split into adaptation and classification.
 """
 
 from __future__ import annotations
@@ -56,6 +56,23 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def random_tasks(model: fewshot_serve.FewShotModel, settings, device: str = "cpu"):
+    """For each (ways, shots) of ``settings``: random support images, their labels and ``QUERIES`` random
+    queries, shaped for ``model`` (the same inputs on every call: seed 0)."""
+    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
+    generator = torch.Generator().manual_seed(0)
+    for ways, shots in settings:
+        xs = torch.randn(ways * shots, channels, size, size, generator=generator).to(device)
+        ys = torch.arange(ways).repeat_interleave(shots).to(device)
+        xq = torch.randn(QUERIES, channels, size, size, generator=generator).to(device)
+        yield ways, shots, xs, ys, xq
+
+
+def latency(times: list[float]) -> dict[str, float]:
+    """p50 and p95 of ``times`` (seconds) in milliseconds, as every benchmark here reports them."""
+    return {"p50_ms": 1e3 * percentile(times, 0.5), "p95_ms": 1e3 * percentile(times, 0.95)}
+
+
 def side_by_side(model_path: Path, repeats: int, settings, variants: dict[str, Callable[[], None]],
                  reference: str) -> dict:
     """p50 ms of ``FewShotModel.adapt_tensors`` plus the classification of ``QUERIES`` queries, per setting
@@ -66,14 +83,9 @@ def side_by_side(model_path: Path, repeats: int, settings, variants: dict[str, C
     default back afterwards.
     """
     model = fewshot_serve.load(model_path, device="cpu")
-    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
     report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "model": model_path.name, "steps": model.recipe.test_steps, "settings": {}}
-    generator = torch.Generator().manual_seed(0)
-    for ways, shots in settings:
-        xs = torch.randn(ways * shots, channels, size, size, generator=generator)
-        ys = torch.arange(ways).repeat_interleave(shots)
-        xq = torch.randn(QUERIES, channels, size, size, generator=generator)
+    for ways, shots, xs, ys, xq in random_tasks(model, settings):
         work = lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq)  # noqa: E731
         answers = {}
         for variant, switch_on in variants.items():
@@ -177,17 +189,12 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
         raise ValueError(f"{model_path} uses MAML++ options, which the peers' plain SGD loops cannot reproduce; "
                          "benchmark a model without them (the default, models/omniglot-conv4-fomaml.safetensors)")
     steps, lrs = recipe.test_steps, list(recipe.inner_lrs)
-    size, channels = recipe.network["image_size"], recipe.network["in_channels"]
     peak = measured_peak_flops() if device == "cpu" else None
     peers = {"textbook": textbook, **optional_peers()}
     report = {"machine": platform.processor() or platform.machine(), "device": device,
               "threads": torch.get_num_threads(), "steps": steps, "peak_matmul_gflops": peak and peak / 1e9,
               "settings": {}}
-    generator = torch.Generator().manual_seed(0)
-    for ways, shots in settings:
-        xs = torch.randn(ways * shots, channels, size, size, generator=generator).to(device)
-        ys = torch.arange(ways).repeat_interleave(shots).to(device)
-        xq = torch.randn(QUERIES, channels, size, size, generator=generator).to(device)
+    for ways, shots, xs, ys, xq in random_tasks(model, settings, device):
         sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
         def ours():
@@ -206,8 +213,7 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
             row[name] = timed(call, repeats)
         # forward + backward (~3x forward) per step on the support, then one forward on support + queries
         flops = steps * 3 * conv4_flops(network, len(xs)) + conv4_flops(network, len(xs) + QUERIES)
-        entry = {name: {"p50_ms": 1e3 * percentile(t, 0.5), "p95_ms": 1e3 * percentile(t, 0.95)}
-                 for name, t in row.items()}
+        entry = {name: latency(t) for name, t in row.items()}
         entry["gflop"] = flops / 1e9
         if peak:
             entry["bound_ms"] = 1e3 * flops / peak
@@ -218,20 +224,14 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
 def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5), (20, 1))) -> dict:
     """p50/p95 of adapting a model and classifying 75 queries, and of each half."""
     model = fewshot_serve.load(model_path, device=device)
-    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
     report = {"model": model_path.name, "device": device, "threads": torch.get_num_threads(),
               "steps": model.recipe.test_steps, "settings": {}}
-    generator = torch.Generator().manual_seed(0)
-    for ways, shots in settings:
-        xs = torch.randn(ways * shots, channels, size, size, generator=generator).to(device)
-        ys = torch.arange(ways).repeat_interleave(shots).to(device)
-        xq = torch.randn(QUERIES, channels, size, size, generator=generator).to(device)
+    for ways, shots, xs, ys, xq in random_tasks(model, settings, device):
         adapted = model.adapt_tensors(xs, ys, ways)
         times = {"adapt + classify": timed(lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq), repeats),
                  "adapt": timed(lambda: model.adapt_tensors(xs, ys, ways), repeats),
                  "classify": timed(lambda: adapted.probabilities(xq), repeats)}
-        report["settings"][f"{ways}-way {shots}-shot"] = {
-            name: {"p50_ms": 1e3 * percentile(t, 0.5), "p95_ms": 1e3 * percentile(t, 0.95)} for name, t in times.items()}
+        report["settings"][f"{ways}-way {shots}-shot"] = {name: latency(t) for name, t in times.items()}
     return report
 
 

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 import fewshot_serve
-from adapt_latency import QUERIES, percentile, timed  # benchmarks/ is this script's folder
+from adapt_latency import QUERIES, latency, percentile, timed  # benchmarks/ is this script's folder
 from fewshot_serve.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,8 +64,7 @@ def run(model_paths: list[Path], repeats: int, ways: int = 5, shots: int = 5) ->
         for _ in range(repeats):  # alternate, so drift in the machine's speed hits both alike
             for name in CONTESTANTS:
                 times[name] += timed(work[name], repeats=1, warmup=1)
-        entry = {name: {"p50_ms": 1e3 * percentile(t, 0.5), "p95_ms": 1e3 * percentile(t, 0.95)}
-                 for name, t in times.items()}
+        entry = {name: latency(t) for name, t in times.items()}
         saved = entry["torch"]["p50_ms"] - entry["onnxruntime"]["p50_ms"]
         entry["handover_ms"] = 1e3 * percentile(handovers, 0.5)
         entry["break_even_queries"] = QUERIES * entry["handover_ms"] / saved if saved > 0 else None

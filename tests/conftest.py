@@ -6,6 +6,7 @@ import random
 import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
@@ -69,6 +70,17 @@ def omniglot_full_root() -> Path:
     if not root.is_dir():
         pytest.skip(f"real Omniglot data not found at {root} (set FEWSHOT_SERVE_DATA to its datasets folder)")
     return root
+
+
+def assert_onnx_export_agrees(adapted, queries, rows: list[dict[str, float]], path: Path) -> None:
+    """Export ``adapted`` to ``path``; onnxruntime must give ``queries`` the probabilities torch gave
+    (``rows``, from ``adapted.classify``) within 1e-4, label by label."""
+    import fewshot_serve
+
+    adapted.export_onnx(path)
+    onnx_rows = fewshot_serve.OnnxClassifier(path).classify(queries)
+    for row, onnx_row in zip(rows, onnx_rows):
+        np.testing.assert_allclose([row[k] for k in row], [onnx_row[k] for k in row], atol=1e-4)
 
 
 def free_port() -> int:

@@ -13,6 +13,8 @@ from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient
 from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
 from fewshot_serve.networks import ResNet12, fixed_norm_params
 
+from conftest import assert_onnx_export_agrees
+
 WIDTHS = (3, 4, 5, 6)
 WAYS, SHOTS, QUERIES = 3, 2, 2
 
@@ -229,12 +231,8 @@ def test_model_file_round_trip_serving_and_onnx(tmp_path, centred, prototype_hea
     support = {c: [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(2)] for c in "abc"}
     adapted = model.adapt(support)
     queries = [rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for _ in range(4)]
-    rows = adapted.classify(queries)
     onnx_path = tmp_path / "task.onnx"
-    adapted.export_onnx(onnx_path)
-    onnx_rows = fewshot_serve.OnnxClassifier(onnx_path).classify(queries)
-    for row, onnx_row in zip(rows, onnx_rows):
-        np.testing.assert_allclose([row[c] for c in "abc"], [onnx_row[c] for c in "abc"], atol=1e-4)
+    assert_onnx_export_agrees(adapted, queries, adapted.classify(queries), onnx_path)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape[1:] == [3, 16, 16]
 

@@ -3,12 +3,11 @@ scores on real held-out alphabets where ../shared has them."""
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 import fewshot_serve
-from conftest import draw_glyph
+from conftest import assert_onnx_export_agrees, draw_glyph
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes
 from fewshot_serve.sources import DataSpec, load_splits
@@ -36,10 +35,7 @@ def test_it_adapts_to_drawn_characters_and_its_onnx_export_agrees(model, tmp_pat
     queries = [draw_glyph(700 + c, 90 + c) for c in range(4)]
     rows = adapted.classify(queries)
     assert [max(row, key=row.get) for row in rows] == ["c0", "c1", "c2", "c3"]
-    adapted.export_onnx(tmp_path / "characters.onnx")
-    onnx_rows = fewshot_serve.OnnxClassifier(tmp_path / "characters.onnx").classify(queries)
-    for row, onnx_row in zip(rows, onnx_rows):
-        np.testing.assert_allclose([row[k] for k in row], [onnx_row[k] for k in row], atol=1e-4)
+    assert_onnx_export_agrees(adapted, queries, rows, tmp_path / "characters.onnx")
 
 
 def test_on_real_held_out_alphabets_it_scores_as_its_model_card_says(model, omniglot_full_root):

@@ -3,11 +3,10 @@
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 import fewshot_serve
-from conftest import draw_glyph
+from conftest import assert_onnx_export_agrees, draw_glyph
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "models" / "photos-resnet12.safetensors"
@@ -34,10 +33,7 @@ def test_it_adapts_to_colour_photos_and_its_onnx_export_agrees(model, tmp_path):
     rows = adapted.classify(queries)
     assert all(abs(sum(row.values()) - 1) < 1e-5 for row in rows)
     assert [max(row, key=row.get) for row in rows] == ["c0", "c1", "c2"]  # distinct shapes and colours
-    adapted.export_onnx(tmp_path / "photos.onnx")
-    onnx_rows = fewshot_serve.OnnxClassifier(tmp_path / "photos.onnx").classify(queries)
-    for row, onnx_row in zip(rows, onnx_rows):
-        np.testing.assert_allclose([row[k] for k in row], [onnx_row[k] for k in row], atol=1e-4)
+    assert_onnx_export_agrees(adapted, queries, rows, tmp_path / "photos.onnx")
 
 
 def test_the_app_offers_the_photo_model_first():
