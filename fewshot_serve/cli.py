@@ -53,6 +53,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
     pretrain.add_argument("--widths", type=_widths, default=None, help="ResNet-12 block widths (default 64,160,320,640)")
     pretrain.add_argument("--epochs", type=int, default=30)
+    pretrain.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
+                          help="end after this many epochs of the --epochs cosine schedule (repeat a run that "
+                               "validation stopped early on its exact learning-rate trajectory)")
+    pretrain.add_argument("--include-val-classes", action="store_true",
+                          help="the final run of a recipe fixed on validation: train on the training and validation "
+                               "classes (test classes stay untouched), validate nothing, export the latest weights")
     pretrain.add_argument("--batch-size", type=int, default=128)
     pretrain.add_argument("--lr", type=float, default=0.1, help="SGD learning rate (cosine-annealed to 0)")
     pretrain.add_argument("--weight-decay", type=float, default=5e-4)
@@ -211,7 +217,8 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
         weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_ways=args.val_ways,
         val_episodes=args.val_episodes,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, bf16=args.bf16,
-        run_dir=args.run_dir, resume=args.resume, init=args.init, command="fewshot-serve " + shlex.join(argv),
+        run_dir=args.run_dir, resume=args.resume, init=args.init, include_val_classes=args.include_val_classes,
+        stop_after=args.stop_after, command="fewshot-serve " + shlex.join(argv),
     )
     result = pretrain(config)
     print(json.dumps({"model": str(result.model_path), "best_val_5shot": result.best_score,

@@ -73,6 +73,15 @@ class ImageClasses:
             [self.groups[c] for c in classes],
         )
 
+    def joined(self, other: "ImageClasses") -> "ImageClasses":
+        """These classes, then ``other``'s, numbered in that order (class ``len(self)`` is ``other``'s first)."""
+        return ImageClasses(
+            torch.cat([self.images, other.images]),
+            torch.cat([self.offsets, self.offsets[-1] + other.offsets[1:]]),
+            self.names + other.names,
+            self.groups + other.groups,
+        )
+
 
 def load_class_folders(
     class_dirs: Sequence[tuple[str, str, Path]], preprocessing: Preprocessing, description: str

@@ -35,6 +35,9 @@ MAX_STEPS = 100
 MAX_FILTERS = 1024
 #: How a file's weights were made: a meta-learning algorithm, or supervised pretraining alone.
 RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
+#: The ``class_counts`` entry of weights trained on the training and validation classes together (a
+#: recipe's final run): their validation classes are no longer unseen.
+SEEN_VALIDATION = "train+val"
 
 
 class ModelFileError(ValueError):

@@ -21,8 +21,15 @@ batch with :func:`~.augmentation.cutmix`) and ``ema`` (a decay: validation, expo
 stage use an exponential moving average of the weights and BatchNorm statistics; the raw weights'
 validation score is logged beside it as ``val_raw_metric``).
 
+``include_val_classes`` is for the final run of a recipe already fixed on validation: the
+validation classes join the training classes (the test classes stay untouched), nothing is
+validated, and every checkpoint exports the latest weights (or their average). ``stop_after``
+ends the run after that many epochs of a longer cosine schedule: the way to repeat a reference
+run that validation stopped early, on its exact learning-rate trajectory.
+
 ``init`` starts from another pretraining run's checkpoint (its network, classifier and BatchNorm
-statistics; a fresh optimizer and schedule). The use it exists for is a short second run at a
+statistics; a fresh optimizer and schedule; with ``include_val_classes`` the validation classes'
+classifier rows, which the checkpoint lacks, start fresh). The use it exists for is a short second run at a
 larger ``image_size`` (FixRes, Touvron et al. 2019; progressive resizing): most of the epochs run
 at the small, cheap size, and the network then learns the detail the larger one shows.
 """
@@ -45,7 +52,7 @@ from .augmentation import augment_characters, augment_photos, cutmix
 from .checkpoint import TrainingState, load_checkpoint, resume_checkpoint, save_checkpoint
 from .datasets import OMNIGLOT_FOLDERS, ImageClasses
 from .episodes import ImageEpisodes
-from .model_file import Recipe, save_model
+from .model_file import SEEN_VALIDATION, Recipe, save_model
 from .nearest_mean import embed_images, nearest_mean_accuracy
 from .networks import ResNet12, fixed_norm_params
 from .networks.resnet12 import RunningStatistics
@@ -85,6 +92,8 @@ class PretrainConfig:
     run_dir: Path | None = None
     resume: bool = False
     init: Path | None = None  # another pretraining run's checkpoint.safetensors to start from
+    include_val_classes: bool = False  # train on training + validation classes; validate nothing, export the latest
+    stop_after: int | None = None  # end after this many of the schedule's epochs (None: all)
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -93,6 +102,8 @@ class PretrainConfig:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
         if self.val_ways < 2:
             raise ValueError(f"val-ways must be at least 2, got {self.val_ways}")
+        if self.stop_after is not None and not 1 <= self.stop_after <= self.epochs:
+            raise ValueError(f"stop-after must be between 1 and epochs ({self.epochs}), got {self.stop_after}")
         if not self.lr > 0:
             raise ValueError("lr must be positive")
         if not 0 <= self.cutmix <= 1:
@@ -108,7 +119,7 @@ class PretrainConfig:
     def fingerprint(self) -> dict[str, Any]:
         """The settings a resumed run must share with the run it continues."""
         settings = asdict(self)
-        for volatile in ("resume", "command", "device", "out", "run_dir", "val_episodes"):
+        for volatile in ("resume", "command", "device", "out", "run_dir", "val_episodes", "stop_after"):
             settings.pop(volatile)
         return json.loads(json.dumps(settings, default=str))
 
@@ -116,8 +127,8 @@ class PretrainConfig:
 @dataclass
 class PretrainResult:
     model_path: Path
-    best_score: float | None  # validation 5-way 5-shot nearest-mean accuracy of the exported weights
-    best_epoch: int
+    best_score: float | None  # validation 5-way 5-shot nearest-mean accuracy of the exported weights (None: none ran)
+    best_epoch: int  # the exported weights' epoch
     seconds: float
 
 
@@ -126,7 +137,8 @@ def cosine_lr(base: float, step: int, total: int) -> float:
 
 
 def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
-    """Pretrain as ``config`` says and export the best-validating backbone as a model file."""
+    """Pretrain as ``config`` says and export the best-validating backbone as a model file (with
+    ``include_val_classes``, the latest)."""
     started = time.perf_counter()
     device = pick_device(config.device)
     bf16 = bf16_available(device) if config.bf16 is None else config.bf16
@@ -137,9 +149,15 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     splits = load_splits(spec, preprocessing)
     preprocessing = measured_preprocessing(preprocessing, splits["train"])
     handwriting = spec.dataset in OMNIGLOT_FOLDERS
-    images, labels, n_classes = training_images(splits["train"], rotate=handwriting)
+    validating = not config.include_val_classes
+    # validation classes after the training ones, so a checkpoint of the training classes alone keeps its labels
+    trained_classes = splits["train"] if validating else splits["train"].joined(splits["val"])
+    images, labels, n_classes = training_images(trained_classes, rotate=handwriting)
     augment = augment_characters if handwriting else augment_photos
     val_sampler = {shots: ImageEpisodes(splits["val"], preprocessing, config.val_ways, shots, 15) for shots in (1, 5)}
+    class_counts = {k: len(v) for k, v in splits.items()}
+    if not validating:
+        class_counts = {SEEN_VALIDATION: len(trained_classes), "test": class_counts["test"]}
 
     torch.manual_seed(config.seed)
     network = ResNet12(preprocessing.channels, tuple(config.widths), preprocessing.image_size, norm="support")
@@ -155,14 +173,15 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     recipe = Recipe(
         network=exported.config(), preprocessing=preprocessing.to_dict(), inner_lrs=list(config.inner_lrs),
         train_steps=config.test_steps, test_steps=config.test_steps, algorithm="pretrain", dataset=spec.dataset,
-        ways=config.val_ways, shots=5, queries=15, class_counts={k: len(v) for k, v in splits.items()},
+        ways=config.val_ways, shots=5, queries=15, class_counts=class_counts,
         split_seed=spec.split_seed, command=config.command,
     )
 
     steps_per_epoch = len(labels) // config.batch_size
     if steps_per_epoch < 1:
         raise ValueError(f"{len(labels)} training images are fewer than one batch of {config.batch_size}")
-    total = steps_per_epoch * config.epochs
+    total = steps_per_epoch * config.epochs  # the cosine schedule's length
+    last = total if config.stop_after is None else steps_per_epoch * config.stop_after
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path, log_path = run_dir / "checkpoint.safetensors", run_dir / "log.jsonl"
@@ -186,7 +205,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                 "head.bias": torch.zeros_like(fixed["head.bias"]), "logit_scale": torch.ones_like(fixed["logit_scale"])}
 
     if config.init is not None:
-        _start_from(config.init, live)
+        _start_from(config.init, live, new_classes=0 if validating else len(splits["val"]) * (4 if handwriting else 1))
         with torch.no_grad():
             for key, value in average.items():
                 value.copy_(live[key])
@@ -226,6 +245,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                   f"± {results[5].ci95:.4f}, 1-shot {results[1].mean:.4f}{raw_scores}" + (" (best)" if improved else ""))
 
     def checkpoint() -> None:
+        if not validating:
+            state.best_params, state.best_iteration = export_params(exported_tensors), state.iteration // steps_per_epoch
         state.meta_params = snapshot()
         state.optimizer = optimizer.state_dict()
         save_checkpoint(checkpoint_path, state)
@@ -234,12 +255,15 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         save_model(config.out, exported, recipe, state.best_params)
         plot_curves(log, run_dir / "curves.png", "accuracy")
 
-    bar = tqdm(total=total, initial=state.iteration, desc="pretrain", disable=not progress)
+    bar = tqdm(total=last, initial=state.iteration, desc="pretrain", disable=not progress)
     for split, classes in splits.items():
         shown = ", ".join(classes.names[:6]) + (", ..." if len(classes) > 6 else "")
         bar.write(f"{split}: {len(classes)} classes ({shown}); all in {run_dir / 'classes.json'}")
+    if not validating:
+        bar.write("training on the training and validation classes: nothing is validated; the latest weights "
+                  + ("(their moving average) " if average else "") + "are exported")
     permutation, permutation_epoch = None, -1
-    for step in range(state.iteration, total):
+    for step in range(state.iteration, last):
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != permutation_epoch:
             permutation = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
@@ -275,13 +299,14 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
         epoch_done = done % steps_per_epoch == 0
-        if epoch_done and ((epoch + 1) % config.val_every == 0 or done == total):
+        if validating and epoch_done and ((epoch + 1) % config.val_every == 0 or done == last):
             validate(epoch + 1)
         if done % config.checkpoint_every == 0 or epoch_done:
             checkpoint()
     bar.close()
-    if state.best_score is None:  # resumed a finished run, or no validation ran: still export
-        validate(config.epochs)
+    if state.best_score is None:  # resumed a finished run, or nothing validated: still export
+        if validating:
+            validate(last // steps_per_epoch)
         checkpoint()
     return PretrainResult(config.out, state.best_score, state.best_iteration, time.perf_counter() - started)
 
@@ -311,9 +336,10 @@ def _checkpointed(trained: list[tuple[str, torch.Tensor]], running: RunningStati
     return tensors
 
 
-def _start_from(path: Path, targets: dict[str, torch.Tensor]) -> None:
+def _start_from(path: Path, targets: dict[str, torch.Tensor], new_classes: int = 0) -> None:
     """Copy a pretraining checkpoint's current weights and BatchNorm statistics into ``targets``
-    (:func:`_checkpointed`).
+    (:func:`_checkpointed`); the classifier's last ``new_classes`` rows, for classes the checkpoint
+    was not trained on, keep their fresh initialization.
 
     Only a checkpoint of ``fewshot-serve pretrain`` has what this needs: an exported model file lacks
     the classifier over the training classes and has its statistics folded away. Shapes must match
@@ -328,10 +354,14 @@ def _start_from(path: Path, targets: dict[str, torch.Tensor]) -> None:
     if missing:
         raise ValueError(f"--init {path}: not a checkpoint of `fewshot-serve pretrain` with these widths "
                          f"(no {', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
-    wrong = [k for k, v in targets.items() if source[k].shape != v.shape]
+    rows = {CLASSIFIER + "weight", CLASSIFIER + "bias"}
+    known = len(source[CLASSIFIER + "weight"])  # a checkpoint that already knows the new classes gives every row
+    fresh = new_classes if known == len(targets[CLASSIFIER + "weight"]) - new_classes else 0
+    expected = {k: (v[: len(v) - fresh] if k in rows else v) for k, v in targets.items()}
+    wrong = [k for k, v in expected.items() if source[k].shape != v.shape]
     if wrong:
         raise ValueError(f"--init {path}: {wrong[0]} has shape {tuple(source[wrong[0]].shape)}, here "
-                         f"{tuple(targets[wrong[0]].shape)} (different widths or number of training classes?)")
+                         f"{tuple(expected[wrong[0]].shape)} (different widths or number of training classes?)")
     with torch.no_grad():
-        for key, value in targets.items():
+        for key, value in expected.items():
             value.copy_(source[key])

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +31,7 @@ from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
-from .model_file import Recipe, load_model, save_model
+from .model_file import SEEN_VALIDATION, Recipe, load_model, save_model
 from .networks import MetaNetwork, build_network
 from .preprocessing import Preprocessing
 from .run_log import plot_curves, read_log
@@ -154,6 +155,10 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
         )
     if config.architecture not in (None, network.config()["architecture"]) or config.widths:
         raise ValueError(f"--init takes the architecture and widths from {config.init}; drop --architecture/--widths")
+    if SEEN_VALIDATION in recipe.class_counts:
+        warnings.warn(f"{config.init} was trained on the validation classes too: validation here measures "
+                      "classes it has seen, so fix the iterations in advance rather than pick them by it",
+                      stacklevel=3)
     return recipe.image_preprocessing()
 
 
@@ -197,6 +202,14 @@ def _network_from(
     if not inherits_lrs:
         network.reset_step_lrs(inner_lrs)
     return network
+
+
+def _class_counts(splits: dict[str, Any], init: Recipe | None) -> dict[str, int]:
+    """The recipe's record of the classes behind the weights: a backbone trained on the validation classes
+    too passes that on, since the validation classes are then no longer unseen."""
+    if init is not None and SEEN_VALIDATION in init.class_counts:
+        return dict(init.class_counts)
+    return {k: len(v) for k, v in splits.items() if v is not None}
 
 
 def higher_is_better(task_kind: str) -> bool:
@@ -282,7 +295,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         ways=config.ways,
         shots=config.shots,
         queries=config.queries,
-        class_counts={k: len(v) for k, v in splits.items() if v is not None},
+        class_counts=_class_counts(splits, None if initial is None else initial[1]),
         split_seed=spec.split_seed,
         command=config.command,
     )

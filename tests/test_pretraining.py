@@ -142,6 +142,58 @@ def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pre
         assert reason in capsys.readouterr().err
 
 
+def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_long_schedule(
+        pretrained, tiny_imagenet_tree, tmp_path, monkeypatch):
+    """``include_val_classes`` (the final run of a fixed recipe): the validation classes join the training
+    ones after them, so a checkpoint of the training classes alone starts every row it knows; nothing is
+    validated and the latest weights are exported. ``stop_after`` ends the run early on the longer schedule."""
+    straight_config, _ = pretrained
+    source = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors").meta_params
+    seen, schedule = [], []
+    real_images, real_lr = pretraining.training_images, pretraining.cosine_lr
+    monkeypatch.setattr(pretraining, "training_images", lambda classes, rotate: seen.append(classes.names)
+                        or real_images(classes, rotate))
+    monkeypatch.setattr(pretraining, "cosine_lr", lambda base, step, total: schedule.append((step, total))
+                        or real_lr(base, step, total))
+    config = config_for(tiny_imagenet_tree, tmp_path / "final.safetensors", epochs=3, stop_after=1,
+                        include_val_classes=True, init=straight_config.run_dir / "checkpoint.safetensors")
+    result = pretrain(config, progress=False)
+
+    names = json.loads((straight_config.run_dir / "classes.json").read_text())
+    assert seen == [names["train"] + names["val"]]
+    steps = len(schedule)  # one epoch of 30 classes' images, on the 3-epoch schedule
+    assert steps >= 1 and schedule == [(step, 3 * steps) for step in range(steps)]
+    tensors = load_checkpoint(config.run_dir / "checkpoint.safetensors").meta_params
+    weight = pretraining.CLASSIFIER + "weight"
+    assert tensors[weight].shape[0] == 30 and source[weight].shape[0] == 25
+    network, recipe = load_model(config.out)
+    assert recipe.class_counts == {"train+val": 30, "test": 10} and recipe.val_metric == {}
+    assert result.best_score is None and result.best_epoch == 1
+    conv = "blocks.0.conv1.weight"
+    assert torch.equal(network.state_dict()[conv], tensors[conv]) and not torch.equal(tensors[conv], source[conv])
+    log = [json.loads(line) for line in (config.run_dir / "log.jsonl").read_text().splitlines()]
+    assert len(log) == steps and not any("val_metric" in r for r in log)
+
+    # with no step taken: the 25-class checkpoint starts the rows it knows, one of all 30 classes every row
+    monkeypatch.setattr(pretraining, "cosine_lr", lambda base, step, total: 0.0)
+    for name, init, rows in (("from25", straight_config, 25), ("from30", config, 30)):
+        started = config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", epochs=1, include_val_classes=True,
+                             init=init.run_dir / "checkpoint.safetensors")
+        pretrain(started, progress=False)
+        known = load_checkpoint(init.run_dir / "checkpoint.safetensors").meta_params[weight]
+        assert torch.equal(load_checkpoint(started.run_dir / "checkpoint.safetensors").meta_params[weight][:rows], known)
+    with pytest.raises(ValueError, match="stop-after"):
+        config_for(tiny_imagenet_tree, tmp_path / "x.safetensors", epochs=2, stop_after=3)
+
+    # meta-learning from it warns that validation has seen its classes, and its file still says so
+    meta = ["train", "--dataset", "tiny-imagenet", "--data-root", str(tiny_imagenet_tree), "--init", str(config.out),
+            "--adapt-from", "4", "--freeze-body", "--ways", "5", "--shots", "1", "--queries", "3", "--meta-batch", "2",
+            "--iterations", "2", "--val-episodes", "3", "--out", str(tmp_path / "meta.safetensors")]
+    with pytest.warns(UserWarning, match="trained on the validation classes too"):
+        assert cli.main(meta) == 0
+    assert load_model(tmp_path / "meta.safetensors")[1].class_counts == {"train+val": 30, "test": 10}
+
+
 def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained, tiny_imagenet_tree, tmp_path, capsys):
     _, result = pretrained
     out = tmp_path / "photos.safetensors"
