@@ -11,6 +11,15 @@ same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound
   minus image decoding).
 * textbook: deep-copy the module, ``torch.optim.SGD``, ``.backward()`` per step (the MAML tutorial).
 * higher / learn2learn: run when importable (``pip install -r benchmarks/requirements-peers.txt``).
+
+The textbook loop and the peers run twice. First on our network's forward and its first-order
+kernels (fused norm, channels-last, pooling before ReLU), so their ratios to ours measure the inner
+loop and the classifier alone; then ("standard layers") on Conv4 as the tutorials build it, an
+``nn.Sequential`` of ``nn.Conv2d``, ``nn.BatchNorm2d`` on batch statistics, ``nn.ReLU`` and
+``nn.MaxPool2d`` in NCHW, holding the same weights: what their users run, so the ratios include
+our layers too. Either way they classify the queries through our network's forward with their
+adapted weights (normalization statistics from the support images, as serving does), so every
+contestant must give ours' probabilities.
 * bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
 
 The shipped ResNet-12 models (photos and handwriting: learned per-step learning rates, head-only
@@ -22,7 +31,9 @@ are timed alone, one after another in one run: 5-way 1-shot, 5-way 5-shot and 20
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
+import functools
 import platform
 import time
 from pathlib import Path
@@ -34,6 +45,7 @@ import torch.nn.functional as F
 import fewshot_serve
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.networks import Conv4, first_order_kernels
+from fewshot_serve.networks.base import BN_EPS
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -110,21 +122,60 @@ def per_task_copy(network: Conv4, ways: int) -> Conv4:
     return learner
 
 
-def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq) -> torch.Tensor:
+@functools.cache
+def standard_conv4(network: Conv4) -> torch.nn.Sequential:
+    """``network`` (weights included) as the MAML tutorials build Conv4: standard layers, each block
+    conv, BatchNorm on the batch's statistics, ReLU, then max-pooling, in NCHW. Its parameters come in
+    ``network``'s order. Built once per network; the peers deep-copy it per task."""
+    layers: list[torch.nn.Module] = []
+    for block in network.blocks:
+        conv = torch.nn.Conv2d(block.conv.in_channels, block.conv.out_channels, kernel_size=3, padding=1)
+        norm = torch.nn.BatchNorm2d(block.conv.out_channels, eps=BN_EPS, track_running_stats=False)
+        for copy_, source in ((conv, block.conv), (norm, block.norm)):
+            copy_.load_state_dict(source.state_dict())
+        layers += [conv, norm, torch.nn.ReLU(), torch.nn.MaxPool2d(2)]
+    head = torch.nn.Linear(network.feature_dim, 1)
+    head.load_state_dict(network.head.state_dict())
+    return torch.nn.Sequential(*layers, torch.nn.Flatten(), head)
+
+
+def standard_per_task_copy(network: Conv4, ways: int) -> torch.nn.Sequential:
+    """:func:`per_task_copy` of :func:`standard_conv4`."""
+    learner = copy.deepcopy(standard_conv4(network))
+    head = learner[-1]
+    head.weight = torch.nn.Parameter(head.weight.detach().repeat(ways, 1))
+    head.bias = torch.nn.Parameter(head.bias.detach().repeat(ways))
+    return learner
+
+
+def classify(network: Conv4, adapted, xs, xq) -> torch.Tensor:
+    """Query probabilities of the ``adapted`` parameters (in ``network``'s order) through our network's
+    forward, normalization statistics from the support images: the serving semantics every contestant
+    is checked against."""
+    params = dict(zip((name for name, _ in network.named_parameters()), adapted))
+    with torch.no_grad():
+        return network.apply_params(params, torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+
+
+def peer_kernels(standard: bool):
+    """Our first-order kernels for a peer on our network; nothing for one on standard layers."""
+    return contextlib.nullcontext() if standard else first_order_kernels()
+
+
+def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq, standard: bool = False) -> torch.Tensor:
     """The tutorial way: a deep copy per task, an SGD optimizer, backward() per step."""
-    learner = per_task_copy(network, ways)
+    learner = standard_per_task_copy(network, ways) if standard else per_task_copy(network, ways)
     for param in learner.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
-    with first_order_kernels():  # the fused BatchNorm a tutorial's nn.BatchNorm2d would use, as ours does
+    with peer_kernels(standard):
         for step in range(steps):
             for group in optimizer.param_groups:
                 group["lr"] = lrs[min(step, len(lrs) - 1)]
             optimizer.zero_grad()
             F.cross_entropy(learner(xs), ys).backward()
             optimizer.step()
-    with torch.no_grad():
-        return learner(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+    return classify(network, learner.parameters(), xs, xq)
 
 
 def conv4_flops(network: Conv4, n_images: int) -> float:
@@ -151,15 +202,14 @@ def optional_peers() -> dict[str, Callable]:
     try:
         import higher  # noqa: F401
 
-        def with_higher(network, ways, lrs, steps, xs, ys, xq):
-            learner = per_task_copy(network, ways)
+        def with_higher(network, ways, lrs, steps, xs, ys, xq, standard=False):
+            learner = standard_per_task_copy(network, ways) if standard else per_task_copy(network, ways)
             optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
             with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt), \
-                    first_order_kernels():
+                    peer_kernels(standard):
                 for _ in range(steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
-                with torch.no_grad():
-                    return fmodel(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+                return classify(network, fmodel.fast_params, xs, xq)
 
         peers["higher"] = with_higher
     except ImportError:
@@ -167,14 +217,13 @@ def optional_peers() -> dict[str, Callable]:
     try:
         import learn2learn
 
-        def with_learn2learn(network, ways, lrs, steps, xs, ys, xq):
-            learner = per_task_copy(network, ways)
+        def with_learn2learn(network, ways, lrs, steps, xs, ys, xq, standard=False):
+            learner = standard_per_task_copy(network, ways) if standard else per_task_copy(network, ways)
             clone = learn2learn.algorithms.MAML(learner, lr=lrs[0], first_order=True).clone()
-            with first_order_kernels():
+            with peer_kernels(standard):
                 for _ in range(steps):
                     clone.adapt(F.cross_entropy(clone(xs), ys))
-            with torch.no_grad():
-                return clone(torch.cat([xs, xq]), len(xs))[len(xs):].softmax(-1)
+            return classify(network, clone.parameters(), xs, xq)
 
         peers["learn2learn"] = with_learn2learn
     except ImportError:
@@ -191,6 +240,7 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     steps, lrs = recipe.test_steps, list(recipe.inner_lrs)
     peak = measured_peak_flops() if device == "cpu" else None
     peers = {"textbook": textbook, **optional_peers()}
+    peers.update({f"{name}, standard layers": functools.partial(peer, standard=True) for name, peer in peers.items()})
     report = {"machine": platform.processor() or platform.machine(), "device": device,
               "threads": torch.get_num_threads(), "steps": steps, "peak_matmul_gflops": peak and peak / 1e9,
               "settings": {}}
@@ -252,9 +302,9 @@ def print_table(report: dict) -> None:
         for name, times in entry.items():
             if isinstance(times, dict):
                 ratio = "" if name == "ours" else f"   {name} / ours = {times['p50_ms'] / ours:.2f}x"
-                print(f"  {name:15s} p50 {times['p50_ms']:8.2f} ms   p95 {times['p95_ms']:8.2f} ms{ratio}")
+                print(f"  {name:26s} p50 {times['p50_ms']:8.2f} ms   p95 {times['p95_ms']:8.2f} ms{ratio}")
         if "bound_ms" in entry:
-            print(f"  {'FLOP bound':15s}     {entry['bound_ms']:8.2f} ms          ours / bound = {ours / entry['bound_ms']:.2f}x")
+            print(f"  {'FLOP bound':26s}     {entry['bound_ms']:8.2f} ms          ours / bound = {ours / entry['bound_ms']:.2f}x")
 
 
 def main() -> None:
