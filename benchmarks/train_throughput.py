@@ -4,7 +4,10 @@
 
 Every contestant computes the outer update of the same Conv4 on the same Omniglot-shaped meta-batch
 (28x28 grayscale, 15 queries per class, 2 inner steps at lr 0.4) and is first checked to produce the
-same meta-gradient (or Reptile displacement) as ours. Each contestant runs in a fresh subprocess,
+same meta-gradient (or Reptile displacement) as ours. ``higher`` runs twice, as in
+``adapt_latency.py``: on our network's forward (its first-order inner steps with our first-order
+kernels), and ("higher-standard") with inner steps on Conv4 as the tutorials build it from standard
+layers, its query loss through our forward (support statistics, as ours). Each contestant runs in a fresh subprocess,
 so its peak resident memory (CPU) or peak allocated memory (CUDA) is its own. Writes JSON.
 """
 
@@ -22,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
+from adapt_latency import per_task_copy, standard_per_task_copy  # benchmarks/ is this script's folder
 
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
@@ -30,7 +33,7 @@ from fewshot_serve.networks import Conv4, first_order_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 INNER = InnerLoop(inner_lrs=(0.4,), train_steps=2, test_steps=2)  # with one step a shared head row moves alone
-CONTESTANTS = ("ours-vmap", "ours-loop", "higher")
+CONTESTANTS = ("ours-vmap", "ours-loop", "higher", "higher-standard")
 
 
 def make_batch(ways: int, shots: int, queries: int, tasks: int, device: str, size: int) -> TaskBatch:
@@ -40,22 +43,25 @@ def make_batch(ways: int, shots: int, queries: int, tasks: int, device: str, siz
                      torch.randn(tasks, ways * queries, 1, size, size, generator=g).to(device), labels(queries), ways)
 
 
-def higher_update(network: Conv4, batch: TaskBatch, algorithm: str) -> dict[str, torch.Tensor]:
-    """The same outer update written the `higher` way: a module copy with an expanded head per task."""
+def higher_update(network: Conv4, batch: TaskBatch, algorithm: str, standard: bool = False) -> dict[str, torch.Tensor]:
+    """The same outer update written the `higher` way: a module copy with an expanded head per task
+    (``standard``: of the tutorials' Conv4, :func:`adapt_latency.standard_conv4`)."""
     import higher
 
     meta = copy.deepcopy(network)
+    names = [name for name, _ in meta.named_parameters()]
     totals = {k: torch.zeros_like(v) for k, v in meta.named_parameters()}
     for xs, ys, xq, yq in zip(*batch[:4]):
-        learner = per_task_copy(meta, batch.ways)
+        learner = standard_per_task_copy(network, batch.ways) if standard else per_task_copy(meta, batch.ways)
         optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):
-            # first order: the fused BatchNorm, as ours uses for steps differentiated once
-            with first_order_kernels() if algorithm != "maml" else contextlib.nullcontext():
+            # first order on our network: the fused BatchNorm, as ours uses for steps differentiated once
+            with first_order_kernels() if algorithm != "maml" and not standard else contextlib.nullcontext():
                 for _ in range(INNER.train_steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
-            loss = F.cross_entropy(fmodel(torch.cat([xs, xq]), len(xs))[len(xs):], yq)
+            adapted = dict(zip(names, fmodel.fast_params))
+            loss = F.cross_entropy(meta.apply_params(adapted, torch.cat([xs, xq]), len(xs))[len(xs):], yq)
             grads = torch.autograd.grad(loss, fmodel.parameters(time=0) if algorithm == "maml" else fmodel.parameters())
         for (key, total), grad in zip(totals.items(), grads):
             total += (grad.sum(0, keepdim=True) if key.startswith("head") else grad) / len(batch.x_support)
@@ -64,8 +70,8 @@ def higher_update(network: Conv4, batch: TaskBatch, algorithm: str) -> dict[str,
 
 def update(contestant: str, algorithm: str, network: Conv4, batch: TaskBatch) -> dict[str, torch.Tensor]:
     params = dict(network.named_parameters())
-    if contestant == "higher":
-        return higher_update(network, batch, algorithm)
+    if contestant.startswith("higher"):
+        return higher_update(network, batch, algorithm, standard=contestant == "higher-standard")
     vectorize = contestant == "ours-vmap"
     if algorithm == "reptile":
         return reptile_displacement(network, params, batch, INNER, vectorize)[0]
@@ -128,25 +134,25 @@ def main() -> None:
         import higher  # noqa: F401
         contestants = CONTESTANTS
     except ImportError:
-        contestants = CONTESTANTS[:2]
+        contestants = tuple(c for c in CONTESTANTS if not c.startswith("higher"))
         print("higher is not installed (pip install -r benchmarks/requirements-peers.txt): comparing ours only")
     report = {"device": args.device, "threads": torch.get_num_threads(), "meta_batch": args.meta_batch,
               "queries": args.queries, "results": {}}
     print(f"device {args.device}, meta-batch {args.meta_batch}, {args.queries} queries/class, {INNER.train_steps} inner steps")
-    print(f"{'setting':8s} {'algorithm':8s} {'contestant':10s} {'tasks/s':>9s} {'peak MB':>9s} {'rel. diff':>10s}  vs ours-vmap")
+    print(f"{'setting':8s} {'algorithm':8s} {'contestant':15s} {'tasks/s':>9s} {'peak MB':>9s} {'rel. diff':>10s}  vs ours-vmap")
     for setting in args.settings:
         for algorithm in args.algorithms:
             rows = {}
             for contestant in contestants:
-                if contestant == "higher" and algorithm == "reptile":
+                if contestant.startswith("higher") and algorithm == "reptile":
                     continue  # higher has no Reptile; the displacement needs no higher-order machinery
                 rows[contestant] = run_isolated(contestant, algorithm, setting, args)
                 row = rows[contestant]
                 if "error" in row:
-                    print(f"{setting:8s} {algorithm:8s} {contestant:10s} failed: {row['error']}")
+                    print(f"{setting:8s} {algorithm:8s} {contestant:15s} failed: {row['error']}")
                     continue
                 ratio = rows["ours-vmap"]["tasks_per_s"] / row["tasks_per_s"] if "tasks_per_s" in rows.get("ours-vmap", {}) else float("nan")
-                print(f"{setting:8s} {algorithm:8s} {contestant:10s} {row['tasks_per_s']:9.2f} {row['peak_mb']:9.0f} "
+                print(f"{setting:8s} {algorithm:8s} {contestant:15s} {row['tasks_per_s']:9.2f} {row['peak_mb']:9.0f} "
                       f"{row['max_relative_difference']:10.1e}  {ratio:.2f}x")
             report["results"][f"{setting} {algorithm}"] = rows
     atomic_write_json(args.out, report)

@@ -310,7 +310,9 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         save_checkpoint(checkpoint_path, state)
         atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
         metric = "accuracy" if higher else "mse"
-        recipe.val_metric = {} if state.best_score is None else {metric: state.best_score}
+        # a backbone trained on the validation classes makes their score no held-out figure: none is recorded
+        seen = SEEN_VALIDATION in recipe.class_counts
+        recipe.val_metric = {} if state.best_score is None or seen else {metric: state.best_score}
         save_model(config.out, network, recipe, {**network.state_dict(), **state.best_params})
         plot_curves(log, run_dir / "curves.png", metric)
 

@@ -67,9 +67,10 @@ def test_train_throughput_smoke(contestant, algorithm):
     assert row["tasks_per_s"] > 0 and row["max_relative_difference"] < 1e-4
 
 
-def test_train_throughput_peer_smoke():
+@pytest.mark.parametrize("contestant", ["higher", "higher-standard"])
+def test_train_throughput_peer_smoke(contestant):
     pytest.importorskip("higher", reason="higher is a benchmark-only peer (benchmarks/requirements-peers.txt)")
-    row = train_throughput.measure("higher", "maml", ways=3, shots=1, queries=2, tasks=2, repeats=1,
+    row = train_throughput.measure(contestant, "maml", ways=3, shots=1, queries=2, tasks=2, repeats=1,
                                    device="cpu", size=16)
     assert row["max_relative_difference"] < 1e-4
 

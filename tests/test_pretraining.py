@@ -191,7 +191,8 @@ def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_lon
             "--iterations", "2", "--val-episodes", "3", "--out", str(tmp_path / "meta.safetensors")]
     with pytest.warns(UserWarning, match="trained on the validation classes too"):
         assert cli.main(meta) == 0
-    assert load_model(tmp_path / "meta.safetensors")[1].class_counts == {"train+val": 30, "test": 10}
+    recipe = load_model(tmp_path / "meta.safetensors")[1]
+    assert recipe.class_counts == {"train+val": 30, "test": 10} and recipe.val_metric == {}
 
 
 def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained, tiny_imagenet_tree, tmp_path, capsys):

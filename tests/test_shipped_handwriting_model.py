@@ -26,6 +26,8 @@ def test_the_file_holds_a_pretrained_resnet12_with_a_one_step_prototype_head_und
     assert recipe.network["architecture"] == "resnet12" and recipe.network["norm"] == "fixed"
     assert recipe.network["adapt_from"] == 4 and recipe.network["prototype_head"] and recipe.test_steps == 1
     assert recipe.dataset == "omniglot" and recipe.algorithm == "maml"
+    # pretrained on the training and validation alphabets' characters (the recipe's final run); test alphabets never
+    assert recipe.class_counts == {"train+val": 722, "test": 242} and recipe.val_metric == {}
     assert (model.preprocessing.channels, model.preprocessing.image_size) == (1, 28)
 
 
