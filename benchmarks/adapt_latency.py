@@ -11,6 +11,7 @@ same queries. Prints p50/p95 per contestant, the ratios ours/peer and ours/bound
   minus image decoding).
 * textbook: deep-copy the module, ``torch.optim.SGD``, ``.backward()`` per step (the MAML tutorial).
 * higher / learn2learn: run when importable (``pip install -r benchmarks/requirements-peers.txt``).
+* bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
 
 The textbook loop and the peers run twice. First on our network's forward and its first-order
 kernels (fused norm, channels-last, pooling before ReLU), so their ratios to ours measure the inner
@@ -20,7 +21,6 @@ loop and the classifier alone; then ("standard layers") on Conv4 as the tutorial
 our layers too. Either way they classify the queries through our network's forward with their
 adapted weights (normalization statistics from the support images, as serving does), so every
 contestant must give ours' probabilities.
-* bound: the analytic FLOPs of the work at this machine's measured peak float32 matmul FLOP/s.
 
 The shipped ResNet-12 models (photos and handwriting: learned per-step learning rates, head-only
 inner loop, Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they
@@ -114,14 +114,6 @@ def side_by_side(model_path: Path, repeats: int, settings, variants: dict[str, C
     return report
 
 
-def per_task_copy(network: Conv4, ways: int) -> Conv4:
-    """A module copy whose shared head row is repeated once per class: the peers' starting point."""
-    learner = copy.deepcopy(network)
-    learner.head.weight = torch.nn.Parameter(network.head.weight.detach().repeat(ways, 1))
-    learner.head.bias = torch.nn.Parameter(network.head.bias.detach().repeat(ways))
-    return learner
-
-
 @functools.cache
 def standard_conv4(network: Conv4) -> torch.nn.Sequential:
     """``network`` (weights included) as the MAML tutorials build Conv4: standard layers, each block
@@ -139,10 +131,11 @@ def standard_conv4(network: Conv4) -> torch.nn.Sequential:
     return torch.nn.Sequential(*layers, torch.nn.Flatten(), head)
 
 
-def standard_per_task_copy(network: Conv4, ways: int) -> torch.nn.Sequential:
-    """:func:`per_task_copy` of :func:`standard_conv4`."""
-    learner = copy.deepcopy(standard_conv4(network))
-    head = learner[-1]
+def per_task_copy(network: Conv4, ways: int, standard: bool = False) -> torch.nn.Module:
+    """A module copy whose shared head row is repeated once per class: the peers' starting point
+    (``standard``: a copy of :func:`standard_conv4`)."""
+    learner = copy.deepcopy(standard_conv4(network) if standard else network)
+    head = learner[-1] if standard else learner.head
     head.weight = torch.nn.Parameter(head.weight.detach().repeat(ways, 1))
     head.bias = torch.nn.Parameter(head.bias.detach().repeat(ways))
     return learner
@@ -164,7 +157,7 @@ def peer_kernels(standard: bool):
 
 def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq, standard: bool = False) -> torch.Tensor:
     """The tutorial way: a deep copy per task, an SGD optimizer, backward() per step."""
-    learner = standard_per_task_copy(network, ways) if standard else per_task_copy(network, ways)
+    learner = per_task_copy(network, ways, standard)
     for param in learner.parameters():
         param.requires_grad_(True)
     optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
@@ -203,7 +196,7 @@ def optional_peers() -> dict[str, Callable]:
         import higher  # noqa: F401
 
         def with_higher(network, ways, lrs, steps, xs, ys, xq, standard=False):
-            learner = standard_per_task_copy(network, ways) if standard else per_task_copy(network, ways)
+            learner = per_task_copy(network, ways, standard)
             optimizer = torch.optim.SGD(learner.parameters(), lr=lrs[0])
             with higher.innerloop_ctx(learner, optimizer, track_higher_grads=False) as (fmodel, diffopt), \
                     peer_kernels(standard):
@@ -218,7 +211,7 @@ def optional_peers() -> dict[str, Callable]:
         import learn2learn
 
         def with_learn2learn(network, ways, lrs, steps, xs, ys, xq, standard=False):
-            learner = standard_per_task_copy(network, ways) if standard else per_task_copy(network, ways)
+            learner = per_task_copy(network, ways, standard)
             clone = learn2learn.algorithms.MAML(learner, lr=lrs[0], first_order=True).clone()
             with peer_kernels(standard):
                 for _ in range(steps):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from adapt_latency import per_task_copy, standard_per_task_copy  # benchmarks/ is this script's folder
+from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
 
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
@@ -52,7 +52,7 @@ def higher_update(network: Conv4, batch: TaskBatch, algorithm: str, standard: bo
     names = [name for name, _ in meta.named_parameters()]
     totals = {k: torch.zeros_like(v) for k, v in meta.named_parameters()}
     for xs, ys, xq, yq in zip(*batch[:4]):
-        learner = standard_per_task_copy(network, batch.ways) if standard else per_task_copy(meta, batch.ways)
+        learner = per_task_copy(network if standard else meta, batch.ways, standard)
         optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):

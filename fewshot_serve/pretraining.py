@@ -205,7 +205,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                 "head.bias": torch.zeros_like(fixed["head.bias"]), "logit_scale": torch.ones_like(fixed["logit_scale"])}
 
     if config.init is not None:
-        _start_from(config.init, live, new_classes=0 if validating else len(splits["val"]) * (4 if handwriting else 1))
+        per_class = n_classes // len(trained_classes)  # classifier rows per class: 4 with rotations, else 1
+        _start_from(config.init, live, new_classes=0 if validating else per_class * len(splits["val"]))
         with torch.no_grad():
             for key, value in average.items():
                 value.copy_(live[key])
