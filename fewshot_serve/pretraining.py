@@ -264,7 +264,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         bar.write("training on the training and validation classes: nothing is validated; the latest weights "
                   + ("(their moving average) " if average else "") + "are exported")
     permutation, permutation_epoch = None, -1
-    for step in range(state.iteration, last):
+    first = state.iteration
+    for step in range(first, last):
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != permutation_epoch:
             permutation = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
@@ -305,7 +306,9 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         if done % config.checkpoint_every == 0 or epoch_done:
             checkpoint()
     bar.close()
-    if state.best_score is None:  # resumed a finished run, or nothing validated: still export
+    # the loop's last step ends an epoch, so it checkpointed (and exported) already, unless it took no step
+    # (a resumed finished run) or, validating, validated nothing
+    if state.best_score is None and (validating or state.iteration == first):
         if validating:
             validate(last // steps_per_epoch)
         checkpoint()
