@@ -44,8 +44,7 @@ import torch.nn.functional as F
 
 import fewshot_serve
 from fewshot_serve.atomic import atomic_write_json
-from fewshot_serve.networks import Conv4, first_order_kernels
-from fewshot_serve.networks.base import BN_EPS
+from fewshot_serve.networks import BN_EPS, Conv4, first_order_kernels
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))

@@ -21,17 +21,17 @@ from pathlib import Path
 
 from fewshot_serve.atomic import atomic_write_json
 from adapt_latency import QUERIES, SETTINGS, side_by_side  # benchmarks/ is this script's folder
-from fewshot_serve.networks import base, conv4
+from fewshot_serve.networks import conv4, norms
 
 ROOT = Path(__file__).resolve().parents[1]
-ON = base.using_first_order_kernels
+ON = norms.using_first_order_kernels
 OFF = lambda: False  # noqa: E731
 #: contestant -> (the norm's switch, Conv4's layout switch)
 VARIANTS = {"written-out norm, NCHW": (OFF, OFF), "fused norm, NCHW": (ON, OFF), "fused norm, channels-last": (ON, ON)}
 
 
 def switched(variant: str) -> None:
-    base.using_first_order_kernels, conv4.using_first_order_kernels = VARIANTS[variant]
+    norms.using_first_order_kernels, conv4.using_first_order_kernels = VARIANTS[variant]
 
 
 def run(model_path: Path, repeats: int, settings=SETTINGS) -> dict:

@@ -27,12 +27,12 @@ def test_adapt_latency_smoke(capsys):
 
 
 def test_first_order_kernels_smoke(capsys):
-    from fewshot_serve.networks import base, conv4
+    from fewshot_serve.networks import conv4, norms
 
-    switches = (base.using_first_order_kernels, conv4.using_first_order_kernels)
+    switches = (norms.using_first_order_kernels, conv4.using_first_order_kernels)
     report = first_order_kernels.run(FOMAML_MODEL, repeats=1, settings=((3, 1),))  # answers checked equal inside
     assert set(report["settings"]["3-way 1-shot"]) == set(first_order_kernels.VARIANTS)
-    assert (base.using_first_order_kernels, conv4.using_first_order_kernels) == switches  # switched back
+    assert (norms.using_first_order_kernels, conv4.using_first_order_kernels) == switches  # switched back
     first_order_kernels.print_table(report)
     assert "channels-last" in capsys.readouterr().out
 

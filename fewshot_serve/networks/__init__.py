@@ -4,15 +4,16 @@
 * :class:`ResNet12` (``resnet12.py``): the residual backbone for photos.
 * :class:`SinusoidMLP` (``mlp.py``): the MAML paper's regression network.
 
-What they share (params-dict forward, fast weights, support BatchNorm, the shared head row,
-MAML++'s learned learning rates) is in ``base.py``.
+What they share (params-dict forward, fast weights, the shared head row, MAML++'s learned
+learning rates) is in ``base.py``; their support-set BatchNorm and its kernels in ``norms.py``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .base import BN_EPS, HEAD_KEYS, MetaNetwork, SharedHeadClassifier, first_order_kernels, step_lr, support_norm
+from .base import HEAD_KEYS, MetaNetwork, SharedHeadClassifier, step_lr
+from .norms import BN_EPS, first_order_kernels, support_norm
 from .conv4 import Conv4
 from .mlp import SinusoidMLP
 from .resnet12 import ResNet12, fixed_norm_params

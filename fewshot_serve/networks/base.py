@@ -1,16 +1,12 @@
-"""What every meta-learned network shares: a params-dict forward, fast weights, support-set BatchNorm.
+"""What every meta-learned network shares: a params-dict forward, fast weights, the shared head row.
 
 Networks are ``nn.Module``s that own the meta-parameters, but compute as pure functions of a
 params dict (:meth:`MetaNetwork.apply_params`), so one instance serves any number of concurrent
-adaptations without copies and without ever being modified.
+adaptations without copies and without ever being modified. Their normalization (BatchNorm with
+the support set's statistics) is in :mod:`.norms`.
 
-Two choices here matter for serving:
+One choice here matters for serving:
 
-* **Support-set BatchNorm.** MAML uses BatchNorm with batch statistics and no running averages.
-  We take those statistics from the *support* images only (the first ``n_ref`` rows of the
-  batch), in meta-training and at serving alike. A query's prediction then never depends on the
-  other queries it is batched with, and the adapted classifier freezes into a plain eval-mode
-  network (the support statistics become its running statistics) that exports to ONNX.
 * **One shared head row** (Ye & Chao, ICLR 2022). The head holds a single learned weight row and
   bias; a task with N classes starts from N identical copies of it. Identical rows make the
   initial logits equal for every class, so the adapted model is invariant to the order of the
@@ -34,15 +30,11 @@ that serving must read from the model file like any weight:
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-BN_EPS = 1e-5
 
 #: Parameters a task copies once per class (dimension 0) before its inner loop.
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -51,87 +43,6 @@ HEAD_KEYS = ("head.weight", "head.bias")
 def step_lr(inner_lrs: Sequence[float], step: int) -> float:
     """A fixed schedule's learning rate at ``step``; steps past its end reuse its last entry."""
     return inner_lrs[min(step, len(inner_lrs) - 1)]
-
-
-def channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of ``x`` over batch and space, each ``[C]`` (what freezing folds in).
-
-    Two passes (the mean, then the mean squared deviation from it) rather than ``torch.var_mean``,
-    whose reduction over dims (0, 2, 3) measured 30x slower on CPU (2.5 ms against 80 us for a
-    5x64x28x28 activation, one thread): the single largest cost of an inner step.
-    """
-    mean = x.mean(dim=(0, 2, 3), keepdim=True)
-    centred = x - mean
-    return mean.flatten(), (centred * centred).mean(dim=(0, 2, 3))
-
-
-_FIRST_ORDER_KERNELS = contextvars.ContextVar("first_order_kernels", default=False)
-
-
-@contextlib.contextmanager
-def first_order_kernels() -> Iterator[None]:
-    """Within it, networks run the kernels that are fastest for being differentiated at most once.
-
-    For first-order inner steps taken eagerly (serving, FOMAML, Reptile; not inside ``torch.func``
-    transforms). Two changes, each the same function to float rounding (relative 1e-6):
-
-    * Norms over whole batches use PyTorch's fused BatchNorm: forward and backward measured
-      2.6-3.4x faster than :func:`support_norm`'s written-out arithmetic on Conv4's support
-      activations (one CPU thread). Its *second* derivative is what MAML cannot use (see
-      :func:`support_norm`), so it is not the default.
-    * On CPU, Conv4 runs its activations channels-last, where pooling and the fused norm
-      vectorize over channels. Meta-training's second-order and query passes measured no gain
-      from it, and ``torch.func.vmap`` does not implement the layout.
-
-    Together, whole adaptations (with classification) measured 1.3-1.75x faster than with the
-    written-out norm in NCHW (``benchmarks/first_order_kernels.py``; the fused norm alone
-    1.13-1.28x).
-
-    A context variable, so each serving thread (and ``asyncio`` task) has its own.
-    """
-    token = _FIRST_ORDER_KERNELS.set(True)
-    try:
-        yield
-    finally:
-        _FIRST_ORDER_KERNELS.reset(token)
-
-
-def using_first_order_kernels() -> bool:
-    """Whether the caller is inside :func:`first_order_kernels`."""
-    return _FIRST_ORDER_KERNELS.get()
-
-
-def support_norm(x: Tensor, weight: Tensor, bias: Tensor, n_ref: int | None) -> Tensor:
-    """BatchNorm over ``x`` with statistics of its first ``n_ref`` rows (all rows if None).
-
-    Written out rather than ``F.batch_norm(training=True)``: MAML differentiates through it twice,
-    and the fused kernel's second derivative under ``torch.func.grad`` disagreed with finite
-    differences (relative error 7e-5 on the test of tests/test_meta_gradients.py). The statistics
-    take two passes (see :func:`channel_statistics`), the centred activations shared with them.
-    Under :func:`first_order_kernels`, statistics over all rows come from the fused kernel instead.
-    """
-    if n_ref is None and using_first_order_kernels():
-        return F.batch_norm(x, None, None, weight, bias, training=True, eps=BN_EPS)
-    ref = x if n_ref is None else x[:n_ref]
-    mean = ref.mean(dim=(0, 2, 3), keepdim=True)
-    centred = x - mean
-    ref_centred = centred if n_ref is None else centred[:n_ref]
-    var = (ref_centred * ref_centred).mean(dim=(0, 2, 3), keepdim=True)
-    scale = weight.view(1, -1, 1, 1) * torch.rsqrt(var + BN_EPS)
-    return centred * scale + bias.view(1, -1, 1, 1)
-
-
-class SupportBatchNorm(nn.Module):
-    """The affine parameters of a BatchNorm whose statistics come from the support rows.
-
-    With ``states > 0`` the weight and bias hold one row per inner-loop state (MAML++).
-    """
-
-    def __init__(self, channels: int, states: int = 0) -> None:
-        super().__init__()
-        shape = (states, channels) if states else (channels,)
-        self.weight = nn.Parameter(torch.ones(shape))
-        self.bias = nn.Parameter(torch.zeros(shape))
 
 
 class MetaNetwork(nn.Module):

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
-from .base import (BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm,
-                   using_first_order_kernels)
+from .base import SharedHeadClassifier
+from .norms import BN_EPS, SupportBatchNorm, channel_statistics, support_norm, using_first_order_kernels
 
 
 def relu_and_pool(x: Tensor) -> Tensor:

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
-from .base import BN_EPS, SharedHeadClassifier, SupportBatchNorm, channel_statistics, support_norm
+from .base import SharedHeadClassifier
+from .norms import BN_EPS, SupportBatchNorm, channel_statistics, support_norm
 
 NORMS = ("support", "fixed")
 LEAK = 0.1
