@@ -3,12 +3,21 @@
     python benchmarks/train_throughput.py [--meta-batch 32] [--repeats 3] [--settings 5x1 20x1]
 
 Every contestant computes the outer update of the same Conv4 on the same Omniglot-shaped meta-batch
-(28x28 grayscale, 15 queries per class, 2 inner steps at lr 0.4) and is first checked to produce the
-same meta-gradient (or Reptile displacement) as ours. ``higher`` runs twice, as in
-``adapt_latency.py``: on our network's forward (its first-order inner steps with our first-order
-kernels), and ("higher-standard") with inner steps on Conv4 as the tutorials build it from standard
-layers, its query loss through our forward (support statistics, as ours). Each contestant runs in a fresh subprocess,
-so its peak resident memory (CPU) or peak allocated memory (CUDA) is its own. Writes JSON.
+(28x28 grayscale, 15 queries per class, 2 inner steps at lr 0.4). ``higher`` runs twice, as in
+``adapt_latency.py``:
+
+* "higher-standard", as its users run it: inner steps and query pass on Conv4 as the tutorials
+  build it from standard layers, the query batch normalized with its own statistics (as in
+  higher's MAML example). For the check, its query loss goes through our forward instead
+  (support statistics, as ours), so that it must give our meta-gradient.
+* "higher", on our network's forward, with our fused kernels wherever ours uses them (its
+  first-order inner steps and its query pass): what is left between it and ours is the loop.
+
+Every contestant is first checked to produce the same meta-gradient (or Reptile displacement) as
+ours. Each runs in a fresh subprocess, so its peak resident memory (CPU) or peak allocated memory
+(CUDA) is its own, with the allocator setting ``fewshot-serve`` itself runs under
+(:func:`fewshot_serve.allocator.keep_freed_memory`; ``--default-allocator``: glibc's default), the
+same for every contestant, so that the ratios compare the code alone. Writes JSON.
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
 
+from fewshot_serve.allocator import keep_freed_memory
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
 from fewshot_serve.networks import Conv4, first_order_kernels
@@ -43,35 +53,44 @@ def make_batch(ways: int, shots: int, queries: int, tasks: int, device: str, siz
                      torch.randn(tasks, ways * queries, 1, size, size, generator=g).to(device), labels(queries), ways)
 
 
-def higher_update(network: Conv4, batch: TaskBatch, algorithm: str, standard: bool = False) -> dict[str, torch.Tensor]:
+def higher_update(network: Conv4, batch: TaskBatch, algorithm: str, standard: bool = False,
+                  checked: bool = False) -> dict[str, torch.Tensor]:
     """The same outer update written the `higher` way: a module copy with an expanded head per task
-    (``standard``: of the tutorials' Conv4, :func:`adapt_latency.standard_conv4`)."""
+    (``standard``: of the tutorials' Conv4, :func:`adapt_latency.standard_conv4`, whose query pass
+    normalizes with the query batch's statistics unless ``checked``)."""
     import higher
 
     meta = copy.deepcopy(network)
     names = [name for name, _ in meta.named_parameters()]
     totals = {k: torch.zeros_like(v) for k, v in meta.named_parameters()}
+    # on our network, our fused kernels wherever ours uses them: first-order steps and the query pass
+    kernels = contextlib.nullcontext if standard else first_order_kernels
     for xs, ys, xq, yq in zip(*batch[:4]):
         learner = per_task_copy(network if standard else meta, batch.ways, standard)
         optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):
-            # first order on our network: the fused BatchNorm, as ours uses for steps differentiated once
-            with first_order_kernels() if algorithm != "maml" and not standard else contextlib.nullcontext():
+            with kernels() if algorithm != "maml" else contextlib.nullcontext():
                 for _ in range(INNER.train_steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
-            adapted = dict(zip(names, fmodel.fast_params))
-            loss = F.cross_entropy(meta.apply_params(adapted, torch.cat([xs, xq]), len(xs))[len(xs):], yq)
+            if standard and not checked:
+                loss = F.cross_entropy(fmodel(xq), yq)
+            else:
+                with kernels():
+                    adapted = dict(zip(names, fmodel.fast_params))
+                    loss = F.cross_entropy(meta.apply_params(adapted, torch.cat([xs, xq]), len(xs))[len(xs):], yq)
             grads = torch.autograd.grad(loss, fmodel.parameters(time=0) if algorithm == "maml" else fmodel.parameters())
         for (key, total), grad in zip(totals.items(), grads):
             total += (grad.sum(0, keepdim=True) if key.startswith("head") else grad) / len(batch.x_support)
     return totals
 
 
-def update(contestant: str, algorithm: str, network: Conv4, batch: TaskBatch) -> dict[str, torch.Tensor]:
+def update(contestant: str, algorithm: str, network: Conv4, batch: TaskBatch,
+           checked: bool = False) -> dict[str, torch.Tensor]:
+    """One outer update's direction; ``checked``: computed as the check against ours needs it."""
     params = dict(network.named_parameters())
     if contestant.startswith("higher"):
-        return higher_update(network, batch, algorithm, standard=contestant == "higher-standard")
+        return higher_update(network, batch, algorithm, standard=contestant == "higher-standard", checked=checked)
     vectorize = contestant == "ours-vmap"
     if algorithm == "reptile":
         return reptile_displacement(network, params, batch, INNER, vectorize)[0]
@@ -86,8 +105,9 @@ def measure(contestant: str, algorithm: str, ways: int, shots: int, queries: int
         network.head.weight.normal_(0, 0.01)
     batch = make_batch(ways, shots, queries, tasks, device, size)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    result = update(contestant, algorithm, network, batch, checked=True)
     for _ in range(3):  # warm-up: oneDNN primitives and the allocator's memory settle after a few calls
-        result = update(contestant, algorithm, network, batch)
+        update(contestant, algorithm, network, batch)
     sync()
     start = time.perf_counter()
     for _ in range(repeats):
@@ -105,7 +125,7 @@ def measure(contestant: str, algorithm: str, ways: int, shots: int, queries: int
 def run_isolated(contestant: str, algorithm: str, setting: str, args: argparse.Namespace) -> dict | None:
     command = [sys.executable, __file__, "--one", contestant, algorithm, setting, "--meta-batch", str(args.meta_batch),
                "--queries", str(args.queries), "--repeats", str(args.repeats), "--device", args.device,
-               "--image-size", str(args.image_size)]
+               "--image-size", str(args.image_size)] + (["--default-allocator"] if args.default_allocator else [])
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
         return {"error": done.stderr.strip().splitlines()[-1] if done.stderr.strip() else "failed"}
@@ -121,10 +141,14 @@ def main() -> None:
     parser.add_argument("--algorithms", nargs="+", default=["maml", "fomaml", "reptile"])
     parser.add_argument("--image-size", type=int, default=28)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--default-allocator", action="store_true",
+                        help="run every contestant under glibc's default malloc settings, not fewshot-serve's")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "train_throughput.json")
     parser.add_argument("--one", nargs=3, metavar=("CONTESTANT", "ALGORITHM", "SETTING"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
+        if not args.default_allocator:
+            keep_freed_memory()
         contestant, algorithm, setting = args.one
         ways, shots = map(int, setting.split("x"))
         print(json.dumps(measure(contestant, algorithm, ways, shots, args.queries, args.meta_batch, args.repeats,
@@ -137,8 +161,10 @@ def main() -> None:
         contestants = tuple(c for c in CONTESTANTS if not c.startswith("higher"))
         print("higher is not installed (pip install -r benchmarks/requirements-peers.txt): comparing ours only")
     report = {"device": args.device, "threads": torch.get_num_threads(), "meta_batch": args.meta_batch,
+              "allocator": "glibc default" if args.default_allocator else "keep_freed_memory",
               "queries": args.queries, "results": {}}
-    print(f"device {args.device}, meta-batch {args.meta_batch}, {args.queries} queries/class, {INNER.train_steps} inner steps")
+    print(f"device {args.device}, meta-batch {args.meta_batch}, {args.queries} queries/class, {INNER.train_steps} inner steps, "
+          f"allocator: {report['allocator']}")
     print(f"{'setting':8s} {'algorithm':8s} {'contestant':15s} {'tasks/s':>9s} {'peak MB':>9s} {'rel. diff':>10s}  vs ours-vmap")
     for setting in args.settings:
         for algorithm in args.algorithms:

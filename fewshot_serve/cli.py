@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .allocator import keep_freed_memory
 from .meta_learning import ALGORITHMS
 from .sources import ARCHITECTURES, DATASETS, DataSpec
 
@@ -282,6 +283,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # training and evaluation reuse their activations' memory (see allocator.py)
     try:
         if args.command == "pretrain":
             return run_pretrain(args, argv)
