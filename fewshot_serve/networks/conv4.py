@@ -99,7 +99,9 @@ class Conv4(SharedHeadClassifier):
         monotonic), so the ReLU touches a quarter of the values.
         """
         layers: list[nn.Module] = []
-        x = x_support
+        # the support pass channels-last, like the classifier it builds: pooling and the statistics
+        # vectorize over channels (CPU; .to, since .contiguous leaves a 1-channel input NCHW)
+        x = x_support.to(memory_format=torch.channels_last) if x_support.device.type == "cpu" else x_support
         for i in range(len(self.blocks)):
             prefix = f"blocks.{i}."
             weight = params[prefix + "conv.weight"]
