@@ -1,5 +1,6 @@
 """Each benchmark script runs in a tiny configuration, so none of them rots."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -73,6 +74,17 @@ def test_train_throughput_peer_smoke(contestant):
     row = train_throughput.measure(contestant, "maml", ways=3, shots=1, queries=2, tasks=2, repeats=1,
                                    device="cpu", size=16)
     assert row["max_relative_difference"] < 1e-4
+
+
+def test_train_throughput_alternates_rounds_of_isolated_runs(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "train.json"
+    monkeypatch.setattr(sys, "argv", ["train_throughput.py", "--settings", "3x1", "--algorithms", "reptile",
+                                      "--contestants", "ours-loop", "--rounds", "2", "--meta-batch", "2", "--queries",
+                                      "2", "--repeats", "1", "--image-size", "16", "--out", str(out)])
+    train_throughput.main()
+    row = json.loads(out.read_text())["results"]["3x1 reptile"]["ours-loop"]
+    assert len(row["tasks_per_s"]) == 2 and row["max_relative_difference"] == 0
+    assert "1.00x" in capsys.readouterr().out  # ours-loop over itself
 
 
 def test_serve_throughput_smoke():
