@@ -3,16 +3,18 @@
 Every inner step and query pass allocates activations of the same few sizes and frees them again.
 By default glibc serves blocks above a threshold with fresh ``mmap`` pages and returns freed heap
 to the OS, so the next pass page-faults the same memory back in. Where page faults are dear (the
-2-core VM these models were trained on), touching a fresh 16 MB activation measured 15 ms against
-1 ms for the multiplication that filled it, and meta-training ran erratically: 8.4-9.4 tasks/s
-for MAML from one batch to the next (``benchmarks/train_throughput.py``). Served from a heap that
-keeps its memory, the same batches ran at 11.3-11.6 tasks/s, and ``fewshot-serve train`` (Omniglot,
-MAML, 5-way 1-shot, meta-batch 32, one thread) took 2.88 s an iteration against 3.95-4.08 s.
+2-core VM this was measured on, an AMD EPYC), touching a fresh 16 MB activation measured 15 ms against
+1 ms for the multiplication that filled it. Kept for reuse instead, meta-training ran at 11.45
+tasks/s for MAML and 15.05 for FOMAML against an erratic 7.6 and 10.2 under glibc's defaults
+(``benchmarks/train_throughput.py`` with and without ``--default-allocator``), and ``fewshot-serve
+train`` (Omniglot, MAML, 5-way 1-shot, meta-batch 32, one thread) took 2.88 s an iteration against
+3.95-4.08 s.
 
-The price is that the process keeps its peak memory until it exits, which suits a training run or
-a server. So the command line (``fewshot-serve``, ``app.py``) opts in; importing the package
-changes nothing. Under another C library (or an allocator preloaded in glibc's place) this does
-nothing.
+The price is that the process keeps its peak memory until it exits, which suits a training run.
+So the command line (``fewshot-serve``) opts in; importing the package changes nothing, and the web
+app leaves glibc as it is (serving's smaller activations measured no gain from it in
+``benchmarks/adapt_latency.py``). Under another C library (or an allocator preloaded in glibc's
+place) this does nothing.
 """
 
 from __future__ import annotations
