@@ -35,12 +35,12 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from adapt_latency import per_task_copy  # benchmarks/ is this script's folder
+from adapt_latency import peer_kernels, per_task_copy  # benchmarks/ is this script's folder
 
 from fewshot_serve.allocator import keep_freed_memory
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
-from fewshot_serve.networks import Conv4, first_order_kernels
+from fewshot_serve.networks import Conv4
 
 ROOT = Path(__file__).resolve().parents[1]
 INNER = InnerLoop(inner_lrs=(0.4,), train_steps=2, test_steps=2)  # with one step a shared head row moves alone
@@ -64,20 +64,19 @@ def higher_update(network: Conv4, batch: TaskBatch, algorithm: str, standard: bo
     meta = copy.deepcopy(network)
     names = [name for name, _ in meta.named_parameters()]
     totals = {k: torch.zeros_like(v) for k, v in meta.named_parameters()}
-    # on our network, our fused kernels wherever ours uses them: first-order steps and the query pass
-    kernels = contextlib.nullcontext if standard else first_order_kernels
     for xs, ys, xq, yq in zip(*batch[:4]):
         learner = per_task_copy(network if standard else meta, batch.ways, standard)
         optimizer = torch.optim.SGD(learner.parameters(), lr=INNER.inner_lrs[0])
         with higher.innerloop_ctx(learner, optimizer, copy_initial_weights=False,
                                   track_higher_grads=algorithm == "maml") as (fmodel, diffopt):
-            with kernels() if algorithm != "maml" else contextlib.nullcontext():
+            # on our network, our kernels wherever ours uses them: first-order steps and the query pass
+            with peer_kernels(standard) if algorithm != "maml" else contextlib.nullcontext():
                 for _ in range(INNER.train_steps):
                     diffopt.step(F.cross_entropy(fmodel(xs), ys))
             if standard and not checked:
                 loss = F.cross_entropy(fmodel(xq), yq)
             else:
-                with kernels():
+                with peer_kernels(standard):
                     adapted = dict(zip(names, fmodel.fast_params))
                     loss = F.cross_entropy(meta.apply_params(adapted, torch.cat([xs, xq]), len(xs))[len(xs):], yq)
             grads = torch.autograd.grad(loss, fmodel.parameters(time=0) if algorithm == "maml" else fmodel.parameters())

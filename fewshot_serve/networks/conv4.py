@@ -13,6 +13,13 @@ from .base import SharedHeadClassifier
 from .norms import BN_EPS, SupportBatchNorm, channel_statistics, support_norm, using_first_order_kernels
 
 
+def channels_last_on_cpu(images: Tensor) -> Tensor:
+    """``images`` channels-last on CPU, where pooling and the norms vectorize over channels; every
+    convolution then keeps the layout. ``.to``, since ``.contiguous`` would leave a 1-channel
+    input's strides as they are, and the first convolution's output NCHW."""
+    return images.to(memory_format=torch.channels_last) if images.device.type == "cpu" else images
+
+
 def relu_and_pool(x: Tensor) -> Tensor:
     """ReLU and 2x2 max-pooling, computed pool first: the same function (ReLU is monotonic) and, but
     where a window's maximum is tied, the same gradient, while ReLU and its backward touch a quarter
@@ -74,10 +81,8 @@ class Conv4(SharedHeadClassifier):
         return params
 
     def head_input(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
-        if x.device.type == "cpu" and using_first_order_kernels():
-            # every convolution then keeps channels-last (.contiguous would leave a 1-channel input's
-            # strides as they are, and the first convolution's output NCHW)
-            x = x.to(memory_format=torch.channels_last)
+        if using_first_order_kernels():
+            x = channels_last_on_cpu(x)
         for i in range(len(self.blocks)):
             prefix = f"blocks.{i}."
             x = F.conv2d(x, params[prefix + "conv.weight"], params[prefix + "conv.bias"], padding=1)
@@ -99,9 +104,7 @@ class Conv4(SharedHeadClassifier):
         monotonic), so the ReLU touches a quarter of the values.
         """
         layers: list[nn.Module] = []
-        # the support pass channels-last, like the classifier it builds: pooling and the statistics
-        # vectorize over channels (CPU; .to, since .contiguous leaves a 1-channel input NCHW)
-        x = x_support.to(memory_format=torch.channels_last) if x_support.device.type == "cpu" else x_support
+        x = channels_last_on_cpu(x_support)  # like the classifier it builds
         for i in range(len(self.blocks)):
             prefix = f"blocks.{i}."
             weight = params[prefix + "conv.weight"]
