@@ -1,5 +1,6 @@
-"""Augmentation for training classes: random crop with padding (handwriting: shifts only), and for
-photos also horizontal flip and colour jitter; and CutMix for supervised pretraining.
+"""Augmentation for training classes: random crop with padding (handwriting: shifts, and optionally
+affine distortions), and for photos also horizontal flip and colour jitter; and CutMix for
+supervised pretraining.
 
 Applied to whole uint8 batches ``[n, 3, S, S]`` in torch (no per-image PIL work), with every random
 draw taken from the caller's ``torch.Generator``, so a seeded run sees the same augmented images
@@ -32,9 +33,35 @@ def random_crop(images: Tensor, generator: torch.Generator, padding: int) -> Ten
     return padded[torch.arange(n).view(n, 1, 1), :, rows, cols].permute(0, 3, 1, 2)
 
 
-def augment_characters(images: Tensor, generator: torch.Generator, padding: int = 3) -> Tensor:
-    """Randomly shift uint8 handwriting images (:func:`random_crop`)."""
-    return random_crop(images, generator, padding).to(torch.uint8)
+def augment_characters(images: Tensor, generator: torch.Generator, padding: int = 3, distortion: float = 0.0
+                       ) -> Tensor:
+    """Randomly distort (:func:`distort`, where ``distortion`` > 0), then shift (:func:`random_crop`)
+    uint8 handwriting images."""
+    if distortion > 0:
+        images = distort(images, generator, distortion)
+    return random_crop(images, generator, padding).round_().to(torch.uint8)
+
+
+def distort(images: Tensor, generator: torch.Generator, strength: float) -> Tensor:
+    """A random affine distortion of each uint8 image, as another hand might draw the same character.
+
+    At ``strength`` 1 the ranges are those of Koch et al. (2015) for Omniglot: rotation within
+    ±10°, shear within ±0.3, scaling by 0.8-1.2 on each axis; smaller strengths scale every range
+    down. The border is repeated outward (the paper), and the result is bilinear. Returns float32
+    ``[n, C, S, S]`` of uint8 values.
+    """
+    n = images.shape[0]
+    angle, shear_x, shear_y, scale_x, scale_y = strength * (2.0 * torch.rand(5, n, generator=generator) - 1.0)
+    angle, shear_x, shear_y = angle * math.radians(10.0), 0.3 * shear_x, 0.3 * shear_y
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    rotation = torch.stack([torch.stack([cos, -sin], -1), torch.stack([sin, cos], -1)], -2)
+    shear = torch.stack([torch.stack([torch.ones(n), shear_x], -1), torch.stack([shear_y, torch.ones(n)], -1)], -2)
+    scale = torch.diag_embed(torch.stack([1.0 + 0.2 * scale_x, 1.0 + 0.2 * scale_y], -1))
+    # affine_grid maps output to input coordinates: the inverse of the distortion drawn above
+    forward = rotation @ shear @ scale
+    theta = torch.cat([torch.linalg.inv(forward), torch.zeros(n, 2, 1)], -1)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
 def augment_photos(images: Tensor, generator: torch.Generator, padding: int = 4, jitter: float = 0.4) -> Tensor:

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--weight-decay", type=float, default=5e-4)
     pretrain.add_argument("--cutmix", type=float, default=0.0,
                           help="probability that a batch is CutMix-ed (a regularizer against overfitting; default 0)")
+    pretrain.add_argument("--cosine-scale", type=float, default=0.0, metavar="SCALE",
+                          help="classify the training classes by cosine similarity times SCALE (e.g. 16) instead of "
+                               "a linear layer (default 0: linear)")
+    pretrain.add_argument("--distortion", type=float, default=0.0, metavar="STRENGTH",
+                          help="handwriting: random affine distortions of training drawings, STRENGTH in [0, 1] "
+                               "(1: rotation within ±10°, shear ±0.3, scale 0.8-1.2; default 0: shifts only)")
     pretrain.add_argument("--ema", type=float, default=0.0,
                           help="validate and export a moving average of the weights with this decay per step "
                                "(e.g. 0.998; default 0: the weights themselves)")
@@ -215,8 +221,9 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     config = PretrainConfig(
         out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed),
         widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, cutmix=args.cutmix, ema=args.ema, val_ways=args.val_ways,
-        val_episodes=args.val_episodes,
+        weight_decay=args.weight_decay, cutmix=args.cutmix, cosine_scale=args.cosine_scale,
+        distortion=args.distortion, ema=args.ema,
+        val_ways=args.val_ways, val_episodes=args.val_episodes,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, bf16=args.bf16,
         run_dir=args.run_dir, resume=args.resume, init=args.init, include_val_classes=args.include_val_classes,
         stop_after=args.stop_after, command="fewshot-serve " + shlex.join(argv),

@@ -40,6 +40,7 @@ import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,8 @@ class PretrainConfig:
     weight_decay: float = 5e-4
     label_smoothing: float = 0.1
     cutmix: float = 0.0  # probability that a batch is CutMix-ed
+    cosine_scale: float = 0.0  # > 0: a cosine classifier with this logit scale (0: a linear one)
+    distortion: float = 0.0  # handwriting: strength of random affine distortions (1: Koch et al.'s ranges; 0: none)
     ema: float = 0.0  # decay of the weights' moving average per step (0: none; e.g. 0.998)
     val_every: int = 1  # epochs
     val_ways: int = 5
@@ -108,6 +111,13 @@ class PretrainConfig:
             raise ValueError("lr must be positive")
         if not 0 <= self.cutmix <= 1:
             raise ValueError(f"cutmix is a probability, in [0, 1]; got {self.cutmix}")
+        if self.cosine_scale < 0:
+            raise ValueError(f"cosine-scale must be positive (or 0 for a linear classifier), got {self.cosine_scale}")
+        if not 0 <= self.distortion <= 1:
+            raise ValueError(f"distortion is a strength in [0, 1] (0: none), got {self.distortion}")
+        if self.distortion and self.data.dataset not in OMNIGLOT_FOLDERS:
+            raise ValueError("distortion is for handwriting (--dataset omniglot); photos are cropped, flipped and "
+                             "colour-jittered")
         if not 0 <= self.ema < 1:
             raise ValueError(f"ema is a decay per step, in [0, 1) (0: off); got {self.ema}")
         self.out = Path(self.out)
@@ -132,6 +142,25 @@ class PretrainResult:
     seconds: float
 
 
+class CosineClassifier(torch.nn.Module):
+    """Logits ``scale * cos(feature, class row)``: the classifier of Baseline++ (Chen et al., ICLR 2019).
+
+    A linear classifier can separate the training classes by feature length and bias as well as
+    by direction; what serving compares is direction only (unit-length features, nearest class
+    mean or a head on them). Training on cosines asks the backbone for the very geometry it is
+    used with. ``scale`` is fixed: with unit vectors a logit can be at most ``scale``, and it must
+    be large enough for the softmax over thousands of classes to become confident.
+    """
+
+    def __init__(self, in_features: int, classes: int, scale: float) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(classes, in_features) / in_features ** 0.5)
+        self.scale = scale
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.scale * F.linear(F.normalize(features, dim=1), F.normalize(self.weight, dim=1))
+
+
 def cosine_lr(base: float, step: int, total: int) -> float:
     return 0.5 * base * (1.0 + math.cos(math.pi * step / max(total, 1)))
 
@@ -153,7 +182,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     # validation classes after the training ones, so a checkpoint of the training classes alone keeps its labels
     trained_classes = splits["train"] if validating else splits["train"].joined(splits["val"])
     images, labels, n_classes = training_images(trained_classes, rotate=handwriting)
-    augment = augment_characters if handwriting else augment_photos
+    augment = partial(augment_characters, distortion=config.distortion) if handwriting else augment_photos
     val_sampler = {shots: ImageEpisodes(splits["val"], preprocessing, config.val_ways, shots, 15) for shots in (1, 5)}
     class_counts = {k: len(v) for k, v in splits.items()}
     if not validating:
@@ -161,7 +190,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
 
     torch.manual_seed(config.seed)
     network = ResNet12(preprocessing.channels, tuple(config.widths), preprocessing.image_size, norm="support")
-    classifier = torch.nn.Linear(network.feature_dim, n_classes)
+    classifier = (CosineClassifier(network.feature_dim, n_classes, config.cosine_scale) if config.cosine_scale
+                  else torch.nn.Linear(network.feature_dim, n_classes))
     network.to(device)
     classifier.to(device)
     running = {k: (m.to(device), v.to(device)) for k, (m, v) in network.running_statistics().items()}

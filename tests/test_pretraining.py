@@ -111,6 +111,42 @@ def test_cutmix_and_moving_average_resume_exactly_and_export_the_average(tiny_im
         config("bad", ema=1.0)
 
 
+def test_the_cosine_classifier_scores_directions_only_up_to_its_scale():
+    classifier = pretraining.CosineClassifier(6, 4, scale=16.0)
+    features = torch.randn(5, 6)
+    logits = classifier(features)
+    expected = 16.0 * F.cosine_similarity(features[:, None], classifier.weight[None], dim=-1)
+    assert torch.allclose(logits, expected, atol=1e-5)
+    assert torch.allclose(classifier(3.0 * features), logits, atol=1e-5)  # feature length does not count
+    assert torch.allclose(classifier(classifier.weight.detach()).diagonal(), torch.full((4,), 16.0))  # the most a logit gets
+    assert [name for name, _ in classifier.named_parameters()] == ["weight"]
+
+
+def test_pretraining_with_a_cosine_classifier_resumes_exactly_and_keeps_its_scale(tiny_imagenet_tree, tmp_path,
+                                                                                 monkeypatch):
+    def config(name, **changes):
+        return config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", **{"epochs": 1, "cosine_scale": 10.0,
+                                                                                  **changes})
+
+    pretrain(straight := config("straight"), progress=False)
+    real = pretraining.cosine_lr
+    monkeypatch.setattr(pretraining, "cosine_lr", crashing_at_step_5(real))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(crashed := config("crashed"), progress=False)
+    monkeypatch.setattr(pretraining, "cosine_lr", real)
+    crashed.resume = True
+    pretrain(crashed, progress=False)
+    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").meta_params
+    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").meta_params
+    assert pretraining.CLASSIFIER + "weight" in tensors and pretraining.CLASSIFIER + "bias" not in tensors
+    for key, value in tensors.items():
+        assert torch.equal(resumed[key], value), key
+    with pytest.raises(ValueError, match="different settings"):
+        pretrain(config("crashed", cosine_scale=20.0, resume=True), progress=False)
+    with pytest.raises(ValueError, match="cosine-scale"):
+        config("bad", cosine_scale=-1.0)
+
+
 def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pretrained, tiny_imagenet_tree, tmp_path,
                                                                               monkeypatch, capsys):
     straight_config, _ = pretrained
@@ -295,6 +331,33 @@ def test_handwriting_is_only_shifted_never_mirrored():
     found = [next(k for k, shifted in shifts.items() if torch.equal(shifted, o)) for o in out]
     assert len(set(found)) > 10 and out.dtype == torch.uint8
     assert torch.equal(out, augment_characters(batch, torch.Generator().manual_seed(0), padding=2))
+
+
+def test_handwriting_distortions_are_reproducible_affine_and_scaled_by_their_strength(tmp_path):
+    from fewshot_serve.augmentation import augment_characters, distort
+
+    paper = torch.full((16, 1, 28, 28), 255, dtype=torch.uint8)
+    image = paper.clone()
+    image[:, :, 6:22, 12:15] = 0  # a thick vertical stroke, ink on paper
+    image[:, :, 6:9, 12:20] = 0
+    draw = lambda strength, seed=0: distort(image, torch.Generator().manual_seed(seed), strength)
+    assert torch.equal(draw(1.0), draw(1.0)) and not torch.equal(draw(1.0), draw(1.0, seed=1))
+    blank = distort(paper, torch.Generator().manual_seed(0), 1.0)  # the border repeats: no ink comes in
+    torch.testing.assert_close(blank, paper.float(), rtol=0, atol=1e-3)
+    moved = lambda out: (out - image.float()).abs().mean().item()
+    assert moved(draw(0.01)) < 1.0 < 5.0 < moved(draw(1.0))
+    # ink is moved, not made: its area scales by the determinant, within 0.8 * 0.8 * 0.91 .. 1.2 * 1.2
+    ink = lambda out: (255.0 - out).sum((1, 2, 3))
+    ratio = ink(draw(1.0)) / ink(image.float())
+    assert ratio.min() > 0.5 and ratio.max() < 1.5 and ratio.std() > 0.02
+    out = augment_characters(image, torch.Generator().manual_seed(0), padding=2, distortion=0.5)
+    assert out.dtype == torch.uint8 and out.shape == image.shape
+
+    spec = DataSpec("omniglot", tmp_path)
+    with pytest.raises(ValueError, match="distortion is a strength"):
+        PretrainConfig(out=tmp_path / "x.safetensors", data=spec, distortion=1.5)
+    with pytest.raises(ValueError, match="distortion is for handwriting"):
+        PretrainConfig(out=tmp_path / "x.safetensors", data=DataSpec("tiny-imagenet", tmp_path), distortion=0.5)
 
 
 def test_proto_maml_from_the_pretrained_file_is_recorded_and_refused_without_a_resnet(pretrained, tiny_imagenet_tree,
