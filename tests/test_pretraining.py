@@ -35,6 +35,25 @@ def crashing_at_step_5(schedule):
     return crashing
 
 
+def run_straight_and_crashed_then_resumed(straight, crashed, monkeypatch) -> dict[str, torch.Tensor]:
+    """Pretrain ``straight`` through; crash ``crashed`` (the same settings) at step 5 and resume it. Asserts
+    that both end with the same checkpoint tensors, and returns them."""
+    pretrain(straight, progress=False)
+    real = pretraining.cosine_lr
+    monkeypatch.setattr(pretraining, "cosine_lr", crashing_at_step_5(real))
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(crashed, progress=False)
+    monkeypatch.setattr(pretraining, "cosine_lr", real)
+    crashed.resume = True
+    pretrain(crashed, progress=False)
+    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").meta_params
+    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").meta_params
+    assert set(resumed) == set(tensors)
+    for key, value in tensors.items():
+        assert torch.equal(resumed[key], value), key
+    return tensors
+
+
 @pytest.fixture(scope="module")
 def pretrained(tiny_imagenet_tree, tmp_path_factory):
     config = config_for(tiny_imagenet_tree, tmp_path_factory.mktemp("pretrain") / "pre.safetensors")
@@ -81,19 +100,7 @@ def test_cutmix_and_moving_average_resume_exactly_and_export_the_average(tiny_im
                                                                                   **changes})
 
     straight = config("straight")
-    pretrain(straight, progress=False)
-    real = pretraining.cosine_lr
-    monkeypatch.setattr(pretraining, "cosine_lr", crashing_at_step_5(real))
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(crashed := config("crashed"), progress=False)
-    monkeypatch.setattr(pretraining, "cosine_lr", real)
-    crashed.resume = True
-    pretrain(crashed, progress=False)
-    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").meta_params
-    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").meta_params
-    assert set(resumed) == set(tensors)
-    for key, value in tensors.items():
-        assert torch.equal(resumed[key], value), key
+    tensors = run_straight_and_crashed_then_resumed(straight, config("crashed"), monkeypatch)
 
     # every live tensor has its average beside it, and the file holds the average (one epoch: the last state)
     live = [k for k in tensors if not k.startswith(pretraining.AVERAGE)]
@@ -128,19 +135,8 @@ def test_pretraining_with_a_cosine_classifier_resumes_exactly_and_keeps_its_scal
         return config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", **{"epochs": 1, "cosine_scale": 10.0,
                                                                                   **changes})
 
-    pretrain(straight := config("straight"), progress=False)
-    real = pretraining.cosine_lr
-    monkeypatch.setattr(pretraining, "cosine_lr", crashing_at_step_5(real))
-    with pytest.raises(KeyboardInterrupt):
-        pretrain(crashed := config("crashed"), progress=False)
-    monkeypatch.setattr(pretraining, "cosine_lr", real)
-    crashed.resume = True
-    pretrain(crashed, progress=False)
-    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").meta_params
-    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").meta_params
+    tensors = run_straight_and_crashed_then_resumed(config("straight"), config("crashed"), monkeypatch)
     assert pretraining.CLASSIFIER + "weight" in tensors and pretraining.CLASSIFIER + "bias" not in tensors
-    for key, value in tensors.items():
-        assert torch.equal(resumed[key], value), key
     with pytest.raises(ValueError, match="different settings"):
         pretrain(config("crashed", cosine_scale=20.0, resume=True), progress=False)
     with pytest.raises(ValueError, match="cosine-scale"):
