@@ -33,6 +33,8 @@ _EXPORTS = {
     "reptile_displacement": "meta_learning",
     "Conv4": "networks",
     "ResNet12": "networks",
+    "FeatureEnsemble": "networks",
+    "ensemble_models": "ensembling",
     "SinusoidMLP": "networks",
     "TrainConfig": "trainer",
     "PretrainConfig": "pretraining",

@@ -33,6 +33,7 @@ READABLE_VERSIONS = (1, 2)
 RECIPE_KEY = "fewshot_serve.recipe"
 MAX_STEPS = 100
 MAX_FILTERS = 1024
+MAX_MEMBERS = 8
 #: How a file's weights were made: a meta-learning algorithm, or supervised pretraining alone.
 RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
 #: The ``class_counts`` entry of weights trained on the training and validation classes together (a
@@ -182,24 +183,42 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
             problems.append(f"conv4 filters must be in [1, {MAX_FILTERS}] and in_channels in [1, 3]")
         problems += _preprocessing_problems(recipe, network)
     elif architecture == "resnet12":
-        widths = network.get("widths")
-        optional = {"lr_steps", "centred", "prototype_head"}
-        if set(network) - optional != {"architecture", "in_channels", "widths", "image_size", "norm", "adapt_from"}:
-            problems.append("resnet12 needs exactly in_channels, widths, image_size, norm and adapt_from "
-                            "(and optionally lr_steps, centred, prototype_head)")
-        elif not (isinstance(widths, list) and len(widths) == 4 and all(_is_int(w, 1, MAX_FILTERS) for w in widths)
-                  and _is_int(network["in_channels"], 1, 3) and _is_int(network["adapt_from"], 0, 4)
-                  and network["norm"] in NORMS and isinstance(network.get("centred", False), bool)
+        problems += _resnet12_problems(network) + _preprocessing_problems(recipe, network)
+    elif architecture == "ensemble":
+        members = network.get("members")
+        if set(network) - {"lr_steps", "prototype_head"} != {"architecture", "members"}:
+            problems.append("ensemble needs exactly members (and optionally lr_steps, prototype_head)")
+        elif not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS
+                  and all(isinstance(m, dict) and m.get("architecture") == "resnet12" for m in members)
                   and isinstance(network.get("prototype_head", False), bool)):
-            problems.append(f"resnet12 needs 4 widths in [1, {MAX_FILTERS}], in_channels in [1, 3], adapt_from in "
-                            f"[0, 4], norm in {NORMS}, and centred and prototype_head true or false")
-        problems += _preprocessing_problems(recipe, network)
+            problems.append(f"ensemble needs 2 to {MAX_MEMBERS} resnet12 members and prototype_head true or false")
+        else:
+            for index, member in enumerate(members):
+                own = _resnet12_problems(member) + _preprocessing_problems(recipe, member)
+                if (member.get("norm"), member.get("adapt_from")) != ("fixed", 4) or {"lr_steps", "prototype_head"} & set(member):
+                    own.append("a member is a pretrained backbone: norm 'fixed', adapt_from 4, no lr_steps or prototype_head")
+                problems += [f"member {index}: {problem}" for problem in own]
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
             problems.append("mlp needs exactly one integer 'hidden' in [1, 4096] (and optionally lr_steps)")
     else:
         problems.append(f"unknown architecture {architecture!r}")
     return problems
+
+
+def _resnet12_problems(network: dict[str, Any]) -> list[str]:
+    widths = network.get("widths")
+    optional = {"lr_steps", "centred", "prototype_head"}
+    if set(network) - optional != {"architecture", "in_channels", "widths", "image_size", "norm", "adapt_from"}:
+        return ["resnet12 needs exactly in_channels, widths, image_size, norm and adapt_from "
+                "(and optionally lr_steps, centred, prototype_head)"]
+    if not (isinstance(widths, list) and len(widths) == 4 and all(_is_int(w, 1, MAX_FILTERS) for w in widths)
+            and _is_int(network["in_channels"], 1, 3) and _is_int(network["adapt_from"], 0, 4)
+            and network["norm"] in NORMS and isinstance(network.get("centred", False), bool)
+            and isinstance(network.get("prototype_head", False), bool)):
+        return [f"resnet12 needs 4 widths in [1, {MAX_FILTERS}], in_channels in [1, 3], adapt_from in "
+                f"[0, 4], norm in {NORMS}, and centred and prototype_head true or false"]
+    return []
 
 
 def _preprocessing_problems(recipe: Recipe, network: dict[str, Any]) -> list[str]:

@@ -184,14 +184,16 @@ def _network_from(
                          + (f"per-step norms for {has - 1} inner steps" if has else "one shared norm"))
     if "adapt_from" in settings:
         settings["adapt_from"] = adapt_from
+    elif settings.get("architecture") == "ensemble" and adapt_from != 4:
+        raise ValueError("an ensemble adapts its head only: use --adapt-from 4")
     if centre_features:
         if settings.get("architecture") != "resnet12" or settings.get("norm") != "fixed":
             raise ValueError("--centre-features needs a pretrained ResNet-12 (fixed norm, from `fewshot-serve "
                              "pretrain`) as --init")
         settings["centred"] = True
     if prototype_head:
-        if settings.get("architecture") != "resnet12":
-            raise ValueError("--prototype-head needs a ResNet-12 as --init")
+        if settings.get("architecture") not in ("resnet12", "ensemble"):
+            raise ValueError("--prototype-head needs a ResNet-12 or an ensemble of them as --init")
         settings["prototype_head"] = True
     inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})

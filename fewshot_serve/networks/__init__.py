@@ -2,6 +2,7 @@
 
 * :class:`Conv4` (``conv4.py``): the standard 4-block few-shot convnet, for characters.
 * :class:`ResNet12` (``resnet12.py``): the residual backbone for photos.
+* :class:`FeatureEnsemble` (``ensemble.py``): pretrained ResNet-12s side by side under one head.
 * :class:`SinusoidMLP` (``mlp.py``): the MAML paper's regression network.
 
 What they share (params-dict forward, fast weights, the shared head row, MAML++'s learned
@@ -17,10 +18,12 @@ from .norms import BN_EPS, first_order_kernels, support_norm
 from .conv4 import Conv4
 from .mlp import SinusoidMLP
 from .resnet12 import ResNet12, fixed_norm_params
+from .ensemble import FeatureEnsemble
 
-ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "mlp": SinusoidMLP}
+ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "ensemble": FeatureEnsemble, "mlp": SinusoidMLP}
 
-__all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "Conv4", "ResNet12", "SinusoidMLP", "ARCHITECTURES",
+__all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "Conv4", "ResNet12", "FeatureEnsemble",
+           "SinusoidMLP", "ARCHITECTURES",
            "build_network", "fixed_norm_params", "first_order_kernels", "step_lr", "support_norm"]
 
 

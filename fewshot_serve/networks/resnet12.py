@@ -193,11 +193,23 @@ class ResNet12(SharedHeadClassifier):
     def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
         """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
 
+        The result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at a
+        time, with one convolution per layer (:meth:`freeze_features`), then the adapted head.
+        """
+        weight = params["head.weight"]
+        head = skip_init(nn.Linear, self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
+        head.weight.copy_(weight * params["logit_scale"])
+        head.bias.copy_(params["head.bias"] * params["logit_scale"])
+        frozen = nn.Sequential(*self.freeze_features(params, x_support), head, nn.Softmax(dim=-1))
+        return frozen.eval().to(memory_format=torch.channels_last)
+
+    @torch.no_grad()
+    def freeze_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+        """:meth:`head_input` of images as a plain eval-mode network (the body of :meth:`freeze`).
+
         Every norm is folded into the convolution before it: with support norm, the support
         statistics under ``params`` (measured layer by layer on ``x_support``) become constants;
-        fixed norms fold as they are. The result computes what
-        :func:`~fewshot_serve.inner_loop.predict` does, one image at a time, with one convolution
-        per layer.
+        fixed norms fold as they are.
         """
         support = self.norm == "support"  # fixed norms need no statistics, so no pass over the support set
         blocks, x = [], x_support
@@ -222,13 +234,8 @@ class ResNet12(SharedHeadClassifier):
             fold("shortcut", "shortcut_norm", x)
             blocks.append(FrozenBlock(convs))
             x = blocks[-1](x) if support else None
-        weight = params["head.weight"]
-        head = skip_init(nn.Linear, self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
-        head.weight.copy_(weight * params["logit_scale"])
-        head.bias.copy_(params["head.bias"] * params["logit_scale"])
         unit_length = UnitLength(self.feature_centre.clone() if self.centred else None)
-        frozen = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), unit_length, head, nn.Softmax(dim=-1))
-        return frozen.eval().to(memory_format=torch.channels_last)
+        return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), unit_length)
 
     def _affine(self, params: dict[str, Tensor], key: str, h: Tensor | None) -> tuple[Tensor, Tensor]:
         """A norm layer as ``h * scale + shift`` per channel (support norm: statistics measured on ``h``)."""

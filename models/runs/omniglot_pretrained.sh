@@ -101,3 +101,37 @@ if [[ -n "${TRY_DISTORTION:-}" ]]; then
     --nearest-mean "ResNet-12 pretrained with distortions on training + validation alphabets, nearest class mean=omniglot-pretrained-dist-trainval.safetensors" \
     --model "ResNet-12 pretrained with distortions on training + validation alphabets + 1-step Proto-MAML=omniglot-resnet12-dist-trainval.safetensors"
 fi
+
+# 7. A feature ensemble (TRY_ENSEMBLE=1; the same AMD EPYC, one core per run, ~12 min per 20 epochs): two narrow
+#    backbones (widths 12-24-44-84, 0.91 MB each) pretrained as step 6's distortion run, seeds 0 and 1, joined into
+#    one file (`fewshot-serve ensemble`: their unit features side by side) and given the shipped head. Validation
+#    first (members on training alphabets only), then the final run on training + validation alphabets, scored
+#    once on the test alphabets (models/README.md).
+if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
+  narrow=(fewshot-serve pretrain --dataset omniglot --widths 12,24,44,84 --batch-size 256 --lr 0.1 --val-ways 20
+          --val-episodes 300 --epochs 20 --distortion 1)
+  for seed in 0 1; do
+    OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --out "omniglot-narrow-s$seed.safetensors" &
+  done
+  wait
+  for seed in 0 1; do
+    OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --include-val-classes --out "omniglot-narrow-s$seed-trainval.safetensors" &
+  done
+  wait
+  fewshot-serve ensemble omniglot-narrow-s0.safetensors omniglot-narrow-s1.safetensors --out omniglot-ensemble.safetensors
+  fewshot-serve ensemble omniglot-narrow-s{0,1}-trainval.safetensors --out omniglot-ensemble-trainval.safetensors
+  head=(fewshot-serve train --algorithm maml --dataset omniglot --adapt-from 4 --freeze-body --learned-lrs --ways 20
+        --shots 1 --queries 5 --meta-batch 16 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr
+        --prototype-head --inner-lr 1 --inner-steps 1)
+  "${head[@]}" --init omniglot-ensemble.safetensors --iterations 300 --out omniglot-ensemble-proto.safetensors
+  "${head[@]}" --init omniglot-ensemble-trainval.safetensors --iterations 50 \
+    --out omniglot-ensemble-trainval-proto.safetensors
+  python "$models/compare_photos.py" --split val --output "$models/omniglot-val-comparison-ensemble.json" \
+    --settings 5x1 5x5 20x1 20x5 --model "two narrow backbones, 1-step Proto-MAML=omniglot-ensemble-proto.safetensors" \
+    --nearest-mean "two narrow backbones, nearest mean=omniglot-ensemble.safetensors" \
+    --nearest-mean "narrow backbone seed 0 alone, nearest mean=omniglot-narrow-s0.safetensors" \
+    --nearest-mean "narrow backbone seed 1 alone, nearest mean=omniglot-narrow-s1.safetensors"
+  python "$models/compare_photos.py" --output "$models/omniglot-pretrained-comparison.json" --settings 5x1 5x5 20x1 20x5 \
+    --nearest-mean "two narrow ResNet-12s with distortions on training + validation alphabets, nearest class mean=omniglot-ensemble-trainval.safetensors" \
+    --model "two narrow ResNet-12s with distortions on training + validation alphabets + 1-step Proto-MAML=omniglot-ensemble-trainval-proto.safetensors"
+fi

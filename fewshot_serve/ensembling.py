@@ -1,0 +1,43 @@
+"""One model file from several pretrained backbones: ``fewshot-serve ensemble A B --out E``.
+
+The file it writes holds a :class:`~fewshot_serve.networks.FeatureEnsemble` with the members'
+weights and a zero head; like a pretrained file, it is the ``--init`` of the meta-learning that
+gives it its head (``train --init E --adapt-from 4 --freeze-body --prototype-head ...``). The
+members must have been made on the same data (dataset, split seed, classes seen) with the same
+preprocessing: otherwise one of them may have seen what the others hold out as test classes, or
+the served images would not be what some member was trained on.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from typing import Sequence
+
+from .model_file import Recipe, load_model, save_model
+from .networks import FeatureEnsemble, ResNet12
+from .networks.ensemble import member_config
+
+
+def ensemble_models(paths: Sequence[str | os.PathLike], out: str | os.PathLike, command: str = "") -> Recipe:
+    """Write the ensemble of the pretrained ResNet-12 files ``paths`` to ``out``; returns its recipe."""
+    if len(paths) < 2:
+        raise ValueError(f"an ensemble needs at least 2 model files, got {len(paths)}")
+    loaded = [load_model(path) for path in paths]
+    first = loaded[0][1]
+    for path, (network, recipe) in zip(paths, loaded):
+        if not isinstance(network, ResNet12) or network.norm != "fixed":
+            raise ValueError(f"{path}: ensemble members must be pretrained ResNet-12s (`fewshot-serve pretrain`)")
+        for field in ("dataset", "split_seed", "class_counts", "preprocessing"):
+            if getattr(recipe, field) != getattr(first, field):
+                raise ValueError(f"{path} differs from {paths[0]} in its {field} ({getattr(recipe, field)!r} vs "
+                                 f"{getattr(first, field)!r}); ensemble members must be made on the same data")
+    members = [{**member_config(network), "adapt_from": 4} for network, _ in loaded]
+    ensemble = FeatureEnsemble(members)
+    for member, (network, _) in zip(ensemble.members, loaded):
+        backbone = member.state_dict().keys()  # a member's file may also hold a head and learned rates: not taken
+        member.load_state_dict({k: v for k, v in network.state_dict().items() if k in backbone})
+    made = "; ".join(filter(None, [recipe.command for _, recipe in loaded] + [command]))
+    recipe = replace(first, network=ensemble.config(), val_metric={}, command=made)
+    save_model(out, ensemble, recipe)
+    return recipe
