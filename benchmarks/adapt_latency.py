@@ -70,7 +70,7 @@ def percentile(values: list[float], q: float) -> float:
 def random_tasks(model: fewshot_serve.FewShotModel, settings, device: str = "cpu"):
     """For each (ways, shots) of ``settings``: random support images, their labels and ``QUERIES`` random
     queries, shaped for ``model`` (the same inputs on every call: seed 0)."""
-    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
+    size, channels = model.preprocessing.image_size, model.preprocessing.channels
     generator = torch.Generator().manual_seed(0)
     for ways, shots in settings:
         xs = torch.randn(ways * shots, channels, size, size, generator=generator).to(device)

@@ -63,7 +63,7 @@ def profile_call(fn, repeats: int) -> dict[str, float]:
 
 def run(model_path: Path, repeats: int, settings=SETTINGS) -> dict:
     model = fewshot_serve.load(model_path, device="cpu")
-    size, channels = model.recipe.network["image_size"], model.recipe.network["in_channels"]
+    size, channels = model.preprocessing.image_size, model.preprocessing.channels
     report = {"model": model_path.name, "threads": torch.get_num_threads(), "steps": model.recipe.test_steps,
               "settings": {}}
     generator = torch.Generator().manual_seed(0)

@@ -40,7 +40,7 @@ def serve(model, task):
 
 
 def concurrency(model, clients: int, requests: int, ways: int, queries: int) -> dict:
-    size = model.recipe.network["image_size"]
+    size = model.preprocessing.image_size
     tasks = [make_task(1000 + c, ways, size, queries) for c in range(clients)]
     alone = [serve(model, task) for task in tasks]
     latencies: list[float] = []
@@ -74,7 +74,7 @@ def concurrency(model, clients: int, requests: int, ways: int, queries: int) -> 
 def batched_adaptation(model, tasks: int, ways: int, queries: int, repeats: int) -> dict:
     """``tasks`` same-shaped tasks adapted in one vmap pass vs one after another (same answers)."""
     network, recipe = model.network, model.recipe
-    size = recipe.network["image_size"]
+    size = model.preprocessing.image_size
     batch = [make_task(2000 + t, ways, size, queries) for t in range(tasks)]
     xs, ys, xq = (torch.stack(part) for part in zip(*batch))
     meta = {k: v.detach() for k, v in network.named_parameters()}

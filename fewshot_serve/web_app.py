@@ -125,7 +125,9 @@ def describe(name: str, model: FewShotModel) -> str:
     """One line on what a model was meta-trained on and how it adapts."""
     recipe, size = model.recipe, model.preprocessing.image_size
     colour = "colour" if model.preprocessing.channels == 3 else "grayscale"
-    return (f"**{name}**: `{recipe.algorithm}` {recipe.network['architecture']} meta-trained on {recipe.dataset}, "
+    members = recipe.network.get("members")
+    architecture = f"ensemble of {len(members)} resnet12" if members else recipe.network["architecture"]
+    return (f"**{name}**: `{recipe.algorithm}` {architecture} meta-trained on {recipe.dataset}, "
             f"{size}×{size} {colour} input; adapts in {recipe.test_steps} gradient steps.")
 
 
