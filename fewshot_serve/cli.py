@@ -170,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--test-steps", type=int, required=True,
                        help="inner steps when served (choose with `evaluate --split val --steps N`)")
     steps.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
+    half = commands.add_parser("store-half", help="copy a model file with its weights stored as float16 (half the "
+                               "file; serving still computes in float32)")
+    half.add_argument("model", type=Path)
+    half.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
     ensemble = commands.add_parser("ensemble", help="one model file from several pretrained ResNet-12 files "
                                    "(their features side by side; meta-learn its head with `train --init`)")
     ensemble.add_argument("members", type=Path, nargs="+", help="pretrained .safetensors files (at least 2)")
@@ -215,6 +219,14 @@ def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     recipe = set_test_steps(args.model, args.test_steps, args.out, command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "train_steps": recipe.train_steps, "test_steps": recipe.test_steps}))
+    return 0
+
+
+def run_store_half(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .model_file import store_half
+
+    store_half(args.model, args.out, command="fewshot-serve " + shlex.join(argv))
+    print(json.dumps({"model": str(args.out), "bytes": args.out.stat().st_size}))
     return 0
 
 
@@ -312,6 +324,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_export_onnx(args)
         if args.command == "set-steps":
             return run_set_steps(args, argv)
+        if args.command == "store-half":
+            return run_store_half(args, argv)
         if args.command == "ensemble":
             return run_ensemble(args, argv)
         if args.command == "hash-password":

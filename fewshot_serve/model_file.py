@@ -34,6 +34,8 @@ RECIPE_KEY = "fewshot_serve.recipe"
 MAX_STEPS = 100
 MAX_FILTERS = 1024
 MAX_MEMBERS = 8
+#: How a file may store its weights; they are always computed in float32.
+STORAGE_DTYPES = (torch.float32, torch.float16)
 #: How a file's weights were made: a meta-learning algorithm, or supervised pretraining alone.
 RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
 #: The ``class_counts`` entry of weights trained on the training and validation classes together (a
@@ -79,11 +81,21 @@ class Recipe:
 
 
 def save_model(
-    path: str | os.PathLike, network: MetaNetwork, recipe: Recipe, params: dict[str, torch.Tensor] | None = None
+    path: str | os.PathLike, network: MetaNetwork, recipe: Recipe, params: dict[str, torch.Tensor] | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> None:
-    """Write ``params`` (default: ``network``'s own weights) and ``recipe`` atomically to safetensors."""
+    """Write ``params`` (default: ``network``'s own weights) and ``recipe`` atomically to safetensors.
+
+    ``dtype`` is how the weights are stored (float32, or float16 for half the file: :func:`store_half`);
+    loading always computes in float32.
+    """
+    if dtype not in STORAGE_DTYPES:
+        raise ValueError(f"weights are stored as one of {STORAGE_DTYPES}, not {dtype}")
     params = network.state_dict() if params is None else params
-    tensors = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in params.items()}
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in params.items()}
+    for name, tensor in tensors.items():
+        if not torch.isfinite(tensor).all():
+            raise ValueError(f"tensor {name!r} does not fit {dtype} (or holds NaN or infinite values)")
     with atomic_output(path) as temporary:
         save_file(tensors, str(temporary), metadata={RECIPE_KEY: recipe.to_json()})
 
@@ -126,8 +138,29 @@ def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike
         raise ValueError(f"test-time steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
     network, recipe = load_model(source)
     recipe = replace(recipe, test_steps=steps, command="; ".join(filter(None, (recipe.command, command))))
-    save_model(out, network, recipe)
+    save_model(out, network, recipe, dtype=stored_dtype(source))
     return recipe
+
+
+def store_half(source: str | os.PathLike, out: str | os.PathLike, command: str = "") -> Recipe:
+    """Write a copy of ``source`` with its weights stored as float16: half the download, the same recipe.
+
+    Serving still computes in float32 from the rounded weights (relative change at most 2^-11 each;
+    what that does to accuracy is measured per model, e.g. in models/README.md). A weight beyond
+    float16's range (65,504) is refused rather than stored as infinity. ``command`` is appended to
+    the recipe's, as :func:`set_test_steps` does.
+    """
+    network, recipe = load_model(source)
+    recipe = replace(recipe, command="; ".join(filter(None, (recipe.command, command))))
+    save_model(out, network, recipe, dtype=torch.float16)
+    return recipe
+
+
+def stored_dtype(path: str | os.PathLike) -> torch.dtype:
+    """How ``path``'s weights are stored (that of its first tensor; :func:`save_model` uses one for all)."""
+    with safe_open(str(path), framework="pt") as handle:
+        first = next(iter(handle.keys()), None)
+        return torch.float32 if first is None else handle.get_tensor(first).dtype
 
 
 def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:

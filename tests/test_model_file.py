@@ -139,3 +139,40 @@ def test_set_steps_refuses_a_step_count_out_of_range_and_writes_nothing(saved, t
     assert main(["set-steps", str(path), "--test-steps", steps, "--out", str(out)]) == 2
     assert "test-time steps must be an integer in [1, 100]" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_store_half_keeps_the_recipe_rounds_each_weight_to_float16_and_halves_the_file(saved, tmp_path, capsys):
+    from fewshot_serve.cli import main
+    from fewshot_serve.model_file import stored_dtype
+
+    path, network = saved
+    out = tmp_path / "half.safetensors"
+    assert main(["store-half", str(path), "--out", str(out)]) == 0
+    loaded, recipe = load_model(out)
+    assert recipe == make_recipe(command=f"fewshot-serve train ...; fewshot-serve store-half {path} --out {out}")
+    assert stored_dtype(out) == torch.float16 and stored_dtype(path) == torch.float32
+    for key, value in network.state_dict().items():
+        assert loaded.state_dict()[key].dtype == torch.float32
+        assert torch.equal(loaded.state_dict()[key], value.half().float()), key
+    assert any(not torch.equal(v, v.half().float()) for v in network.state_dict().values())  # rounding happened
+    def tensor_bytes(file):  # safetensors: an 8-byte header length, the JSON header, then the tensors
+        data = file.read_bytes()
+        return len(data) - 8 - int.from_bytes(data[:8], "little")
+
+    weights = sum(v.numel() for v in network.state_dict().values())
+    assert (tensor_bytes(path), tensor_bytes(out)) == (4 * weights, 2 * weights)
+    assert main(["set-steps", str(out), "--test-steps", "7", "--out", str(out)]) == 0  # stays half
+    assert stored_dtype(out) == torch.float16 and load_model(out)[1].test_steps == 7
+
+
+def test_store_half_refuses_a_weight_beyond_float16_and_writes_nothing(saved, tmp_path, capsys):
+    from fewshot_serve.cli import main
+
+    path, network = saved
+    with torch.no_grad():
+        network.head.bias[0] = 1e5
+    save_model(path, network, make_recipe())
+    out = tmp_path / "half.safetensors"
+    assert main(["store-half", str(path), "--out", str(out)]) == 2
+    assert "'head.bias' does not fit torch.float16" in capsys.readouterr().err
+    assert not out.exists()
