@@ -228,8 +228,10 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
         else:
             for index, member in enumerate(members):
                 own = _resnet12_problems(member) + _preprocessing_problems(recipe, member)
-                if (member.get("norm"), member.get("adapt_from")) != ("fixed", 4) or {"lr_steps", "prototype_head"} & set(member):
-                    own.append("a member is a pretrained backbone: norm 'fixed', adapt_from 4, no lr_steps or prototype_head")
+                pretrained = (member.get("norm"), member.get("adapt_from")) == ("fixed", 4)
+                if not pretrained or {"lr_steps", "prototype_head"} & set(member):
+                    own.append("a member is a pretrained backbone: norm 'fixed', adapt_from 4, no lr_steps or "
+                               "prototype_head")
                 problems += [f"member {index}: {problem}" for problem in own]
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):

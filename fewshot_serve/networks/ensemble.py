@@ -22,12 +22,10 @@ import math
 from typing import Any, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.utils import skip_init
 
 from .base import SharedHeadClassifier
-from .resnet12 import ResNet12
+from .resnet12 import ResNet12, frozen_head
 
 MEMBER_PREFIX = "members."
 
@@ -93,19 +91,14 @@ class FeatureEnsemble(SharedHeadClassifier):
     def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         return h
 
-    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
-        return params["logit_scale"] * F.linear(features, params["head.weight"], params["head.bias"])
+    head_logits = ResNet12.head_logits  # the same head: a learned row per class, times the logit scale
 
     @torch.no_grad()
     def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
         """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX)."""
         bodies = [member.freeze_features(self._member_params(params, i), x_support)
                   for i, member in enumerate(self.members)]
-        weight = params["head.weight"]
-        head = skip_init(nn.Linear, self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
-        head.weight.copy_(weight * params["logit_scale"])
-        head.bias.copy_(params["head.bias"] * params["logit_scale"])
-        frozen = nn.Sequential(ConcatenatedFeatures(bodies), head, nn.Softmax(dim=-1))
+        frozen = nn.Sequential(ConcatenatedFeatures(bodies), frozen_head(params), nn.Softmax(dim=-1))
         return frozen.eval().to(memory_format=torch.channels_last)
 
 

@@ -196,11 +196,7 @@ class ResNet12(SharedHeadClassifier):
         The result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at a
         time, with one convolution per layer (:meth:`freeze_features`), then the adapted head.
         """
-        weight = params["head.weight"]
-        head = skip_init(nn.Linear, self.feature_dim, weight.shape[0], device=weight.device, dtype=weight.dtype)
-        head.weight.copy_(weight * params["logit_scale"])
-        head.bias.copy_(params["head.bias"] * params["logit_scale"])
-        frozen = nn.Sequential(*self.freeze_features(params, x_support), head, nn.Softmax(dim=-1))
+        frozen = nn.Sequential(*self.freeze_features(params, x_support), frozen_head(params), nn.Softmax(dim=-1))
         return frozen.eval().to(memory_format=torch.channels_last)
 
     @torch.no_grad()
@@ -245,6 +241,15 @@ class ResNet12(SharedHeadClassifier):
         mean, var = channel_statistics(h)
         scale = weight * torch.rsqrt(var + BN_EPS)
         return scale, bias - mean * scale
+
+
+def frozen_head(params: dict[str, Tensor]) -> nn.Linear:
+    """The adapted head with the logit scale folded in: :meth:`ResNet12.head_logits` as one layer."""
+    weight = params["head.weight"]
+    head = skip_init(nn.Linear, weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    head.weight.copy_(weight * params["logit_scale"])
+    head.bias.copy_(params["head.bias"] * params["logit_scale"])
+    return head
 
 
 class FrozenBlock(nn.Module):
