@@ -48,11 +48,14 @@ def test_pool_order_smoke(capsys):
     assert "pool, then ReLU" in capsys.readouterr().out
 
 
-def test_adapt_latency_photo_smoke(tmp_path, capsys):
+@pytest.mark.parametrize("kind", ["resnet12", "ensemble"])
+def test_adapt_latency_photo_smoke(tmp_path, capsys, kind):
+    from test_ensemble import tiny_ensemble
     from test_resnet12 import recipe_for, tiny_resnet
     from fewshot_serve.model_file import save_model
 
-    network = tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32)
+    network = (tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32) if kind == "resnet12"
+               else tiny_ensemble(dtype=torch.float32)[0])
     save_model(tmp_path / "photos.safetensors", network, recipe_for(network))
     report = adapt_latency.run_alone(tmp_path / "photos.safetensors", repeats=2, device="cpu", settings=((3, 2),))
     assert set(report["settings"]["3-way 2-shot"]) == {"adapt + classify", "adapt", "classify"}
