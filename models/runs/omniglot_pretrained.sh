@@ -135,3 +135,33 @@ if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
     --nearest-mean "two narrow ResNet-12s with distortions on training + validation alphabets, nearest class mean=omniglot-ensemble-trainval.safetensors" \
     --model "two narrow ResNet-12s with distortions on training + validation alphabets + 1-step Proto-MAML=omniglot-ensemble-trainval-proto.safetensors"
 fi
+
+# 8. Four members (TRY_ENSEMBLE=1, after step 7): seeds 2 and 3 as well, the same four-member file on validation
+#    and then on training + validation alphabets, the head as in step 7, then the weights stored as float16 so that
+#    the four backbones (3.6 MB in float32) fit the 2 MB budget; validation scores the float16 file beside the
+#    float32 one. The final file, scored once on the test alphabets, is the shipped model.
+if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
+  for seed in 2 3; do
+    OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --out "omniglot-narrow-s$seed.safetensors" &
+  done
+  wait
+  for seed in 2 3; do
+    OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --include-val-classes --out "omniglot-narrow-s$seed-trainval.safetensors" &
+  done
+  wait
+  fewshot-serve ensemble omniglot-narrow-s{0,1,2,3}.safetensors --out omniglot-ensemble4.safetensors
+  fewshot-serve ensemble omniglot-narrow-s{0,1,2,3}-trainval.safetensors --out omniglot-ensemble4-trainval.safetensors
+  "${head[@]}" --init omniglot-ensemble4.safetensors --iterations 300 --out omniglot-ensemble4-proto.safetensors
+  "${head[@]}" --init omniglot-ensemble4-trainval.safetensors --iterations 50 \
+    --out omniglot-ensemble4-trainval-proto.safetensors
+  fewshot-serve store-half omniglot-ensemble4-proto.safetensors --out omniglot-ensemble4-proto-half.safetensors
+  fewshot-serve store-half omniglot-ensemble4-trainval-proto.safetensors --out omniglot-ensemble4-trainval-proto-half.safetensors
+  python "$models/compare_photos.py" --split val --output "$models/omniglot-val-comparison-ensemble.json" \
+    --settings 5x1 5x5 20x1 20x5 --model "four narrow backbones, 1-step Proto-MAML=omniglot-ensemble4-proto.safetensors" \
+    --model "four narrow backbones, 1-step Proto-MAML, stored as float16=omniglot-ensemble4-proto-half.safetensors" \
+    --nearest-mean "four narrow backbones, nearest mean=omniglot-ensemble4.safetensors"
+  python "$models/compare_photos.py" --output "$models/omniglot-pretrained-comparison.json" --settings 5x1 5x5 20x1 20x5 \
+    --nearest-mean "four narrow ResNet-12s with distortions on training + validation alphabets, nearest class mean=omniglot-ensemble4-trainval.safetensors" \
+    --model "four narrow ResNet-12s with distortions on training + validation alphabets + 1-step Proto-MAML, float16=omniglot-ensemble4-trainval-proto-half.safetensors"
+  cp omniglot-ensemble4-trainval-proto-half.safetensors "$models/omniglot-resnet12.safetensors"
+fi
