@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from typing import Any
 
 import torch
@@ -82,10 +82,28 @@ def load_checkpoint(path: str | os.PathLike) -> TrainingState:
     )
 
 
-def resume_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any]) -> TrainingState:
-    """The checkpoint at ``path``, refused (naming the settings that differ) unless made with ``fingerprint``."""
+def resume_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any],
+                      defaults: dict[str, Any] | None = None) -> TrainingState:
+    """The checkpoint at ``path``, refused (naming the settings that differ) unless made with ``fingerprint``.
+
+    A setting missing on either side counts as its value in ``defaults`` (:func:`setting_defaults`):
+    a run checkpointed before a setting existed still resumes, as long as this run leaves that
+    setting at its default, which is what the earlier run did without knowing it.
+    """
     state = load_checkpoint(path)
-    if state.config != fingerprint:
-        differing = sorted(k for k in set(state.config) | set(fingerprint) if state.config.get(k) != fingerprint.get(k))
+    made, wanted = {**(defaults or {}), **state.config}, {**(defaults or {}), **fingerprint}
+    if made != wanted:
+        differing = sorted(k for k in set(made) | set(wanted) if made.get(k) != wanted.get(k))
         raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")
     return state
+
+
+def setting_defaults(config_class: type) -> dict[str, Any]:
+    """The defaults of a configuration dataclass's fields, in the JSON form fingerprints take."""
+    defaults = {}
+    for field in fields(config_class):
+        if field.default is not MISSING:
+            defaults[field.name] = field.default
+        elif field.default_factory is not MISSING:
+            defaults[field.name] = field.default_factory()
+    return json.loads(json.dumps(defaults, default=str))

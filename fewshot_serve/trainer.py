@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint, setting_defaults
 from .evaluation import evaluate_episodes
 from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
@@ -48,8 +48,6 @@ from .sources import (
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
 
-NETWORK_OPTIONS = ("architecture", "widths", "adapt_from", "init", "freeze_body", "centre_features", "prototype_head")
-MAML_PLUS_PLUS_OPTIONS = ("learned_lrs", "per_step_norm", "multi_step_loss", "first_order_iterations", "cosine_meta_lr")
 
 
 @dataclass
@@ -132,9 +130,6 @@ class TrainConfig:
         settings = asdict(self)
         for volatile in ("resume", "command", "device", "vectorize", "out", "run_dir"):
             settings.pop(volatile)
-        for option in (*MAML_PLUS_PLUS_OPTIONS, *NETWORK_OPTIONS):  # absent from runs made before they existed
-            if not settings[option]:
-                settings.pop(option)
         return json.loads(json.dumps(settings, default=str))
 
 
@@ -354,7 +349,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
 
 
 def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: torch.Generator) -> TrainingState:
-    state = resume_checkpoint(path, config.fingerprint())
+    state = resume_checkpoint(path, config.fingerprint(), setting_defaults(TrainConfig))
     with torch.no_grad():
         for key, value in state.meta_params.items():
             learner.meta_params[key].copy_(value)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 import fewshot_serve.pretraining as pretraining
 from fewshot_serve import cli
-from fewshot_serve.checkpoint import load_checkpoint
+from fewshot_serve.checkpoint import load_checkpoint, save_checkpoint
 from fewshot_serve.model_file import load_model, save_model
 from fewshot_serve.networks import ResNet12
 from fewshot_serve.pretraining import PretrainConfig, pretrain
@@ -92,6 +92,14 @@ def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tin
         assert torch.equal(resumed.meta_params[key], value), key
     with pytest.raises(ValueError, match="different settings"):
         pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", lr=0.05, resume=True), progress=False)
+    # a checkpoint written before a setting existed resumes while this run leaves it at its default
+    before = load_checkpoint(config.run_dir / "checkpoint.safetensors")
+    del before.config["distortion"], before.config["cosine_scale"]
+    save_checkpoint(config.run_dir / "checkpoint.safetensors", before)
+    pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", resume=True), progress=False)
+    with pytest.raises(ValueError, match=r"different settings \(cosine_scale\)"):
+        pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", cosine_scale=10.0, resume=True),
+                 progress=False)
 
 
 def test_cutmix_and_moving_average_resume_exactly_and_export_the_average(tiny_imagenet_tree, tmp_path, monkeypatch):

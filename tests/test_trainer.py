@@ -102,6 +102,21 @@ def test_resume_refuses_different_settings(tmp_path, glyph_tree):
         train(config(tmp_path, glyph_tree, iterations=2, inner_lrs=(0.1,), resume=True), progress=False)
 
 
+def test_a_checkpoint_from_before_a_setting_existed_resumes_while_the_setting_stays_at_its_default(
+        tmp_path, glyph_tree):
+    from fewshot_serve.checkpoint import save_checkpoint
+
+    train(config(tmp_path, glyph_tree, iterations=2), progress=False)
+    path = tmp_path / "glyphs.run" / "checkpoint.safetensors"
+    state = load_checkpoint(path)
+    for later in ("prototype_head", "cosine_meta_lr"):  # as a run made before these options existed recorded it
+        del state.config[later]
+    save_checkpoint(path, state)
+    assert train(config(tmp_path, glyph_tree, iterations=2, resume=True), progress=False).best_iteration == 2
+    with pytest.raises(ValueError, match=r"different settings \(cosine_meta_lr\)"):
+        train(config(tmp_path, glyph_tree, iterations=2, cosine_meta_lr=True, resume=True), progress=False)
+
+
 def test_divergence_stops_with_a_clear_error(tmp_path, glyph_tree):
     with pytest.raises(FloatingPointError, match="diverged at iteration"):
         # two steps: the first moves only the shared head row, the second the whole network by 1e30
