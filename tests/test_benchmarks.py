@@ -13,6 +13,7 @@ FOMAML_MODEL = ROOT / "models" / "omniglot-conv4-fomaml.safetensors"  # the benc
 
 import adapt_latency  # noqa: E402
 import first_order_kernels  # noqa: E402
+import inplace_activations  # noqa: E402
 import pool_order  # noqa: E402
 import serve_throughput  # noqa: E402
 import train_throughput  # noqa: E402
@@ -46,6 +47,20 @@ def test_pool_order_smoke(capsys):
     assert conv4.relu_and_pool is pool_order.POOL_FIRST  # switched back
     pool_order.print_table(report)
     assert "pool, then ReLU" in capsys.readouterr().out
+
+
+def test_inplace_activations_smoke(tmp_path, capsys):
+    from test_resnet12 import recipe_for, tiny_resnet
+    from fewshot_serve.model_file import save_model
+    from fewshot_serve.networks.resnet12 import FrozenBlock
+
+    network = tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32)
+    save_model(tmp_path / "photos.safetensors", network, recipe_for(network))
+    report = inplace_activations.run(tmp_path / "photos.safetensors", repeats=1, settings=((3, 2),))  # checked equal
+    assert set(report["settings"]["3-way 2-shot"]) == set(inplace_activations.VARIANTS)
+    assert FrozenBlock.forward is inplace_activations.IN_PLACE  # switched back
+    inplace_activations.print_table(report)
+    assert "in place (now)" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("kind", ["resnet12", "ensemble"])

@@ -260,9 +260,11 @@ class FrozenBlock(nn.Module):
         self.conv1, self.conv2, self.conv3, self.shortcut = (convs[k] for k in ("conv1", "conv2", "conv3", "shortcut"))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = F.leaky_relu(self.conv1(x), LEAK)
-        h = F.leaky_relu(self.conv2(h), LEAK)
-        return F.max_pool2d(F.leaky_relu(self.conv3(h) + self.shortcut(x), LEAK), 2)
+        # In place: each convolution's output is used once, and writing into it instead of into fresh
+        # buffers makes the photo model's classification ~1.1x faster (benchmarks/inplace_activations.py).
+        h = F.leaky_relu_(self.conv1(x), LEAK)
+        h = F.leaky_relu_(self.conv2(h), LEAK)
+        return F.max_pool2d(F.leaky_relu_(self.conv3(h).add_(self.shortcut(x)), LEAK), 2)
 
 
 class UnitLength(nn.Module):
