@@ -8,9 +8,7 @@ import pytest
 import torch
 
 from fewshot_serve import cli
-from fewshot_serve.frozen_body import AdaptedPart
 from fewshot_serve.inner_loop import adapt, predict
-from fewshot_serve.meta_learning import meta_gradient
 from fewshot_serve.model_file import ModelFileError, load_model, save_model
 from fewshot_serve.networks import FeatureEnsemble, build_network
 from fewshot_serve.networks.ensemble import member_config
@@ -19,7 +17,9 @@ from fewshot_serve.sources import DataSpec
 
 from conftest import assert_onnx_export_agrees
 from test_pretraining import config_for
-from test_resnet12 import INNER, SHOTS, WAYS, images, params_of, recipe_for, second_order_batch, tiny_resnet
+from test_resnet12 import (SHOTS, WAYS, assert_cached_frozen_part_gives_the_same_meta_gradient,
+                           assert_meta_gradient_matches_central_differences, images, params_of, recipe_for,
+                           second_order_batch, tiny_resnet)
 
 
 def tiny_ensemble(lr_steps=0, prototype_head=False, dtype=torch.float64) -> tuple[FeatureEnsemble, list]:
@@ -59,29 +59,11 @@ def test_the_features_are_each_members_unit_features_side_by_side_at_unit_length
 def test_maml_meta_gradient_matches_central_finite_differences_and_the_cached_features(prototype_head):
     ensemble, _ = tiny_ensemble(lr_steps=2, prototype_head=prototype_head)
     batch, theta = second_order_batch(), params_of(ensemble)
-    grads, loss, _ = meta_gradient(ensemble, theta, batch, INNER, first_order=False, vectorize=False)
-
-    def meta_loss(params):
-        return meta_gradient(ensemble, params, batch, INNER, first_order=False, vectorize=False)[1].item()
-
-    eps, g = 1e-6, torch.Generator().manual_seed(11)
-    direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in theta.items()}
-    plus = meta_loss({k: theta[k] + eps * direction[k] for k in theta})
-    minus = meta_loss({k: theta[k] - eps * direction[k] for k in theta})
-    analytic = sum((grads[k] * direction[k]).sum() for k in theta).item()
-    assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-9)
+    grads, loss = assert_meta_gradient_matches_central_differences(ensemble, theta, batch)
     for key in ("logit_scale", "step_lrs", "members.1.blocks.0.conv1.weight"):
         assert grads[key].abs().max() > 1e-6, key
-    # what --freeze-body meta-learns on: the features cached once per image give the same gradient
-    part = AdaptedPart(ensemble)
-    assert set(dict(part.named_parameters())) == {"head.weight", "head.bias", "logit_scale", "step_lrs"}
-    cache = lambda xs: torch.stack([ensemble.frozen_part(theta, x) for x in xs])  # noqa: E731
-    cached = batch._replace(x_support=cache(batch.x_support), x_query=cache(batch.x_query))
-    part_grads, cached_loss, _ = meta_gradient(part, {k: theta[k] for k in dict(part.named_parameters())}, cached,
-                                               INNER, first_order=False, vectorize=False)
-    assert cached_loss.item() == pytest.approx(loss.item(), rel=1e-12)
-    for key, grad in part_grads.items():
-        torch.testing.assert_close(grad, grads[key], rtol=1e-9, atol=1e-12)
+    names = assert_cached_frozen_part_gives_the_same_meta_gradient(ensemble, theta, batch, grads, loss)
+    assert names == {"head.weight", "head.bias", "logit_scale", "step_lrs"}
 
 
 def test_frozen_classifier_equals_predict():

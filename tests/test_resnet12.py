@@ -146,16 +146,10 @@ def second_order_batch(tasks=2, dtype=torch.float64):
 INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=2, test_steps=2)
 
 
-@pytest.mark.parametrize("adapt_from, prototype_head", [(0, False), (3, False), (3, True)])
-def test_maml_meta_gradient_matches_central_finite_differences(adapt_from, prototype_head):
-    network = tiny_resnet(adapt_from=adapt_from, lr_steps=2, prototype_head=prototype_head)
-    batch = second_order_batch()
-    theta = params_of(network)
-    grads, _, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
-    if prototype_head:  # the vectorized meta-batch (torch.func) takes the same steps
-        vectorized, _, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=True)
-        for key, grad in grads.items():
-            torch.testing.assert_close(vectorized[key], grad, rtol=1e-9, atol=1e-12)
+def assert_meta_gradient_matches_central_differences(network, theta, batch) -> tuple[dict, torch.Tensor]:
+    """Second-order MAML's meta-gradient of ``network`` at ``theta`` against central finite differences of
+    its meta-loss along a random direction; returns the gradient and the loss."""
+    grads, loss, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
 
     def meta_loss(params):
         return meta_gradient(network, params, batch, INNER, first_order=False, vectorize=False)[1].item()
@@ -167,6 +161,35 @@ def test_maml_meta_gradient_matches_central_finite_differences(adapt_from, proto
     minus = meta_loss({k: theta[k] - eps * direction[k] for k in theta})
     analytic = sum((grads[k] * direction[k]).sum() for k in theta).item()
     assert analytic == pytest.approx((plus - minus) / (2 * eps), rel=1e-6, abs=1e-9)
+    return grads, loss
+
+
+def assert_cached_frozen_part_gives_the_same_meta_gradient(network, theta, batch, grads, loss) -> set[str]:
+    """What ``--freeze-body`` meta-learns on: the frozen part's output cached once per image must give
+    the adapted part the whole network's loss and meta-gradient (``grads``, ``loss``). Returns the
+    adapted part's parameter names."""
+    part = AdaptedPart(network)
+    names = set(dict(part.named_parameters()))
+    cache = lambda xs: torch.stack([network.frozen_part(theta, x) for x in xs])  # noqa: E731
+    cached = batch._replace(x_support=cache(batch.x_support), x_query=cache(batch.x_query))
+    part_grads, cached_loss, _ = meta_gradient(part, {k: theta[k] for k in names}, cached, INNER, first_order=False,
+                                               vectorize=False)
+    assert cached_loss.item() == pytest.approx(loss.item(), rel=1e-12)
+    for key, grad in part_grads.items():
+        torch.testing.assert_close(grad, grads[key], rtol=1e-9, atol=1e-12)
+    return names
+
+
+@pytest.mark.parametrize("adapt_from, prototype_head", [(0, False), (3, False), (3, True)])
+def test_maml_meta_gradient_matches_central_finite_differences(adapt_from, prototype_head):
+    network = tiny_resnet(adapt_from=adapt_from, lr_steps=2, prototype_head=prototype_head)
+    batch = second_order_batch()
+    theta = params_of(network)
+    grads, _ = assert_meta_gradient_matches_central_differences(network, theta, batch)
+    if prototype_head:  # the vectorized meta-batch (torch.func) takes the same steps
+        vectorized, _, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=True)
+        for key, grad in grads.items():
+            torch.testing.assert_close(vectorized[key], grad, rtol=1e-9, atol=1e-12)
     for key in ("logit_scale", "blocks.0.conv1.weight", "step_lrs"):
         assert grads[key].abs().max() > 1e-6, key  # frozen blocks still get the query loss's gradient
 
@@ -175,16 +198,8 @@ def test_frozen_body_cache_gives_the_whole_networks_meta_gradient_for_the_adapte
     network, batch = tiny_resnet(norm="fixed", adapt_from=3), second_order_batch()
     theta = params_of(network)
     whole, loss, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
-    part = AdaptedPart(network)
-    assert set(dict(part.named_parameters())) == {k for k in theta if not k.startswith(("blocks.0", "blocks.1", "blocks.2"))}
-    frozen = {k: v for k, v in theta.items()}
-    cached = batch._replace(x_support=torch.stack([network.frozen_part(frozen, x) for x in batch.x_support]),
-                            x_query=torch.stack([network.frozen_part(frozen, x) for x in batch.x_query]))
-    part_params = {k: theta[k] for k in dict(part.named_parameters())}
-    grads, cached_loss, _ = meta_gradient(part, part_params, cached, INNER, first_order=False, vectorize=False)
-    assert cached_loss.item() == pytest.approx(loss.item(), rel=1e-12)
-    for key, grad in grads.items():
-        torch.testing.assert_close(grad, whole[key], rtol=1e-9, atol=1e-12)
+    names = assert_cached_frozen_part_gives_the_same_meta_gradient(network, theta, batch, whole, loss)
+    assert names == {k for k in theta if not k.startswith(("blocks.0", "blocks.1", "blocks.2"))}
 
 
 def test_cached_episodes_are_the_image_episodes(glyph_tree):
