@@ -113,6 +113,46 @@ def side_by_side(model_path: Path, repeats: int, settings, variants: dict[str, C
     return report
 
 
+def before_and_now(model_path: Path, repeats: int, settings, owner: object, attribute: str,
+                   variants: dict[str, object]) -> dict:
+    """:func:`side_by_side` of the forms of ``owner.attribute`` in ``variants`` (name -> form; the first, the
+    former one, is the reference), then ``owner.attribute`` restored to the form it had on entry."""
+    current = getattr(owner, attribute)
+    switches = {name: functools.partial(setattr, owner, attribute, form) for name, form in variants.items()}
+    try:
+        return side_by_side(model_path, repeats, settings, switches, reference=next(iter(variants)))
+    finally:
+        setattr(owner, attribute, current)
+
+
+def print_before_and_now(report: dict, speed_up: str) -> None:
+    """:func:`before_and_now`'s p50 per setting, with the second form's speed-up over the first."""
+    variants = list(next(iter(report["settings"].values())))
+    width = max(map(len, variants)) + 4
+    print(f"{report['model']}: {report['threads']} threads, {report['steps']} steps, adapt + classify {QUERIES} "
+          f"queries, p50 ms ({speed_up})")
+    print(f"{'setting':15s}" + "".join(f"{variant:>{width}s}" for variant in variants))
+    for setting, p50 in report["settings"].items():
+        before, now = p50.values()
+        print(f"{setting:15s}{before:>{width}.1f}{f'{now:.1f} ({before / now:.2f}x)':>{width}s}")
+
+
+def before_and_now_main(description: str, run: Callable[[Path, int], dict], print_table: Callable[[dict], None],
+                        default_model: Path, default_repeats: int, results_prefix: str) -> None:
+    """The command line of a before-and-now benchmark: ``--model``, ``--repeats``, ``--out`` (JSON; default
+    ``benchmarks/results/<results_prefix>_<model>.json``)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=default_model)
+    parser.add_argument("--repeats", type=int, default=default_repeats)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"JSON results (default: benchmarks/results/{results_prefix}_<model>.json)")
+    args = parser.parse_args()
+    report = run(args.model, args.repeats)
+    print_table(report)
+    atomic_write_json(args.out or ROOT / "benchmarks" / "results" / f"{results_prefix}_{args.model.stem}.json",
+                      report)
+
+
 @functools.cache
 def standard_conv4(network: Conv4) -> torch.nn.Sequential:
     """``network`` (weights included) as the MAML tutorials build Conv4: standard layers, each block

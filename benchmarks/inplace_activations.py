@@ -14,18 +14,15 @@ ratio is diluted by the adaptation's share. Writes JSON.
 
 from __future__ import annotations
 
-import argparse
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.networks.resnet12 import LEAK, FrozenBlock
-from adapt_latency import QUERIES, SETTINGS, side_by_side  # benchmarks/ is this script's folder
+from adapt_latency import (  # benchmarks/ is this script's folder
+    ROOT, SETTINGS, before_and_now, before_and_now_main, print_before_and_now)
 
-ROOT = Path(__file__).resolve().parents[1]
 IN_PLACE = FrozenBlock.forward
 
 
@@ -40,34 +37,13 @@ VARIANTS = {"fresh tensors (before)": into_fresh_tensors, "in place (now)": IN_P
 
 
 def run(model_path: Path, repeats: int, settings=SETTINGS) -> dict:
-    switches = {variant: partial(setattr, FrozenBlock, "forward", form) for variant, form in VARIANTS.items()}
-    try:
-        return side_by_side(model_path, repeats, settings, switches, reference="fresh tensors (before)")
-    finally:
-        FrozenBlock.forward = IN_PLACE
+    return before_and_now(model_path, repeats, settings, FrozenBlock, "forward", VARIANTS)
 
 
 def print_table(report: dict) -> None:
-    print(f"{report['model']}: {report['threads']} threads, {report['steps']} steps, adapt + classify {QUERIES} "
-          f"queries, p50 ms (speed-up in place)")
-    print(f"{'setting':15s}" + "".join(f"{variant:>26s}" for variant in VARIANTS))
-    for setting, p50 in report["settings"].items():
-        before, now = p50.values()
-        print(f"{setting:15s}{before:>26.1f}{f'{now:.1f} ({before / now:.2f}x)':>26s}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "photos-resnet12.safetensors")
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON results (default: benchmarks/results/inplace_activations_<model>.json)")
-    args = parser.parse_args()
-    report = run(args.model, args.repeats)
-    print_table(report)
-    atomic_write_json(args.out or ROOT / "benchmarks" / "results" / f"inplace_activations_{args.model.stem}.json",
-                      report)
+    print_before_and_now(report, "speed-up in place")
 
 
 if __name__ == "__main__":
-    main()
+    before_and_now_main(__doc__, run, print_table, ROOT / "models" / "photos-resnet12.safetensors", 20,
+                        "inplace_activations")

@@ -11,18 +11,15 @@ checked to give the same probabilities. Writes JSON.
 
 from __future__ import annotations
 
-import argparse
-from functools import partial
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.networks import conv4
-from adapt_latency import QUERIES, SETTINGS, side_by_side  # benchmarks/ is this script's folder
+from adapt_latency import (  # benchmarks/ is this script's folder
+    ROOT, SETTINGS, before_and_now, before_and_now_main, print_before_and_now)
 
-ROOT = Path(__file__).resolve().parents[1]
 POOL_FIRST = conv4.relu_and_pool
 
 
@@ -35,33 +32,13 @@ VARIANTS = {"ReLU, then pool (before)": relu_then_pool, "pool, then ReLU (now)":
 
 
 def run(model_path: Path, repeats: int, settings=SETTINGS) -> dict:
-    switches = {variant: partial(setattr, conv4, "relu_and_pool", order) for variant, order in VARIANTS.items()}
-    try:
-        return side_by_side(model_path, repeats, settings, switches, reference="ReLU, then pool (before)")
-    finally:
-        conv4.relu_and_pool = POOL_FIRST
+    return before_and_now(model_path, repeats, settings, conv4, "relu_and_pool", VARIANTS)
 
 
 def print_table(report: dict) -> None:
-    print(f"{report['model']}: {report['threads']} threads, {report['steps']} steps, adapt + classify {QUERIES} "
-          f"queries, p50 ms (speed-up of pooling first)")
-    print(f"{'setting':15s}" + "".join(f"{variant:>28s}" for variant in VARIANTS))
-    for setting, p50 in report["settings"].items():
-        before, now = p50.values()
-        print(f"{setting:15s}{before:>28.1f}{f'{now:.1f} ({before / now:.2f}x)':>28s}")
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "omniglot-conv4-fomaml.safetensors")
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--out", type=Path, default=None,
-                        help="JSON results (default: benchmarks/results/pool_order_<model>.json)")
-    args = parser.parse_args()
-    report = run(args.model, args.repeats)
-    print_table(report)
-    atomic_write_json(args.out or ROOT / "benchmarks" / "results" / f"pool_order_{args.model.stem}.json", report)
+    print_before_and_now(report, "speed-up of pooling first")
 
 
 if __name__ == "__main__":
-    main()
+    before_and_now_main(__doc__, run, print_table, ROOT / "models" / "omniglot-conv4-fomaml.safetensors", 30,
+                        "pool_order")
