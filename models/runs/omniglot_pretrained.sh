@@ -42,11 +42,12 @@ meta=(fewshot-serve train --algorithm maml --dataset omniglot --init omniglot-pr
 "${meta[@]}" --inner-lr 16 --inner-steps 1 --out omniglot-resnet12-shared-row.safetensors
 "${meta[@]}" --inner-lr 16 --inner-steps 10 --centre-features --out omniglot-resnet12-10steps.safetensors
 #    ... and the shipped recipe on step 1b's backbone, which has seen the validation alphabets: stopped at
-#    iteration 50, where validation peaked (flat to 300) on step 1's.
-fewshot-serve train --algorithm maml --dataset omniglot --init omniglot-pretrained-trainval.safetensors --adapt-from 4 \
-  --freeze-body --learned-lrs --ways 20 --shots 1 --queries 5 --meta-batch 16 --val-every 50 --val-episodes 300 \
-  --meta-lr 1e-2 --cosine-meta-lr --iterations 50 --prototype-head --inner-lr 1 --inner-steps 1 \
-  --out omniglot-resnet12-trainval.safetensors
+#    iteration 50, where validation peaked (flat to 300) on step 1's. `head` is that recipe without its backbone and
+#    iterations (steps 6-8 give it other backbones).
+head=(fewshot-serve train --algorithm maml --dataset omniglot --adapt-from 4 --freeze-body --learned-lrs --ways 20
+      --shots 1 --queries 5 --meta-batch 16 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr
+      --prototype-head --inner-lr 1 --inner-steps 1)
+"${head[@]}" --init omniglot-pretrained-trainval.safetensors --iterations 50 --out omniglot-resnet12-trainval.safetensors
 
 # 4. Chosen on the VALIDATION alphabets (600 episodes, the same for every row), against the previous
 #    default (MAML++ Conv4, omniglot_full.sh) ...
@@ -86,9 +87,6 @@ if [[ -n "${TRY_DISTORTION:-}" ]]; then
   OMP_NUM_THREADS=1 "${pretrain[@]}" --epochs 20 --distortion 1 --include-val-classes \
     --out omniglot-pretrained-dist-trainval.safetensors &
   wait
-  head=(fewshot-serve train --algorithm maml --dataset omniglot --adapt-from 4 --freeze-body --learned-lrs --ways 20
-        --shots 1 --queries 5 --meta-batch 16 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr
-        --prototype-head --inner-lr 1 --inner-steps 1)
   "${head[@]}" --init omniglot-pretrained-dist.safetensors --iterations 300 --out omniglot-resnet12-dist.safetensors
   "${head[@]}" --init omniglot-pretrained-dist-trainval.safetensors --iterations 50 \
     --out omniglot-resnet12-dist-trainval.safetensors
@@ -107,25 +105,34 @@ fi
 #    one file (`fewshot-serve ensemble`: their unit features side by side) and given the shipped head. Validation
 #    first (members on training alphabets only), then the final run on training + validation alphabets, scored
 #    once on the test alphabets (models/README.md).
-if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
-  narrow=(fewshot-serve pretrain --dataset omniglot --widths 12,24,44,84 --batch-size 256 --lr 0.1 --val-ways 20
-          --val-episodes 300 --epochs 20 --distortion 1)
-  for seed in 0 1; do
+narrow=(fewshot-serve pretrain --dataset omniglot --widths 12,24,44,84 --batch-size 256 --lr 0.1 --val-ways 20
+        --val-episodes 300 --epochs 20 --distortion 1)
+narrow_members() {  # SEED...: each seed's narrow backbone on the training alphabets, then on training + validation
+  local seed
+  for seed in "$@"; do
     OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --out "omniglot-narrow-s$seed.safetensors" &
   done
   wait
-  for seed in 0 1; do
+  for seed in "$@"; do
     OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --include-val-classes --out "omniglot-narrow-s$seed-trainval.safetensors" &
   done
   wait
-  fewshot-serve ensemble omniglot-narrow-s0.safetensors omniglot-narrow-s1.safetensors --out omniglot-ensemble.safetensors
-  fewshot-serve ensemble omniglot-narrow-s{0,1}-trainval.safetensors --out omniglot-ensemble-trainval.safetensors
-  head=(fewshot-serve train --algorithm maml --dataset omniglot --adapt-from 4 --freeze-body --learned-lrs --ways 20
-        --shots 1 --queries 5 --meta-batch 16 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr
-        --prototype-head --inner-lr 1 --inner-steps 1)
-  "${head[@]}" --init omniglot-ensemble.safetensors --iterations 300 --out omniglot-ensemble-proto.safetensors
-  "${head[@]}" --init omniglot-ensemble-trainval.safetensors --iterations 50 \
-    --out omniglot-ensemble-trainval-proto.safetensors
+}
+ensemble_with_head() {  # NAME SEED...: those seeds' backbones as omniglot-NAME (validation) and omniglot-NAME-trainval
+  local name=$1 seed members=() final=()
+  shift
+  for seed in "$@"; do
+    members+=("omniglot-narrow-s$seed.safetensors")
+    final+=("omniglot-narrow-s$seed-trainval.safetensors")
+  done
+  fewshot-serve ensemble "${members[@]}" --out "omniglot-$name.safetensors"
+  fewshot-serve ensemble "${final[@]}" --out "omniglot-$name-trainval.safetensors"
+  "${head[@]}" --init "omniglot-$name.safetensors" --iterations 300 --out "omniglot-$name-proto.safetensors"
+  "${head[@]}" --init "omniglot-$name-trainval.safetensors" --iterations 50 --out "omniglot-$name-trainval-proto.safetensors"
+}
+if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
+  narrow_members 0 1
+  ensemble_with_head ensemble 0 1
   python "$models/compare_photos.py" --split val --output "$models/omniglot-val-comparison-ensemble.json" \
     --settings 5x1 5x5 20x1 20x5 --model "two narrow backbones, 1-step Proto-MAML=omniglot-ensemble-proto.safetensors" \
     --nearest-mean "two narrow backbones, nearest mean=omniglot-ensemble.safetensors" \
@@ -141,19 +148,8 @@ fi
 #    the four backbones (3.6 MB in float32) fit the 2 MB budget; validation scores the float16 file beside the
 #    float32 one. The final file, scored once on the test alphabets, is the shipped model.
 if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
-  for seed in 2 3; do
-    OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --out "omniglot-narrow-s$seed.safetensors" &
-  done
-  wait
-  for seed in 2 3; do
-    OMP_NUM_THREADS=1 "${narrow[@]}" --seed "$seed" --include-val-classes --out "omniglot-narrow-s$seed-trainval.safetensors" &
-  done
-  wait
-  fewshot-serve ensemble omniglot-narrow-s{0,1,2,3}.safetensors --out omniglot-ensemble4.safetensors
-  fewshot-serve ensemble omniglot-narrow-s{0,1,2,3}-trainval.safetensors --out omniglot-ensemble4-trainval.safetensors
-  "${head[@]}" --init omniglot-ensemble4.safetensors --iterations 300 --out omniglot-ensemble4-proto.safetensors
-  "${head[@]}" --init omniglot-ensemble4-trainval.safetensors --iterations 50 \
-    --out omniglot-ensemble4-trainval-proto.safetensors
+  narrow_members 2 3
+  ensemble_with_head ensemble4 0 1 2 3
   fewshot-serve store-half omniglot-ensemble4-proto.safetensors --out omniglot-ensemble4-proto-half.safetensors
   fewshot-serve store-half omniglot-ensemble4-trainval-proto.safetensors --out omniglot-ensemble4-trainval-proto-half.safetensors
   python "$models/compare_photos.py" --split val --output "$models/omniglot-val-comparison-ensemble.json" \
