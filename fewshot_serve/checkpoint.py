@@ -82,16 +82,17 @@ def load_checkpoint(path: str | os.PathLike) -> TrainingState:
     )
 
 
-def resume_checkpoint(path: str | os.PathLike, fingerprint: dict[str, Any],
-                      defaults: dict[str, Any] | None = None) -> TrainingState:
-    """The checkpoint at ``path``, refused (naming the settings that differ) unless made with ``fingerprint``.
+def resume_checkpoint(path: str | os.PathLike, config: Any) -> TrainingState:
+    """The checkpoint at ``path``, refused (naming the settings that differ) unless made with the
+    settings of ``config`` (a configuration dataclass with a ``fingerprint()``).
 
-    A setting missing on either side counts as its value in ``defaults`` (:func:`setting_defaults`):
-    a run checkpointed before a setting existed still resumes, as long as this run leaves that
-    setting at its default, which is what the earlier run did without knowing it.
+    A setting missing on either side counts as its default (:func:`setting_defaults`): a run
+    checkpointed before a setting existed still resumes, as long as this run leaves that setting
+    at its default, which is what the earlier run did without knowing it.
     """
     state = load_checkpoint(path)
-    made, wanted = {**(defaults or {}), **state.config}, {**(defaults or {}), **fingerprint}
+    defaults = setting_defaults(type(config))
+    made, wanted = {**defaults, **state.config}, {**defaults, **config.fingerprint()}
     if made != wanted:
         differing = sorted(k for k in set(made) | set(wanted) if made.get(k) != wanted.get(k))
         raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")

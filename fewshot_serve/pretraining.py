@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text
 from .augmentation import augment_characters, augment_photos, cutmix
-from .checkpoint import TrainingState, load_checkpoint, resume_checkpoint, save_checkpoint, setting_defaults
+from .checkpoint import TrainingState, load_checkpoint, resume_checkpoint, save_checkpoint
 from .datasets import OMNIGLOT_FOLDERS, ImageClasses
 from .episodes import ImageEpisodes
 from .model_file import SEEN_VALIDATION, Recipe, save_model
@@ -251,7 +251,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                           torch.zeros(1, dtype=torch.uint8), config.fingerprint())
     log: list[dict[str, Any]] = []
     if config.resume and checkpoint_path.exists():
-        state = resume_checkpoint(checkpoint_path, config.fingerprint(), setting_defaults(PretrainConfig))
+        state = resume_checkpoint(checkpoint_path, config)
         with torch.no_grad():
             for key, value in live.items():
                 value.copy_(state.meta_params[key])

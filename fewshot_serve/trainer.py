@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint, setting_defaults
+from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
 from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
@@ -47,7 +47,6 @@ from .sources import (
 
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
-
 
 
 @dataclass
@@ -349,7 +348,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
 
 
 def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: torch.Generator) -> TrainingState:
-    state = resume_checkpoint(path, config.fingerprint(), setting_defaults(TrainConfig))
+    state = resume_checkpoint(path, config)
     with torch.no_grad():
         for key, value in state.meta_params.items():
             learner.meta_params[key].copy_(value)
