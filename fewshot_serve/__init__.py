@@ -25,7 +25,7 @@ _EXPORTS = {
     "load_model": "model_file",
     "save_model": "model_file",
     "set_test_steps": "model_file",
-    "store_half": "model_file",
+    "store_weights": "model_file",
     "adapt": "inner_loop",
     "MetaLearner": "meta_learning",
     "InnerLoop": "meta_learning",

@@ -1,4 +1,5 @@
-"""``fewshot-serve``: the command line (pretrain, train, evaluate, export-onnx, hash-password)."""
+"""``fewshot-serve``: the command line (pretrain, train, evaluate, export-onnx, set-steps, store, ensemble,
+hash-password)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from typing import Sequence
 from .allocator import keep_freed_memory
 from .meta_learning import ALGORITHMS
 from .sources import ARCHITECTURES, DATASETS, DataSpec
+from .weight_storage import STORAGE_DTYPES
 
 
 def _lrs(text: str) -> tuple[float, ...]:
@@ -170,10 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
     steps.add_argument("--test-steps", type=int, required=True,
                        help="inner steps when served (choose with `evaluate --split val --steps N`)")
     steps.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
-    half = commands.add_parser("store-half", help="copy a model file with its weights stored as float16 (half the "
-                               "file; serving still computes in float32)")
-    half.add_argument("model", type=Path)
-    half.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
+    store = commands.add_parser("store", help="copy a model file with its weights stored as float16 (half the file) "
+                                "or int8 (about a quarter); serving still computes in float32")
+    store.add_argument("model", type=Path)
+    store.add_argument("--dtype", choices=sorted(STORAGE_DTYPES), required=True, help="how to store the weights")
+    store.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
     ensemble = commands.add_parser("ensemble", help="one model file from several pretrained ResNet-12 files "
                                    "(their features side by side; meta-learn its head with `train --init`)")
     ensemble.add_argument("members", type=Path, nargs="+", help="pretrained .safetensors files (at least 2)")
@@ -222,10 +225,10 @@ def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
-def run_store_half(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .model_file import store_half
+def run_store(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .model_file import store_weights
 
-    store_half(args.model, args.out, command="fewshot-serve " + shlex.join(argv))
+    store_weights(args.model, args.out, STORAGE_DTYPES[args.dtype], command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "bytes": args.out.stat().st_size}))
     return 0
 
@@ -324,8 +327,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_export_onnx(args)
         if args.command == "set-steps":
             return run_set_steps(args, argv)
-        if args.command == "store-half":
-            return run_store_half(args, argv)
+        if args.command == "store":
+            return run_store(args, argv)
         if args.command == "ensemble":
             return run_ensemble(args, argv)
         if args.command == "hash-password":

@@ -27,6 +27,7 @@ from .meta_learning import ALGORITHMS, InnerLoop
 from .networks import MetaNetwork, build_network
 from .networks.resnet12 import NORMS
 from .preprocessing import Preprocessing
+from .weight_storage import decode, encode, storage_dtype
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -34,8 +35,6 @@ RECIPE_KEY = "fewshot_serve.recipe"
 MAX_STEPS = 100
 MAX_FILTERS = 1024
 MAX_MEMBERS = 8
-#: How a file may store its weights; they are always computed in float32.
-STORAGE_DTYPES = (torch.float32, torch.float16)
 #: How a file's weights were made: a meta-learning algorithm, or supervised pretraining alone.
 RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
 #: The ``class_counts`` entry of weights trained on the training and validation classes together (a
@@ -86,16 +85,10 @@ def save_model(
 ) -> None:
     """Write ``params`` (default: ``network``'s own weights) and ``recipe`` atomically to safetensors.
 
-    ``dtype`` is how the weights are stored (float32, or float16 for half the file: :func:`store_half`);
-    loading always computes in float32.
+    ``dtype`` is how the weights are stored (float32; float16 or int8 for a smaller file:
+    :mod:`~fewshot_serve.weight_storage`, :func:`store_weights`); loading always computes in float32.
     """
-    if dtype not in STORAGE_DTYPES:
-        raise ValueError(f"weights are stored as one of {STORAGE_DTYPES}, not {dtype}")
-    params = network.state_dict() if params is None else params
-    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in params.items()}
-    for name, tensor in tensors.items():
-        if not torch.isfinite(tensor).all():
-            raise ValueError(f"tensor {name!r} does not fit {dtype} (or holds NaN or infinite values)")
+    tensors = encode(network.state_dict() if params is None else params, dtype)
     with atomic_output(path) as temporary:
         save_file(tensors, str(temporary), metadata={RECIPE_KEY: recipe.to_json()})
 
@@ -110,14 +103,12 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
             metadata = handle.metadata() or {}
             recipe = _parse_recipe(metadata, path)
             network = build_network(recipe.network)
-            expected = network.state_dict()
-            names = set(handle.keys())
-            _check_names(path, names, set(expected))
-            tensors = {}
-            for name in sorted(names):
-                tensor = handle.get_tensor(name)
-                _check_tensor(path, name, tensor, expected[name].shape)
-                tensors[name] = tensor.float()
+            stored = {name: handle.get_tensor(name) for name in handle.keys()}
+        shapes = {name: tensor.shape for name, tensor in network.state_dict().items()}
+        try:
+            tensors = decode(stored, shapes)
+        except ValueError as error:
+            raise ModelFileError(f"{path}: {error}") from None
     except ModelFileError:
         raise
     except Exception as error:  # safetensors' own errors for truncated or malformed files
@@ -142,25 +133,24 @@ def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike
     return recipe
 
 
-def store_half(source: str | os.PathLike, out: str | os.PathLike, command: str = "") -> Recipe:
-    """Write a copy of ``source`` with its weights stored as float16: half the download, the same recipe.
+def store_weights(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype, command: str = "") -> Recipe:
+    """Write a copy of ``source`` with its weights stored as ``dtype``: a smaller download, the same recipe.
 
-    Serving still computes in float32 from the rounded weights (relative change at most 2^-11 each;
-    what that does to accuracy is measured per model, e.g. in models/README.md). A weight beyond
-    float16's range (65,504) is refused rather than stored as infinity. ``command`` is appended to
-    the recipe's, as :func:`set_test_steps` does.
+    float16 halves the file, int8 nearly quarters it (:mod:`~fewshot_serve.weight_storage` says how
+    far each moves a weight); serving still computes in float32 from the stored values, and what
+    that does to accuracy is measured per model (models/README.md). A weight float16 cannot hold is
+    refused and nothing is written. ``command`` is appended to the recipe's, as :func:`set_test_steps` does.
     """
     network, recipe = load_model(source)
     recipe = replace(recipe, command="; ".join(filter(None, (recipe.command, command))))
-    save_model(out, network, recipe, dtype=torch.float16)
+    save_model(out, network, recipe, dtype=dtype)
     return recipe
 
 
 def stored_dtype(path: str | os.PathLike) -> torch.dtype:
-    """How ``path``'s weights are stored (that of its first tensor; :func:`save_model` uses one for all)."""
+    """How ``path``'s weights are stored (the ``dtype`` :func:`save_model` was given)."""
     with safe_open(str(path), framework="pt") as handle:
-        first = next(iter(handle.keys()), None)
-        return torch.float32 if first is None else handle.get_tensor(first).dtype
+        return storage_dtype({name: handle.get_tensor(name).dtype for name in handle.keys()})
 
 
 def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:
@@ -264,23 +254,3 @@ def _preprocessing_problems(recipe: Recipe, network: dict[str, Any]) -> list[str
     if (preprocessing.image_size, preprocessing.channels) != (network.get("image_size"), network.get("in_channels")):
         return ["preprocessing image size/channels disagree with the network"]
     return []
-
-
-def _check_names(path: Path, found: set[str], expected: set[str]) -> None:
-    missing, extra = sorted(expected - found), sorted(found - expected)
-    if missing or extra:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {missing}")
-        if extra:
-            parts.append(f"unexpected tensors {extra}")
-        raise ModelFileError(f"{path}: " + "; ".join(parts))
-
-
-def _check_tensor(path: Path, name: str, tensor: torch.Tensor, shape: torch.Size) -> None:
-    if not tensor.is_floating_point():
-        raise ModelFileError(f"{path}: tensor {name!r} has dtype {tensor.dtype}; weights must be floating point")
-    if tensor.shape != shape:
-        raise ModelFileError(f"{path}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {tuple(shape)}")
-    if not torch.isfinite(tensor).all():
-        raise ModelFileError(f"{path}: tensor {name!r} holds NaN or infinite values")

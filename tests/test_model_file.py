@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_file
 
 from fewshot_serve.model_file import RECIPE_KEY, ModelFileError, Recipe, load_model, save_model
@@ -141,31 +142,92 @@ def test_set_steps_refuses_a_step_count_out_of_range_and_writes_nothing(saved, t
     assert not out.exists()
 
 
-def test_store_half_keeps_the_recipe_rounds_each_weight_to_float16_and_halves_the_file(saved, tmp_path, capsys):
+def tensor_bytes(file):
+    """The bytes of a safetensors file's tensors: after an 8-byte header length and the JSON header."""
+    data = file.read_bytes()
+    return len(data) - 8 - int.from_bytes(data[:8], "little")
+
+
+def test_store_float16_keeps_the_recipe_rounds_each_weight_to_float16_and_halves_the_file(saved, tmp_path, capsys):
     from fewshot_serve.cli import main
     from fewshot_serve.model_file import stored_dtype
 
     path, network = saved
     out = tmp_path / "half.safetensors"
-    assert main(["store-half", str(path), "--out", str(out)]) == 0
+    assert main(["store", str(path), "--dtype", "float16", "--out", str(out)]) == 0
     loaded, recipe = load_model(out)
-    assert recipe == make_recipe(command=f"fewshot-serve train ...; fewshot-serve store-half {path} --out {out}")
+    assert recipe == make_recipe(
+        command=f"fewshot-serve train ...; fewshot-serve store {path} --dtype float16 --out {out}")
     assert stored_dtype(out) == torch.float16 and stored_dtype(path) == torch.float32
     for key, value in network.state_dict().items():
         assert loaded.state_dict()[key].dtype == torch.float32
         assert torch.equal(loaded.state_dict()[key], value.half().float()), key
     assert any(not torch.equal(v, v.half().float()) for v in network.state_dict().values())  # rounding happened
-    def tensor_bytes(file):  # safetensors: an 8-byte header length, the JSON header, then the tensors
-        data = file.read_bytes()
-        return len(data) - 8 - int.from_bytes(data[:8], "little")
-
     weights = sum(v.numel() for v in network.state_dict().values())
     assert (tensor_bytes(path), tensor_bytes(out)) == (4 * weights, 2 * weights)
     assert main(["set-steps", str(out), "--test-steps", "7", "--out", str(out)]) == 0  # stays half
     assert stored_dtype(out) == torch.float16 and load_model(out)[1].test_steps == 7
 
 
-def test_store_half_refuses_a_weight_beyond_float16_and_writes_nothing(saved, tmp_path, capsys):
+def test_store_int8_moves_each_weight_by_at_most_half_a_step_of_its_channel_and_quarters_the_matrices(
+        saved, tmp_path):
+    from fewshot_serve.cli import main
+    from fewshot_serve.model_file import stored_dtype
+
+    path, network = saved
+    with torch.no_grad():
+        network.head.weight.normal_()  # zero-initialized
+        network.blocks[1].conv.weight[2] = 0.0  # an all-zero channel has no scale to divide by: it stays zero
+    save_model(path, network, make_recipe())
+    out = tmp_path / "int8.safetensors"
+    assert main(["store", str(path), "--dtype", "int8", "--out", str(out)]) == 0
+    loaded = load_model(out)[0].state_dict()
+    matrices = {k: v for k, v in network.state_dict().items() if v.dim() >= 2}
+    assert matrices and stored_dtype(out) == torch.int8
+    for key, value in network.state_dict().items():
+        if key not in matrices:
+            assert torch.equal(loaded[key], value), key  # vectors are kept exactly
+            continue
+        rows, stored = value.reshape(len(value), -1), loaded[key].reshape(len(value), -1)
+        step = rows.abs().amax(dim=1, keepdim=True) / 127
+        assert ((stored - rows).abs() <= step / 2 * (1 + 1e-5)).all(), key
+        assert torch.allclose(stored.abs().amax(dim=1), rows.abs().amax(dim=1), rtol=1e-6, atol=0), key  # full range
+        assert not torch.equal(stored, rows), key  # rounding happened
+    assert torch.equal(loaded["blocks.1.conv.weight"][2], torch.zeros(4, 3, 3))
+    weights = {k: v.numel() for k, v in network.state_dict().items()}
+    rows = sum(len(v) for v in matrices.values())
+    assert tensor_bytes(out) == sum(weights[k] for k in matrices) + 4 * rows + 4 * sum(
+        n for k, n in weights.items() if k not in matrices)
+    assert main(["set-steps", str(out), "--test-steps", "7", "--out", str(out)]) == 0  # stays int8, not requantized
+    assert stored_dtype(out) == torch.int8
+    assert all(torch.equal(v, loaded[k]) for k, v in load_model(out)[0].state_dict().items())
+
+
+SCALES = "blocks.0.conv.weight.int8_scale"
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda t: {k: v for k, v in t.items() if k != SCALES}, rf"missing tensors \['{SCALES}'\]"),
+    (lambda t: {**t, "head.bias": torch.zeros(1, dtype=torch.int8), "head.bias.int8_scale": torch.ones(1)},
+     "only tensors of two or more"),
+    (lambda t: {**t, SCALES: -t[SCALES]}, "negative scales"),
+    (lambda t: {**t, SCALES: t[SCALES][:1]}, f"'{SCALES}' has shape"),
+    (lambda t: {**t, SCALES: t[SCALES] * float("nan")}, "NaN or infinite"),
+])
+def test_bad_int8_files_are_rejected_with_a_clear_error(saved, tmp_path, change, message):
+    from fewshot_serve.model_file import store_weights
+
+    path, _ = saved
+    store_weights(path, path, torch.int8)
+    with safe_open(str(path), framework="pt") as handle:
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        metadata = handle.metadata()
+    save_file(change(tensors), str(path), metadata=metadata)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+def test_store_float16_refuses_a_weight_beyond_float16_and_writes_nothing(saved, tmp_path, capsys):
     from fewshot_serve.cli import main
 
     path, network = saved
@@ -173,6 +235,6 @@ def test_store_half_refuses_a_weight_beyond_float16_and_writes_nothing(saved, tm
         network.head.bias[0] = 1e5
     save_model(path, network, make_recipe())
     out = tmp_path / "half.safetensors"
-    assert main(["store-half", str(path), "--out", str(out)]) == 2
+    assert main(["store", str(path), "--dtype", "float16", "--out", str(out)]) == 2
     assert "'head.bias' does not fit torch.float16" in capsys.readouterr().err
     assert not out.exists()

@@ -150,8 +150,8 @@ fi
 if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
   narrow_members 2 3
   ensemble_with_head ensemble4 0 1 2 3
-  fewshot-serve store-half omniglot-ensemble4-proto.safetensors --out omniglot-ensemble4-proto-half.safetensors
-  fewshot-serve store-half omniglot-ensemble4-trainval-proto.safetensors --out omniglot-ensemble4-trainval-proto-half.safetensors
+  fewshot-serve store omniglot-ensemble4-proto.safetensors --dtype float16 --out omniglot-ensemble4-proto-half.safetensors
+  fewshot-serve store omniglot-ensemble4-trainval-proto.safetensors --dtype float16 --out omniglot-ensemble4-trainval-proto-half.safetensors
   python "$models/compare_photos.py" --split val --output "$models/omniglot-val-comparison-ensemble.json" \
     --settings 5x1 5x5 20x1 20x5 --model "four narrow backbones, 1-step Proto-MAML=omniglot-ensemble4-proto.safetensors" \
     --model "four narrow backbones, 1-step Proto-MAML, stored as float16=omniglot-ensemble4-proto-half.safetensors" \
