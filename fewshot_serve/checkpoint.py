@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
 
 import torch
@@ -82,9 +82,19 @@ def load_checkpoint(path: str | os.PathLike) -> TrainingState:
     )
 
 
+def fingerprint(config: Any) -> dict[str, Any]:
+    """The settings a resumed run must share with the run it continues, in JSON form: the fields of
+    the configuration dataclass ``config`` less its ``volatile_settings`` (where the output goes, the
+    device, how long to run: what a resumed run may change)."""
+    settings = asdict(config)
+    for volatile in config.volatile_settings:
+        settings.pop(volatile)
+    return json.loads(json.dumps(settings, default=str))
+
+
 def resume_checkpoint(path: str | os.PathLike, config: Any) -> TrainingState:
     """The checkpoint at ``path``, refused (naming the settings that differ) unless made with the
-    settings of ``config`` (a configuration dataclass with a ``fingerprint()``).
+    settings of ``config`` (a configuration dataclass: :func:`fingerprint`).
 
     A setting missing on either side counts as its default (:func:`setting_defaults`): a run
     checkpointed before a setting existed still resumes, as long as this run leaves that setting
@@ -92,7 +102,7 @@ def resume_checkpoint(path: str | os.PathLike, config: Any) -> TrainingState:
     """
     state = load_checkpoint(path)
     defaults = setting_defaults(type(config))
-    made, wanted = {**defaults, **state.config}, {**defaults, **config.fingerprint()}
+    made, wanted = {**defaults, **state.config}, {**defaults, **fingerprint(config)}
     if made != wanted:
         differing = sorted(k for k in set(made) | set(wanted) if made.get(k) != wanted.get(k))
         raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")

@@ -45,10 +45,10 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text
 from .augmentation import augment_characters, augment_photos, cutmix
-from .checkpoint import TrainingState, load_checkpoint, resume_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, fingerprint, load_checkpoint, resume_checkpoint, save_checkpoint
 from .datasets import OMNIGLOT_FOLDERS, ImageClasses
 from .episodes import ImageEpisodes
 from .model_file import SEEN_VALIDATION, Recipe, save_model
@@ -75,6 +75,9 @@ AVERAGE = "ema."
 
 @dataclass
 class PretrainConfig:
+    #: What a resumed run may change (:func:`~fewshot_serve.checkpoint.fingerprint`).
+    volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "out", "run_dir", "val_episodes", "stop_after")
+
     out: Path
     data: DataSpec = field(default_factory=lambda: DataSpec("tiny-imagenet"))
     widths: tuple[int, ...] = RESNET12_WIDTHS
@@ -131,13 +134,6 @@ class PretrainConfig:
         self.init = Path(self.init) if self.init else None
         if self.init is not None and not self.init.is_file():  # before minutes of loading data
             raise ValueError(f"--init {self.init}: no such file (give a pretraining run's checkpoint.safetensors)")
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the run it continues."""
-        settings = asdict(self)
-        for volatile in ("resume", "command", "device", "out", "run_dir", "val_episodes", "stop_after"):
-            settings.pop(volatile)
-        return json.loads(json.dumps(settings, default=str))
 
 
 @dataclass
@@ -248,7 +244,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                 value.copy_(live[key])
     exported_tensors = average or live
     state = TrainingState(0, snapshot(), export_params(exported_tensors), None, 0, None,
-                          torch.zeros(1, dtype=torch.uint8), config.fingerprint())
+                          torch.zeros(1, dtype=torch.uint8), fingerprint(config))
     log: list[dict[str, Any]] = []
     if config.resume and checkpoint_path.exists():
         state = resume_checkpoint(checkpoint_path, config)

@@ -17,15 +17,15 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from tqdm import tqdm
 
 from .atomic import atomic_write_text
-from .checkpoint import TrainingState, resume_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, fingerprint, resume_checkpoint, save_checkpoint
 from .evaluation import evaluate_episodes
 from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
@@ -51,6 +51,9 @@ VALIDATION_SEED = 1234
 
 @dataclass
 class TrainConfig:
+    #: What a resumed run may change (:func:`~fewshot_serve.checkpoint.fingerprint`).
+    volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "vectorize", "out", "run_dir")
+
     out: Path
     algorithm: str = "maml"
     data: DataSpec = field(default_factory=lambda: DataSpec("omniglot"))
@@ -123,13 +126,6 @@ class TrainConfig:
     @property
     def annealing(self) -> Annealing:
         return Annealing(self.multi_step_loss, self.first_order_iterations, self.cosine_meta_lr)
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The settings a resumed run must share with the run it continues."""
-        settings = asdict(self)
-        for volatile in ("resume", "command", "device", "vectorize", "out", "run_dir"):
-            settings.pop(volatile)
-        return json.loads(json.dumps(settings, default=str))
 
 
 @dataclass
@@ -275,7 +271,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
     checkpoint_path, log_path = run_dir / "checkpoint.safetensors", run_dir / "log.jsonl"
     log: list[dict[str, Any]] = []
     state = TrainingState(0, {}, {k: v.detach().clone() for k, v in learner.meta_params.items()}, None, 0,
-                          None, generator.get_state(), config.fingerprint())
+                          None, generator.get_state(), fingerprint(config))
     if config.resume and checkpoint_path.exists():
         state = _restore(checkpoint_path, config, learner, generator)
         log = [r for r in read_log(log_path) if r["iteration"] <= state.iteration]
