@@ -17,7 +17,9 @@ Nothing here is photo-specific: the handwriting backbone's ablation uses it with
 merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
 separate runs; the test classes' names are recorded with them. ``--split val --output FILE``
 scores the validation classes instead, to choose between candidates without touching the test
-classes.
+classes. ``--paired`` adds each later contestant's paired difference from the first, episode by
+episode (:func:`~fewshot_serve.evaluation.paired_difference`): far narrower than the two intervals,
+it tells a change of a few hundredths of a point from noise.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch
 
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import evaluate_episodes
+from fewshot_serve.evaluation import evaluate_episodes, paired_difference
 from fewshot_serve.model_file import load_model
 from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from fewshot_serve.nearest_mean import nearest_mean_accuracy
@@ -75,6 +77,7 @@ def main() -> None:
     parser.add_argument("--split", choices=("test", "val"), default="test")
     parser.add_argument("--output", type=Path, default=None, help="default: photos-comparison.json beside this script "
                         "(test split only)")
+    parser.add_argument("--paired", action="store_true", help="also each contestant's paired difference from the first")
     args = parser.parse_args()
     if args.output is None:
         if args.split != "test":
@@ -83,6 +86,7 @@ def main() -> None:
     device = torch.device("cpu")
     scored_classes: dict[tuple, object] = {}
     cache: list[tuple[dict, torch.Tensor]] = []
+    first: dict[str, tuple[str, object]] = {}  # setting -> the first contestant's name and result
     for mode, (name, path, override) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
@@ -108,8 +112,17 @@ def main() -> None:
             else:
                 result = evaluate_episodes(network, sampler, lrs, steps, args.episodes, seed=0, device=device,
                                            progress=True)
-            entry[f"{ways}-way {shots}-shot"] = {"accuracy": result.mean, "ci95": result.ci95, "episodes": result.episodes}
-            print(f"{name}: {ways}-way {shots}-shot {100 * result.mean:.2f} ± {100 * result.ci95:.2f}%", flush=True)
+            setting = f"{ways}-way {shots}-shot"
+            entry[setting] = {"accuracy": result.mean, "ci95": result.ci95, "episodes": result.episodes}
+            print(f"{name}: {setting} {100 * result.mean:.2f} ± {100 * result.ci95:.2f}%", flush=True)
+            if args.paired and setting in first:
+                against, before = first[setting]
+                difference = paired_difference(before, result)
+                entry[setting]["paired_difference"] = {"from": against, "mean": difference.mean,
+                                                       "ci95": difference.ci95}
+                print(f"    paired difference from {against}: {100 * difference.mean:+.2f} ± "
+                      f"{100 * difference.ci95:.2f} points", flush=True)
+            first.setdefault(setting, (name, result))
         # re-read before writing: another evaluation may have added its contestant meanwhile
         results = json.loads(args.output.read_text()) if args.output.exists() else {}
         results[name] = entry
