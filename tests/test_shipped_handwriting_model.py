@@ -22,13 +22,13 @@ def model():
     return fewshot_serve.load(HANDWRITING, device="cpu")
 
 
-def test_the_file_holds_four_pretrained_resnet12s_with_a_one_step_prototype_head_in_float16_under_2_mb(model):
-    assert HANDWRITING.stat().st_size <= 2_000_000 and stored_dtype(HANDWRITING) == torch.float16
+def test_the_file_holds_eight_pretrained_resnet12s_with_a_one_step_prototype_head_in_int8_under_2_mb(model):
+    assert HANDWRITING.stat().st_size <= 2_000_000 and stored_dtype(HANDWRITING) == torch.int8
     recipe = model.recipe
-    assert recipe.network["architecture"] == "ensemble" and len(recipe.network["members"]) == 4
+    assert recipe.network["architecture"] == "ensemble" and len(recipe.network["members"]) == 8
     assert all(m["architecture"] == "resnet12" and m["widths"] == [12, 24, 44, 84] for m in recipe.network["members"])
     assert recipe.network["prototype_head"] and recipe.test_steps == 1
-    assert "`maml` ensemble of 4 resnet12 meta-trained on omniglot" in describe("handwriting", model)
+    assert "`maml` ensemble of 8 resnet12 meta-trained on omniglot" in describe("handwriting", model)
     assert recipe.dataset == "omniglot" and recipe.algorithm == "maml"
     # pretrained on the training and validation alphabets' characters (the recipe's final run); test alphabets never
     assert recipe.class_counts == {"train+val": 722, "test": 242} and recipe.val_metric == {}

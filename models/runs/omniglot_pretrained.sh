@@ -161,3 +161,32 @@ if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
     --model "four narrow ResNet-12s with distortions on training + validation alphabets + 1-step Proto-MAML, float16=omniglot-ensemble4-trainval-proto-half.safetensors"
   cp omniglot-ensemble4-trainval-proto-half.safetensors "$models/omniglot-resnet12.safetensors"
 fi
+
+# 9. Eight members (TRY_ENSEMBLE=1, after step 8; a later session, the same AMD EPYC): seeds 4-7 as well (run two
+#    at a time, one core each, ~12.5 min per run on the training alphabets, ~21 min on training + validation with
+#    evaluations beside them), the eight-member files, and the weights stored as int8 (a float32 scale per output
+#    channel), so that eight backbones (7.3 MB in float32) fit the 2 MB budget. The final heads stop at iteration
+#    50, so validation compares heads made that way on the eight- and the four-member validation files (the
+#    300-iteration head beside them), each paired with the four members' on the same episodes. The final file,
+#    scored once on the test alphabets, is the shipped model.
+if [[ -n "${TRY_ENSEMBLE:-}" ]]; then
+  narrow_members 4 5 6 7
+  ensemble_with_head ensemble8 0 1 2 3 4 5 6 7
+  "${head[@]}" --init omniglot-ensemble8.safetensors --iterations 50 --out omniglot-ensemble8-proto50.safetensors
+  "${head[@]}" --init omniglot-ensemble4.safetensors --iterations 50 --out omniglot-ensemble4-proto50.safetensors
+  fewshot-serve store omniglot-ensemble8-proto50.safetensors --dtype int8 --out omniglot-ensemble8-proto50-int8.safetensors
+  fewshot-serve store omniglot-ensemble8-trainval-proto.safetensors --dtype int8 \
+    --out omniglot-ensemble8-trainval-proto-int8.safetensors
+  python "$models/compare_photos.py" --split val --output "$models/omniglot-val-comparison-ensemble.json" --paired \
+    --settings 5x1 5x5 20x1 20x5 \
+    --model "four narrow backbones, 1-step Proto-MAML, 50 iterations=omniglot-ensemble4-proto50.safetensors" \
+    --model "eight narrow backbones, 1-step Proto-MAML, 50 iterations=omniglot-ensemble8-proto50.safetensors" \
+    --model "eight narrow backbones, 1-step Proto-MAML, 50 iterations, stored as int8=omniglot-ensemble8-proto50-int8.safetensors" \
+    --model "eight narrow backbones, 1-step Proto-MAML (300 iterations, best at 150)=omniglot-ensemble8-proto.safetensors" \
+    --nearest-mean "eight narrow backbones, nearest mean=omniglot-ensemble8.safetensors"
+  python "$models/compare_photos.py" --output "$models/omniglot-pretrained-comparison.json" --settings 5x1 5x5 20x1 20x5 \
+    --paired --model "four narrow ResNet-12s with distortions on training + validation alphabets + 1-step Proto-MAML, float16=$models/omniglot-resnet12.safetensors" \
+    --model "eight narrow ResNet-12s with distortions on training + validation alphabets + 1-step Proto-MAML, int8=omniglot-ensemble8-trainval-proto-int8.safetensors" \
+    --nearest-mean "eight narrow ResNet-12s with distortions on training + validation alphabets, nearest class mean=omniglot-ensemble8-trainval.safetensors"
+  cp omniglot-ensemble8-trainval-proto-int8.safetensors "$models/omniglot-resnet12.safetensors"
+fi
