@@ -76,7 +76,8 @@ AVERAGE = "ema."
 @dataclass
 class PretrainConfig:
     #: What a resumed run may change (:func:`~fewshot_serve.checkpoint.fingerprint`).
-    volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "out", "run_dir", "val_episodes", "stop_after")
+    volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "out", "run_dir", "val_episodes",
+                                                     "stop_after")
 
     out: Path
     data: DataSpec = field(default_factory=lambda: DataSpec("tiny-imagenet"))
