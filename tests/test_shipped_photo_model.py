@@ -4,9 +4,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import fewshot_serve
 from conftest import assert_onnx_export_agrees, draw_glyph
+from fewshot_serve.model_file import stored_dtype
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "models" / "photos-resnet12.safetensors"
@@ -17,8 +19,8 @@ def model():
     return fewshot_serve.load(PHOTOS, device="cpu")
 
 
-def test_the_file_holds_a_pretrained_then_meta_learned_resnet12_under_50_mb(model):
-    assert PHOTOS.stat().st_size <= 50 * 2**20
+def test_the_file_holds_a_pretrained_then_meta_learned_resnet12_in_int8_under_50_mb(model):
+    assert PHOTOS.stat().st_size <= 50 * 2**20 and stored_dtype(PHOTOS) == torch.int8
     recipe = model.recipe
     assert recipe.network["architecture"] == "resnet12" and recipe.network["norm"] == "fixed"
     assert recipe.dataset == "tiny-imagenet" and recipe.algorithm in ("maml", "fomaml")

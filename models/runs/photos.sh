@@ -122,4 +122,12 @@ for triple in "photos-pretrained.safetensors photos-resnet12-32.safetensors 32×
     --nearest-mean "$label: ResNet-12 pretrained only, nearest class mean of centred features=$meta_learned" \
     --model "$label: ResNet-12 pretrained + centring + MAML=$meta_learned"
 done
-cp photos-resnet12-trainval.safetensors "$here/../photos-resnet12.safetensors"
+
+# 7. The shipped file holds the same weights stored as int8 (`fewshot-serve store`: a float32 scale per output
+#    channel; 32.0 MB -> 8.0 MB; a later session, 2-core AMD EPYC): scored on the same test episodes, paired with
+#    the float32 file.
+fewshot-serve store photos-resnet12-trainval.safetensors --dtype int8 --out photos-resnet12-trainval-int8.safetensors
+python "$here/../compare_photos.py" --paired \
+  --model "48×48 regularized, training + validation classes: ResNet-12 pretrained + centring + MAML=photos-resnet12-trainval.safetensors" \
+  --model "48×48 regularized, training + validation classes: ResNet-12 pretrained + centring + MAML, stored as int8=photos-resnet12-trainval-int8.safetensors"
+cp photos-resnet12-trainval-int8.safetensors "$here/../photos-resnet12.safetensors"
