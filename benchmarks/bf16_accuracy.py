@@ -24,7 +24,7 @@ from tqdm import tqdm
 import fewshot_serve
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import EvaluationResult
+from fewshot_serve.evaluation import EvaluationResult, paired_difference
 from fewshot_serve.sources import DataSpec, load_splits
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,7 +39,7 @@ def run(model_path: Path, ways: int, shots: int, episodes: int, queries: int = 1
     test = load_splits(DataSpec(recipe.dataset, data_root, split_seed=recipe.split_seed), preprocessing)["test"]
     sampler = ImageEpisodes(test, preprocessing, ways, shots, queries)
     generator = torch.Generator().manual_seed(seed)
-    scores: dict[str, list[float]] = {"float32": [], "bfloat16": [], "difference": []}
+    scores: dict[str, list[float]] = {"float32": [], "bfloat16": []}
     disagreements, seconds = 0, {"float32": [], "bfloat16": []}
     for _ in tqdm(range(episodes), desc=f"{model_path.name} {ways}-way {shots}-shot"):
         batch = sampler.sample(generator, 1, "cpu")
@@ -51,9 +51,9 @@ def run(model_path: Path, ways: int, shots: int, episodes: int, queries: int = 1
             predictions[precision] = adapted.probabilities(batch.x_query[0]).argmax(1)
             seconds[precision].append(time.perf_counter() - started)
             scores[precision].append((predictions[precision] == batch.y_query[0]).float().mean().item())
-        scores["difference"].append(scores["bfloat16"][-1] - scores["float32"][-1])
         disagreements += int((predictions["float32"] != predictions["bfloat16"]).sum())
     summary = {name: EvaluationResult.of_scores("accuracy", values) for name, values in scores.items()}
+    summary["difference"] = paired_difference(summary["float32"], summary["bfloat16"])
     return {
         "model": model_path.name, "setting": f"{ways}-way {shots}-shot", "episodes": episodes, "queries": queries,
         "threads": torch.get_num_threads(),
