@@ -238,3 +238,18 @@ def test_store_float16_refuses_a_weight_beyond_float16_and_writes_nothing(saved,
     assert main(["store", str(path), "--dtype", "float16", "--out", str(out)]) == 2
     assert "'head.bias' does not fit torch.float16" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_bfloat16_file_made_elsewhere_loads_and_set_steps_rewrites_it_exactly_in_float32(saved, tmp_path):
+    from fewshot_serve.model_file import set_test_steps, stored_dtype
+
+    path, network = saved
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+    save_file({k: v.to(torch.bfloat16) for k, v in network.state_dict().items()}, str(path), metadata=metadata)
+    assert stored_dtype(path) == torch.float32  # a storage save_model does not write keeps every weight as float32
+    out = tmp_path / "steps.safetensors"
+    set_test_steps(path, 7, out)
+    assert stored_dtype(out) == torch.float32 and load_model(out)[1].test_steps == 7
+    for key, value in load_model(out)[0].state_dict().items():
+        assert torch.equal(value, network.state_dict()[key].bfloat16().float()), key
