@@ -4,9 +4,10 @@ The recipe is everything serving needs to adapt exactly as meta-training did: ar
 preprocessing, per-step inner learning rates and step counts. MAML++'s learned learning rates and
 per-step norm weights are tensors of the file like any weight; the recipe's network entry says
 whether the network has them (``lr_steps``, ``norm_states``: format version 2; version 1 files,
-which predate them, still load). Files are untrusted input: loading
-checks the recipe's values and every tensor's name, shape, dtype and finiteness before anything
-is built or computed, and says precisely what is wrong.
+which predate them, still load). Files are untrusted input: loading checks the recipe's values
+(sizes before anything is allocated; the rules a network's own constructor enforces, such as what
+an ensemble member may be, as it is built) and every tensor's name, shape, dtype and finiteness
+before anything is computed, and says precisely what is wrong.
 """
 
 from __future__ import annotations
@@ -104,7 +105,7 @@ def load_model(path: str | os.PathLike, device: torch.device | str = "cpu") -> t
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
             recipe = _parse_recipe(metadata, path)
-            network = build_network(recipe.network)
+            network = _build_network(recipe, path)
             stored = {name: handle.get_tensor(name) for name in handle.keys()}
         shapes = {name: tensor.shape for name, tensor in network.state_dict().items()}
         try:
@@ -185,6 +186,14 @@ def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:
     return recipe
 
 
+def _build_network(recipe: Recipe, path: Path) -> MetaNetwork:
+    """The recipe's network; the rules a network's own constructor enforces are a bad recipe too."""
+    try:
+        return build_network(recipe.network)
+    except ValueError as error:
+        raise ModelFileError(f"{path}: invalid recipe: {error}") from None
+
+
 def _is_int(value: Any, low: int, high: int) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
@@ -223,12 +232,8 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
                   and isinstance(network.get("prototype_head", False), bool)):
             problems.append(f"ensemble needs 2 to {MAX_MEMBERS} resnet12 members and prototype_head true or false")
         else:
-            for index, member in enumerate(members):
+            for index, member in enumerate(members):  # what a member may be, FeatureEnsemble itself checks
                 own = _resnet12_problems(member) + _preprocessing_problems(recipe, member)
-                pretrained = (member.get("norm"), member.get("adapt_from")) == ("fixed", 4)
-                if not pretrained or {"lr_steps", "prototype_head"} & set(member):
-                    own.append("a member is a pretrained backbone: norm 'fixed', adapt_from 4, no lr_steps or "
-                               "prototype_head")
                 problems += [f"member {index}: {problem}" for problem in own]
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):

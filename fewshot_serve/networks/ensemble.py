@@ -42,10 +42,11 @@ class FeatureEnsemble(SharedHeadClassifier):
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
         built = [ResNet12(**{k: v for k, v in m.items() if k != "architecture"}) for m in members]
-        if any(m.get("architecture") != "resnet12" or net.norm != "fixed" or net.adapt_from != 4 or net.lr_steps
-               or net.prototype_head for m, net in zip(members, built)):
-            raise ValueError("ensemble members must be pretrained ResNet-12 backbones: norm 'fixed', adapt_from 4, "
-                             "no learned learning rates and no prototype head")
+        for index, (member, net) in enumerate(zip(members, built)):
+            if (member.get("architecture") != "resnet12" or net.norm != "fixed" or net.adapt_from != 4
+                    or net.lr_steps or net.prototype_head):
+                raise ValueError(f"member {index}: a member is a pretrained ResNet-12 backbone: norm 'fixed', "
+                                 "adapt_from 4, no learned learning rates and no prototype head")
         inputs = {(net.in_channels, net.image_size) for net in built}
         if len(inputs) != 1:
             raise ValueError(f"ensemble members must take the same input; got (channels, size) {sorted(inputs)}")
