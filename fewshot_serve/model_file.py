@@ -41,8 +41,6 @@ RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
 #: The ``class_counts`` entry of weights trained on the training and validation classes together (a
 #: recipe's final run): their validation classes are no longer unseen.
 SEEN_VALIDATION = "train+val"
-#: safetensors' header names of the dtypes :func:`save_model` writes.
-_HEADER_DTYPES = {"F32": torch.float32, "F16": torch.float16, "I8": torch.int8}
 
 
 class ModelFileError(ValueError):
@@ -151,14 +149,10 @@ def store_weights(source: str | os.PathLike, out: str | os.PathLike, dtype: torc
 
 
 def stored_dtype(path: str | os.PathLike) -> torch.dtype:
-    """How ``path``'s weights are stored (the ``dtype`` :func:`save_model` was given).
-
-    Reads the file's header only, not its weights. A dtype :func:`save_model` does not write (a file
-    made elsewhere, in bfloat16 say) counts as float32, the storage that keeps any of them exactly.
-    """
+    """How ``path``'s weights are stored (the ``dtype`` :func:`save_model` was given), from its
+    header alone (:func:`~fewshot_serve.weight_storage.storage_dtype`)."""
     with safe_open(str(path), framework="pt") as handle:
-        header = {name: handle.get_slice(name).get_dtype() for name in handle.keys()}
-    return storage_dtype({name: _HEADER_DTYPES.get(code, torch.float32) for name, code in header.items()})
+        return storage_dtype([handle.get_slice(name).get_dtype() for name in handle.keys()])
 
 
 def _parse_recipe(metadata: dict[str, str], path: Path) -> Recipe:

@@ -15,7 +15,7 @@ finiteness against the network the recipe builds and says which tensor is wrong.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import torch
 
@@ -23,6 +23,8 @@ import torch
 STORAGE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "int8": torch.int8}
 #: The suffix of an int8 tensor's per-channel scales.
 SCALE_SUFFIX = ".int8_scale"
+#: safetensors' header names of the dtypes :func:`encode` writes.
+_HEADER_DTYPES = {"F32": torch.float32, "F16": torch.float16, "I8": torch.int8}
 _INT8_MAX = 127
 
 
@@ -73,11 +75,17 @@ def decode(stored: Mapping[str, torch.Tensor], shapes: Mapping[str, torch.Size])
     return weights
 
 
-def storage_dtype(dtypes: Mapping[str, torch.dtype]) -> torch.dtype:
-    """How a file whose tensors have ``dtypes`` stores its weights (what :func:`encode` was given)."""
-    if torch.int8 in dtypes.values():
+def storage_dtype(header_dtypes: Iterable[str]) -> torch.dtype:
+    """How a file stores its weights (what :func:`encode` was given), from its tensors' dtypes as
+    safetensors' header names them ("F32", "I8", ...), so that no weight need be read.
+
+    A dtype :func:`encode` does not write (a file made elsewhere, in bfloat16 say) counts as
+    float32, the storage that keeps any of them exactly.
+    """
+    dtypes = [_HEADER_DTYPES.get(name, torch.float32) for name in header_dtypes]
+    if torch.int8 in dtypes:
         return torch.int8
-    return next(iter(dtypes.values()), torch.float32)
+    return next(iter(dtypes), torch.float32)
 
 
 def _quantize_rows(value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
