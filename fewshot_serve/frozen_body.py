@@ -20,7 +20,7 @@ from tqdm import tqdm
 from .datasets import ImageClasses
 from .episodes import ImageEpisodes
 from .meta_learning import TaskBatch
-from .networks import MetaNetwork
+from .networks import HEAD_KEYS, MetaNetwork
 from .preprocessing import Preprocessing
 
 
@@ -76,6 +76,11 @@ class AdaptedPart(MetaNetwork):
 
     def config(self):
         return self.whole.config()
+
+
+def adapts_head_only(network: MetaNetwork) -> bool:
+    """Whether the inner loop moves only the head row (the frozen part is the whole backbone)."""
+    return set(network.fast_weight_names()) <= set(HEAD_KEYS)
 
 
 @torch.no_grad()

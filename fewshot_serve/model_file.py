@@ -36,8 +36,12 @@ RECIPE_KEY = "fewshot_serve.recipe"
 MAX_STEPS = 100
 MAX_FILTERS = 1024
 MAX_MEMBERS = 8
-#: How a file's weights were made: a meta-learning algorithm, or supervised pretraining alone.
-RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain")
+#: How a file's weights were made: a meta-learning algorithm, supervised pretraining alone, or
+#: imported from elsewhere (``fewshot-serve import-backbone``).
+RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain", "import")
+#: An EfficientNet-Lite's recipe entries; their values are its constructor's to check.
+EFFICIENTNET_LITE_KEYS = {"architecture", "blocks", "stem_channels", "head_channels", "image_size", "padding",
+                          "adapt_from", "lr_steps", "centred", "prototype_head"}
 #: The ``class_counts`` entry of weights trained on the training and validation classes together (a
 #: recipe's final run): their validation classes are no longer unseen.
 SEEN_VALIDATION = "train+val"
@@ -217,6 +221,11 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
         problems += _preprocessing_problems(recipe, network)
     elif architecture == "resnet12":
         problems += _resnet12_problems(network) + _preprocessing_problems(recipe, network)
+    elif architecture == "efficientnet_lite":
+        if set(network) != EFFICIENTNET_LITE_KEYS:
+            problems.append("efficientnet_lite needs exactly " + ", ".join(sorted(EFFICIENTNET_LITE_KEYS - {"architecture"})))
+        else:  # the values are checked by the constructor, before it allocates anything
+            problems += _preprocessing_problems(recipe, {**network, "in_channels": 3})
     elif architecture == "ensemble":
         members = network.get("members")
         if set(network) - {"lr_steps", "prototype_head"} != {"architecture", "members"}:

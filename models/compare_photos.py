@@ -17,7 +17,11 @@ Nothing here is photo-specific: the handwriting backbone's ablation uses it with
 merge into ``photos-comparison.json`` beside this script, so contestants may be scored in
 separate runs; the test classes' names are recorded with them. ``--split val --output FILE``
 scores the validation classes instead, to choose between candidates without touching the test
-classes. ``--paired`` adds each later contestant's paired difference from the first, episode by
+classes. ``--dataset folder --data-root DIR --split all`` scores every class of a class-per-folder
+tree instead of a split of the models' own dataset: the cross-domain validation sets
+(``cross-domain/cub50``, ``cross-domain/dtd10``) on which the ImageNet-pretrained photo models are
+chosen, and on which models of different datasets (an imported backbone, the heads meta-learned on
+it) meet on the same episodes. ``--paired`` adds each later contestant's paired difference from the first, episode by
 episode (:func:`~fewshot_serve.evaluation.paired_difference`): far narrower than the two intervals,
 it tells a change of a few hundredths of a point from noise.
 """
@@ -31,10 +35,11 @@ from pathlib import Path
 import torch
 
 from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.datasets import load_folder_tree
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes, paired_difference
 from fewshot_serve.model_file import load_model
-from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
+from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, adapts_head_only, cache_frozen_part
 from fewshot_serve.nearest_mean import nearest_mean_accuracy
 from fewshot_serve.sources import DataSpec, load_splits
 
@@ -53,17 +58,17 @@ def named(text: str) -> tuple[str, Path, tuple[float, int] | None]:
 
 
 def frozen_outputs(network, classes, preprocessing, device, cache: list) -> torch.Tensor | None:
-    """The frozen part's output for every image of ``classes``, for a fixed-norm ResNet-12 whose inner loop adapts
+    """The frozen part's output for every image of ``classes``, for a fixed-norm network whose inner loop adapts
     only its head (None otherwise); shared by files whose frozen blocks are equal (a backbone and the
-    models meta-learned from it with ``--freeze-body``)."""
-    if getattr(network, "norm", None) != "fixed" or network.adapt_from != 4:
+    models meta-learned from it with ``--freeze-body``) when scored on the same ``classes``."""
+    if getattr(network, "norm", None) != "fixed" or not adapts_head_only(network):
         return None
     frozen = {k: v for k, v in network.state_dict().items() if network.in_frozen_part(k)}
-    for weights, table in cache:
-        if weights.keys() == frozen.keys() and all(torch.equal(weights[k], frozen[k]) for k in frozen):
+    for scored, weights, table in cache:
+        if scored is classes and weights.keys() == frozen.keys() and all(torch.equal(weights[k], frozen[k]) for k in frozen):
             return table
     table = cache_frozen_part(network, classes, preprocessing, device)
-    cache.append((frozen, table))
+    cache.append((classes, frozen, table))
     return table
 
 
@@ -73,27 +78,33 @@ def main() -> None:
     parser.add_argument("--nearest-mean", type=named, action="append", default=[])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--settings", nargs="+", default=["5x1", "5x5"], help="WAYSxSHOTS, e.g. 5x1 5x5 20x1")
+    parser.add_argument("--dataset", default=None, help="score on this dataset (default: each model's own); with "
+                        "--split all, 'folder' and --data-root")
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("--split", choices=("test", "val", "all"), default="test")
     parser.add_argument("--output", type=Path, default=None, help="default: photos-comparison.json beside this script "
                         "(test split only)")
     parser.add_argument("--paired", action="store_true", help="also each contestant's paired difference from the first")
     args = parser.parse_args()
     if args.output is None:
         if args.split != "test":
-            parser.error("--split val needs --output: the model card's comparison file holds test scores only")
+            parser.error(f"--split {args.split} needs --output: the model card's comparison file holds test scores only")
+    if args.split == "all" and (args.dataset != "folder" or args.data_root is None):
+        parser.error("--split all scores a class-per-folder tree: give --dataset folder --data-root DIR")
         args.output = HERE / "photos-comparison.json"
     device = torch.device("cpu")
     scored_classes: dict[tuple, object] = {}
-    cache: list[tuple[dict, torch.Tensor]] = []
+    cache: list[tuple[object, dict, torch.Tensor]] = []
     first: dict[str, tuple[str, object]] = {}  # setting -> the first contestant's name and result
     for mode, (name, path, override) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
-        key = (recipe.dataset, recipe.split_seed, preprocessing.image_size)
+        dataset = args.dataset or recipe.dataset
+        key = (dataset, recipe.split_seed, preprocessing.image_size)
         if key not in scored_classes:  # decoding does not depend on mean/std, so models of one size share it
-            spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed)
-            scored_classes[key] = load_splits(spec, preprocessing)[args.split]
+            spec = DataSpec(dataset, args.data_root, split_seed=recipe.split_seed)
+            scored_classes[key] = (load_folder_tree(args.data_root, preprocessing) if args.split == "all"
+                                   else load_splits(spec, preprocessing)[args.split])
         classes = scored_classes[key]
         lrs, steps = (tuple(recipe.inner_lrs), recipe.test_steps) if override is None else ((override[0],), override[1])
         entry = {"file": path.name, "mode": mode, "algorithm": recipe.algorithm, "network": recipe.network,

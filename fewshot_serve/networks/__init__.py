@@ -1,7 +1,8 @@
 """The networks that get meta-learned, one module each; :func:`build_network` rebuilds any from its config.
 
 * :class:`Conv4` (``conv4.py``): the standard 4-block few-shot convnet, for characters.
-* :class:`ResNet12` (``resnet12.py``): the residual backbone for photos.
+* :class:`ResNet12` (``resnet12.py``): the residual backbone for photos, trained here.
+* :class:`EfficientNetLite` (``efficientnet_lite.py``): the ImageNet-trained photo backbone, imported.
 * :class:`FeatureEnsemble` (``ensemble.py``): pretrained ResNet-12s side by side under one head.
 * :class:`SinusoidMLP` (``mlp.py``): the MAML paper's regression network.
 
@@ -13,16 +14,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import HEAD_KEYS, MetaNetwork, SharedHeadClassifier, step_lr
+from .base import HEAD_KEYS, MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, step_lr
 from .norms import BN_EPS, first_order_kernels, support_norm
 from .conv4 import Conv4
 from .mlp import SinusoidMLP
 from .resnet12 import ResNet12, fixed_norm_params
+from .efficientnet_lite import EfficientNetLite
 from .ensemble import FeatureEnsemble
 
-ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "ensemble": FeatureEnsemble, "mlp": SinusoidMLP}
+ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "efficientnet_lite": EfficientNetLite, "ensemble": FeatureEnsemble,
+                 "mlp": SinusoidMLP}
 
-__all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "Conv4", "ResNet12", "FeatureEnsemble",
+__all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "PooledFeatureClassifier", "Conv4", "ResNet12",
+           "EfficientNetLite", "FeatureEnsemble",
            "SinusoidMLP", "ARCHITECTURES",
            "build_network", "fixed_norm_params", "first_order_kernels", "step_lr", "support_norm"]
 

@@ -35,6 +35,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
 #: Parameters a task copies once per class (dimension 0) before its inner loop.
 HEAD_KEYS = ("head.weight", "head.bias")
@@ -182,3 +183,95 @@ class SharedHeadClassifier(MetaNetwork):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
+
+
+class PooledFeatureClassifier(SharedHeadClassifier):
+    """A backbone's pooled features, optionally centred, at unit length, under the shared head row
+    times a learned logit temperature: how ResNet-12 and EfficientNet-Lite end.
+
+    With unit-length features, the first inner step from the shared row makes each class's row
+    its mean feature direction (a cosine nearest-mean classifier), and the temperature alone sets
+    how confident the logits are. ``centred`` subtracts a fixed ``feature_centre`` (the training
+    classes' mean feature, :func:`~fewshot_serve.feature_centre.centre_on_training_classes`) before
+    the L2 normalization (SimpleShot's CL2N, Wang et al. 2019): all of a backbone's features share a
+    large common component, which on unit length without centring dominates the cosines between
+    new classes. Subclasses give :meth:`pooled_features` and :meth:`freeze_features`.
+    """
+
+    centred: bool = False
+
+    def build_head(self, feature_dim: int, lr_steps: int, centred: bool, prototype_head: bool) -> None:
+        """The head row, the temperature, the learned rates and the centre (call after the backbone)."""
+        self.feature_dim = feature_dim
+        self.head = nn.Linear(feature_dim, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+        # Multiplies the logits; learned by the outer loop only (the inner loop's step size is the lr).
+        self.logit_scale = nn.Parameter(torch.ones(()))
+        self.add_step_lrs(lr_steps)
+        self.centred = centred
+        self.prototype_head = prototype_head
+        if centred:  # a constant of the file, never trained: a buffer, saved with the weights
+            self.register_buffer("feature_centre", torch.zeros(feature_dim))
+
+    def _is_fast_weight(self, name: str) -> bool:
+        return name not in ("step_lrs", "logit_scale") and not self.in_frozen_part(name)
+
+    def pooled_features(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        """The adapted layers on the frozen part's output ``h``, pooled: the features before centring
+        and unit length (what the feature centre is the mean of)."""
+        raise NotImplementedError
+
+    def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        pooled = self.pooled_features(params, h, n_ref)
+        return F.normalize(pooled - self.feature_centre if self.centred else pooled, dim=1)
+
+    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
+        return params["logit_scale"] * F.linear(features, params["head.weight"], params["head.bias"])
+
+    @torch.no_grad()
+    def set_feature_centre(self, centre: Tensor) -> None:
+        """Centre the features on ``centre`` (``[feature_dim]``) from now on; see the class's docstring."""
+        if not self.centred:
+            raise ValueError(f"this {type(self).__name__} was built without centred=True")
+        if centre.shape != self.feature_centre.shape:
+            raise ValueError(f"the centre must have shape {tuple(self.feature_centre.shape)}, got {tuple(centre.shape)}")
+        self.feature_centre.copy_(centre)
+
+    def unit_length(self) -> "UnitLength":
+        """The centring and L2 normalization of :meth:`head_input` as a plain layer (for freezing)."""
+        return UnitLength(self.feature_centre.clone() if self.centred else None)
+
+    def freeze_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+        """:meth:`head_input` of images as a plain eval-mode network (the body of :meth:`freeze`)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
+        """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
+
+        The result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at a
+        time, with one convolution per layer (:meth:`freeze_features`), then the adapted head.
+        """
+        frozen = nn.Sequential(*self.freeze_features(params, x_support), frozen_head(params), nn.Softmax(dim=-1))
+        return frozen.eval().to(memory_format=torch.channels_last)
+
+
+def frozen_head(params: dict[str, Tensor]) -> nn.Linear:
+    """The adapted head with the logit scale folded in: :meth:`PooledFeatureClassifier.head_logits` as one layer."""
+    weight = params["head.weight"]
+    head = skip_init(nn.Linear, weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
+    head.weight.copy_(weight * params["logit_scale"])
+    head.bias.copy_(params["head.bias"] * params["logit_scale"])
+    return head
+
+
+class UnitLength(nn.Module):
+    """L2-normalizes each row, after subtracting ``centre`` if given (exports to ONNX as plain arithmetic)."""
+
+    def __init__(self, centre: Tensor | None = None) -> None:
+        super().__init__()
+        self.register_buffer("centre", centre)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.normalize(x if self.centre is None else x - self.centre, dim=1)

@@ -27,7 +27,8 @@ import torch
 from torch import Tensor, nn
 
 from .base import SharedHeadClassifier
-from .resnet12 import ResNet12, frozen_head
+from .base import PooledFeatureClassifier, frozen_head
+from .resnet12 import ResNet12
 
 MEMBER_PREFIX = "members."
 
@@ -94,7 +95,7 @@ class FeatureEnsemble(SharedHeadClassifier):
     def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         return h
 
-    head_logits = ResNet12.head_logits  # the same head: a learned row per class, times the logit scale
+    head_logits = PooledFeatureClassifier.head_logits  # the same head: a learned row per class, times the logit scale
 
     @torch.no_grad()
     def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:

@@ -2,10 +2,10 @@
 
 Four residual blocks, each three 3x3 convolutions with BatchNorm and leaky ReLU (slope 0.1) on
 the main path and a 1x1 convolution with BatchNorm on the shortcut, then 2x2 max-pooling;
-global average pooling; L2 normalization; the shared head row (see :mod:`.base`) scaled by a
-learned logit temperature. With unit-length features, the first inner step from the shared row
-makes each class's row its (uncentred) mean feature direction, a cosine nearest-mean classifier,
-and the temperature alone sets how confident the logits are. Widths are configurable (64-160-320-640 in the literature; narrower fits a CPU).
+global average pooling; then the ending every photo backbone shares
+(:class:`~.base.PooledFeatureClassifier`: optional centring, unit length, the shared head row times
+a learned logit temperature). Widths are configurable (64-160-320-640 in the literature; narrower
+fits a CPU).
 
 Two settings make it the backbone of "pretrain, then meta-learn":
 
@@ -17,13 +17,9 @@ Two settings make it the backbone of "pretrain, then meta-learn":
 * ``adapt_from``: the first block the inner loop adapts (0: all; 4: only the head, as ANIL).
   Blocks before it are the :meth:`frozen_part`, computed once per image in the inner loop.
 
-And one that helps a pretrained backbone on classes it has never seen: ``centred`` subtracts a
-fixed ``feature_centre`` (the training classes' mean feature, measured by
-:func:`~fewshot_serve.feature_centre.centre_on_training_classes`) before the L2 normalization
-(SimpleShot's CL2N, Wang et al. 2019). All of a
-backbone's features share a large common component; on unit length without centring it dominates
-the cosines between new classes. Measured on the photo model's validation classes, nearest-mean
-1-shot accuracy rose from 51.3% to 53.1% (5-shot unchanged).
+Centring the features (``centred``, :class:`~.base.PooledFeatureClassifier`) helps a pretrained
+backbone on classes it has never seen: measured on the photo model's validation classes,
+nearest-mean 1-shot accuracy rose from 51.3% to 53.1% (5-shot unchanged).
 """
 
 from __future__ import annotations
@@ -35,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
-from .base import SharedHeadClassifier
+from .base import PooledFeatureClassifier
 from .norms import BN_EPS, SupportBatchNorm, channel_statistics, support_norm
 
 NORMS = ("support", "fixed")
@@ -63,7 +59,7 @@ class ResidualBlock(nn.Module):
 RunningStatistics = dict[str, tuple[Tensor, Tensor]]
 
 
-class ResNet12(SharedHeadClassifier):
+class ResNet12(PooledFeatureClassifier):
 
     def __init__(
         self,
@@ -89,17 +85,7 @@ class ResNet12(SharedHeadClassifier):
         self.norm, self.adapt_from = norm, adapt_from
         channels = [in_channels, *self.widths]
         self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in zip(channels, channels[1:]))
-        self.feature_dim = self.widths[-1]
-        self.head = nn.Linear(self.feature_dim, 1)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
-        # Multiplies the logits; learned by the outer loop only (the inner loop's step size is the lr).
-        self.logit_scale = nn.Parameter(torch.ones(()))
-        self.add_step_lrs(lr_steps)
-        self.centred = centred
-        self.prototype_head = prototype_head
-        if centred:  # a constant of the file, never trained: a buffer, saved with the weights
-            self.register_buffer("feature_centre", torch.zeros(self.feature_dim))
+        self.build_head(self.widths[-1], lr_steps, centred, prototype_head)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -113,9 +99,6 @@ class ResNet12(SharedHeadClassifier):
             **({"centred": True} if self.centred else {}),  # absent from files made before centring existed
             **({"prototype_head": True} if self.prototype_head else {}),
         }
-
-    def _is_fast_weight(self, name: str) -> bool:
-        return name not in ("step_lrs", "logit_scale") and not self.in_frozen_part(name)
 
     def in_frozen_part(self, name: str) -> bool:
         """Whether parameter ``name`` belongs to the blocks before ``adapt_from``."""
@@ -169,35 +152,7 @@ class ResNet12(SharedHeadClassifier):
         return self._blocks(params, x, n_ref, range(self.adapt_from))
 
     def pooled_features(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        """The adapted blocks on the frozen part's output ``h``, then global average pooling: the
-        features before centring and unit length (what the feature centre is the mean of)."""
         return self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3))
-
-    def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        pooled = self.pooled_features(params, h, n_ref)
-        return F.normalize(pooled - self.feature_centre if self.centred else pooled, dim=1)
-
-    @torch.no_grad()
-    def set_feature_centre(self, centre: Tensor) -> None:
-        """Centre the features on ``centre`` (``[feature_dim]``) from now on; see the module's docstring."""
-        if not self.centred:
-            raise ValueError("this ResNet-12 was built without centred=True")
-        if centre.shape != self.feature_centre.shape:
-            raise ValueError(f"the centre must have shape {tuple(self.feature_centre.shape)}, got {tuple(centre.shape)}")
-        self.feature_centre.copy_(centre)
-
-    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
-        return params["logit_scale"] * F.linear(features, params["head.weight"], params["head.bias"])
-
-    @torch.no_grad()
-    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
-        """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
-
-        The result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at a
-        time, with one convolution per layer (:meth:`freeze_features`), then the adapted head.
-        """
-        frozen = nn.Sequential(*self.freeze_features(params, x_support), frozen_head(params), nn.Softmax(dim=-1))
-        return frozen.eval().to(memory_format=torch.channels_last)
 
     @torch.no_grad()
     def freeze_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
@@ -230,8 +185,7 @@ class ResNet12(SharedHeadClassifier):
             fold("shortcut", "shortcut_norm", x)
             blocks.append(FrozenBlock(convs))
             x = blocks[-1](x) if support else None
-        unit_length = UnitLength(self.feature_centre.clone() if self.centred else None)
-        return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), unit_length)
+        return nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten(), self.unit_length())
 
     def _affine(self, params: dict[str, Tensor], key: str, h: Tensor | None) -> tuple[Tensor, Tensor]:
         """A norm layer as ``h * scale + shift`` per channel (support norm: statistics measured on ``h``)."""
@@ -241,15 +195,6 @@ class ResNet12(SharedHeadClassifier):
         mean, var = channel_statistics(h)
         scale = weight * torch.rsqrt(var + BN_EPS)
         return scale, bias - mean * scale
-
-
-def frozen_head(params: dict[str, Tensor]) -> nn.Linear:
-    """The adapted head with the logit scale folded in: :meth:`ResNet12.head_logits` as one layer."""
-    weight = params["head.weight"]
-    head = skip_init(nn.Linear, weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)
-    head.weight.copy_(weight * params["logit_scale"])
-    head.bias.copy_(params["head.bias"] * params["logit_scale"])
-    return head
 
 
 class FrozenBlock(nn.Module):
@@ -265,17 +210,6 @@ class FrozenBlock(nn.Module):
         h = F.leaky_relu_(self.conv1(x), LEAK)
         h = F.leaky_relu_(self.conv2(h), LEAK)
         return F.max_pool2d(F.leaky_relu_(self.conv3(h).add_(self.shortcut(x)), LEAK), 2)
-
-
-class UnitLength(nn.Module):
-    """L2-normalizes each row, after subtracting ``centre`` if given (exports to ONNX as plain arithmetic)."""
-
-    def __init__(self, centre: Tensor | None = None) -> None:
-        super().__init__()
-        self.register_buffer("centre", centre)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x if self.centre is None else x - self.centre, dim=1)
 
 
 def fixed_norm_params(network: ResNet12, params: dict[str, Tensor], running: RunningStatistics) -> dict[str, Tensor]:
