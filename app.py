@@ -1,7 +1,7 @@
 """Run the fewshot-serve web app: `python app.py` (then open http://127.0.0.1:7860).
 
 With no --model it serves every model file in models/ behind a menu: the photo model first (what most
-people upload), then the handwriting model, then the rest.
+people upload: EfficientNet-Lite0, ImageNet-trained), then the handwriting model, then the rest.
 """
 
 import argparse
@@ -11,7 +11,7 @@ from fewshot_serve.auth import AUTH_ENV, Credentials
 from fewshot_serve.web_app import CONCURRENCY, QUEUE_SIZE, launch
 
 MODELS = Path(__file__).resolve().parent / "models"
-FIRST = [MODELS / "photos-resnet12.safetensors", MODELS / "omniglot-resnet12.safetensors"]
+FIRST = [MODELS / "photos-efficientnet-lite0.safetensors", MODELS / "omniglot-resnet12.safetensors"]
 
 
 def shipped_models() -> list[Path]:

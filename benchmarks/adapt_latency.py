@@ -1,7 +1,7 @@
 """Adaptation latency: load -> adapt -> classify, ours against the textbook baseline, peers and the FLOP bound.
 
     python benchmarks/adapt_latency.py [--model models/omniglot-conv4-fomaml.safetensors] [--repeats 50]
-                                       [--shipped models/photos-resnet12.safetensors ...] [--shipped-only]
+                                       [--shipped models/photos-resnet12.safetensors ...] [--shipped-only] [--bf16]
 
 For 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries, at the file's test-time step
 count, every contestant adapts the same weights on the same preprocessed inputs and classifies the
@@ -25,7 +25,8 @@ contestant must give ours' probabilities.
 The shipped ResNet-12 models (photos and handwriting: learned per-step learning rates, head-only
 inner loop, Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they
 are timed alone, one after another in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with
-75 queries, split into adaptation and classification.
+75 queries, split into adaptation and classification; with ``--bf16``, each also with
+``load(..., bf16=True)`` right after its float32 run, where the device has native bfloat16.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 import fewshot_serve
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.networks import BN_EPS, Conv4, first_order_kernels
+from fewshot_serve.precision import bf16_available
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))
@@ -303,11 +305,12 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     return report
 
 
-def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5), (20, 1))) -> dict:
+def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5), (20, 1)), bf16: bool = False
+              ) -> dict:
     """p50/p95 of adapting a model and classifying 75 queries, and of each half."""
-    model = fewshot_serve.load(model_path, device=device)
+    model = fewshot_serve.load(model_path, device=device, bf16=bf16)
     report = {"model": model_path.name, "device": device, "threads": torch.get_num_threads(),
-              "steps": model.recipe.test_steps, "settings": {}}
+              "steps": model.recipe.test_steps, "bf16": model.bf16, "settings": {}}
     for ways, shots, xs, ys, xq in random_tasks(model, settings, device):
         adapted = model.adapt_tensors(xs, ys, ways)
         times = {"adapt + classify": timed(lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq), repeats),
@@ -319,7 +322,7 @@ def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5,
 
 def print_alone_table(report: dict) -> None:
     print(f"\nmodel {report['model']}: device {report['device']}, {report['threads']} threads, "
-          f"{report['steps']} steps, {QUERIES} queries")
+          f"{report['steps']} steps, {QUERIES} queries" + (", bfloat16" if report.get("bf16") else ""))
     for setting, entry in report["settings"].items():
         print(f"  {setting}: " + "   ".join(f"{name} p50 {t['p50_ms']:.1f} ms / p95 {t['p95_ms']:.1f} ms"
                                             for name, t in entry.items()))
@@ -352,6 +355,8 @@ def main() -> None:
                                                                     "omniglot-resnet12.safetensors")],
                         help="also time these models alone (those absent are skipped)")
     parser.add_argument("--shipped-only", action="store_true", help="time only the --shipped models")
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time each shipped model with bf16=True (where the device has native bfloat16)")
     args = parser.parse_args()
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     reports = [] if args.shipped_only else [run(args.model, args.repeats, device)
@@ -360,8 +365,9 @@ def main() -> None:
         print_table(report)
     for path in (p for p in args.shipped if p.exists()):
         for device in devices:
-            reports.append(run_alone(path, args.repeats, device))
-            print_alone_table(reports[-1])
+            for bf16 in (False, True) if args.bf16 and bf16_available(torch.device(device)) else (False,):
+                reports.append(run_alone(path, args.repeats, device, bf16=bf16))
+                print_alone_table(reports[-1])
     results = ROOT / "benchmarks" / "results"
     atomic_write_json(args.out or results / ("adapt_latency_shipped.json" if args.shipped_only else "adapt_latency.json"),
                       reports)

@@ -44,6 +44,9 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                             "omniglot/images_background_subset), tiny-imagenet/, "
                             "cifar100/ or mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
     group.add_argument("--download", action="store_true", help="download Omniglot's background set / CIFAR-100 with torchvision")
+    group.add_argument("--images-per-class", type=int, default=None, metavar="N",
+                       help="decode only each class's first N images by file name (Omniglot, Tiny ImageNet, folder; "
+                            "e.g. to fit Tiny ImageNet at an ImageNet backbone's 224x224 in memory)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,17 +115,19 @@ def build_parser() -> argparse.ArgumentParser:
                             "temperature, on the frozen blocks' output cached once per image (much faster; no "
                             "augmentation)")
     train.add_argument("--centre-features", action="store_true",
-                       help="with a pretrained ResNet-12 as --init: subtract the training classes' mean feature "
+                       help="with a pretrained ResNet-12 or an imported backbone as --init: subtract the training classes' mean feature "
                             "(measured once, stored in the model file) before normalizing (SimpleShot's CL2N)")
     train.add_argument("--prototype-head", action="store_true",
-                       help="with a ResNet-12 as --init: each class's head row starts at its support features' mean "
+                       help="with a ResNet-12 or an EfficientNet-Lite as --init: each class's head row starts at its support features' mean "
                             "(Proto-MAML), so that zero steps classify by nearest class mean and steps refine that")
     train.add_argument("--architecture", choices=ARCHITECTURES, default=None, help="network (default: conv4)")
     train.add_argument("--widths", type=_widths, default=None,
                        help="conv4: filters (default 64 grayscale, 32 colour); resnet12: 4 block widths "
                             "(default 64,160,320,640)")
-    train.add_argument("--adapt-from", type=int, default=0, choices=range(5), metavar="{0..4}",
-                       help="resnet12: first block the inner loop adapts; 4 adapts only the head (ANIL-style)")
+    train.add_argument("--adapt-from", type=int, default=0, metavar="UNIT",
+                       help="the first layer the inner loop adapts: resnet12 a block 0-4, 4 the head only (ANIL-style); "
+                            "efficientnet_lite a unit 0-18 (0 the stem, 1-16 blocks, 17 the head convolution, 18 the "
+                            "head only)")
     train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=None)
     train.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
@@ -264,7 +269,8 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .sources import RESNET12_WIDTHS
 
     config = PretrainConfig(
-        out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed),
+        out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed,
+                                    args.images_per_class),
         widths=args.widths or RESNET12_WIDTHS, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, cutmix=args.cutmix, cosine_scale=args.cosine_scale,
         distortion=args.distortion, ema=args.ema,
@@ -289,7 +295,8 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
             args.first_order_iterations = args.first_order_iterations or max(1, 3 * args.iterations // 10)
     config = TrainConfig(
         out=args.out, algorithm=args.algorithm,
-        data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, args.channels, args.split_seed),
+        data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, args.channels, args.split_seed,
+                      args.images_per_class),
         ways=args.ways, shots=args.shots, queries=args.queries, inner_steps=args.inner_steps,
         test_steps=args.test_steps, inner_lrs=args.inner_lr, meta_lr=args.meta_lr, meta_batch=args.meta_batch,
         iterations=args.iterations, val_every=args.val_every, val_episodes=args.val_episodes,
@@ -315,7 +322,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     device = pick_device(args.device)
     network, recipe = load_model(args.model, device)
-    spec = DataSpec(args.dataset or recipe.dataset, args.data_root, args.download, split_seed=recipe.split_seed)
+    spec = DataSpec(args.dataset or recipe.dataset, args.data_root, args.download, split_seed=recipe.split_seed,
+                    images_per_class=args.images_per_class)
     preprocessing = None if recipe.preprocessing is None else recipe.image_preprocessing()
     classes = load_splits(spec, preprocessing)[args.split] if preprocessing is not None else None
     sampler = task_sampler(spec, classes, preprocessing, args.ways, args.shots, args.queries, augment=False)

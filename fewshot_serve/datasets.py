@@ -84,12 +84,15 @@ class ImageClasses:
 
 
 def load_class_folders(
-    class_dirs: Sequence[tuple[str, str, Path]], preprocessing: Preprocessing, description: str
+    class_dirs: Sequence[tuple[str, str, Path]], preprocessing: Preprocessing, description: str,
+    per_class: int | None = None,
 ) -> ImageClasses:
-    """Decode every image of ``(name, group, folder)`` classes with ``preprocessing``."""
+    """Decode every image of ``(name, group, folder)`` classes with ``preprocessing`` (with
+    ``per_class``, only each class's first that many by file name: what keeps a dataset decoded at
+    an ImageNet backbone's 224x224 within memory, 150 kB an image)."""
     classes = []
     for name, group, folder in class_dirs:
-        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)[:per_class]
         if not images:
             raise ValueError(f"class {name!r} has no images in {folder}")
         classes.append((name, group, images))
@@ -121,7 +124,7 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def load_omniglot(root: Path, preprocessing: Preprocessing) -> ImageClasses:
+def load_omniglot(root: Path, preprocessing: Preprocessing, per_class: int | None = None) -> ImageClasses:
     """Omniglot as ``alphabet/character/*.png`` (the ../shared layout and torchvision's).
 
     ``root`` may be an ``images_background``-style folder of alphabets, or torchvision's
@@ -144,7 +147,7 @@ def load_omniglot(root: Path, preprocessing: Preprocessing) -> ImageClasses:
     ]
     if not classes:
         raise ValueError(f"no alphabet/character folders under {root}")
-    return load_class_folders(classes, preprocessing, "Omniglot")
+    return load_class_folders(classes, preprocessing, "Omniglot", per_class)
 
 
 def download_omniglot(root: Path) -> Path:
@@ -158,7 +161,7 @@ def download_omniglot(root: Path) -> Path:
     return Path(root) / "omniglot-py" / "images_background"
 
 
-def load_folder_tree(root: Path, preprocessing: Preprocessing) -> ImageClasses:
+def load_folder_tree(root: Path, preprocessing: Preprocessing, per_class: int | None = None) -> ImageClasses:
     """Any ``root/<class>/*.jpg`` tree: each sub-folder is one class (and its own split group)."""
     root = Path(root)
     if not root.is_dir():
@@ -166,10 +169,10 @@ def load_folder_tree(root: Path, preprocessing: Preprocessing) -> ImageClasses:
     classes = [(d.name, d.name, d) for d in _subdirs(root)]
     if not classes:
         raise ValueError(f"{root} holds no class folders")
-    return load_class_folders(classes, preprocessing, root.name)
+    return load_class_folders(classes, preprocessing, root.name, per_class)
 
 
-def load_tiny_imagenet(root: Path, preprocessing: Preprocessing) -> ImageClasses:
+def load_tiny_imagenet(root: Path, preprocessing: Preprocessing, per_class: int | None = None) -> ImageClasses:
     """Tiny ImageNet as ``images/<wnid>/*.JPEG`` with ``words.txt`` (``<wnid>\t<names>``) beside it.
 
     Each class is named by the first of its human names in ``words.txt`` (``goldfish``), or by its
@@ -190,7 +193,7 @@ def load_tiny_imagenet(root: Path, preprocessing: Preprocessing) -> ImageClasses
     classes = [(names.get(d.name, d.name), d.name, d) for d in _subdirs(images)]
     if not classes:
         raise ValueError(f"{images} holds no class folders")
-    return load_class_folders(classes, preprocessing, "Tiny ImageNet")
+    return load_class_folders(classes, preprocessing, "Tiny ImageNet", per_class)
 
 
 # The CIFAR-FS class split of Bertinetto et al. (ICLR 2019); the other 64 classes are for training.

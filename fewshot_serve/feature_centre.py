@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .datasets import ImageClasses
 from .frozen_body import per_image
-from .networks import MetaNetwork, ResNet12
+from .networks import MetaNetwork, PooledFeatureClassifier
 from .preprocessing import Preprocessing
 
 
@@ -25,8 +25,8 @@ def centre_on_training_classes(network: MetaNetwork, classes: ImageClasses, prep
     cached it (``--freeze-body``), saves a second pass through the backbone: only the blocks after
     it run (none, for a head-only inner loop).
     """
-    if not isinstance(network, ResNet12) or not network.centred:
-        raise ValueError("feature centring needs a ResNet-12 built with centred=True")
+    if not isinstance(network, PooledFeatureClassifier) or not network.centred:
+        raise ValueError("feature centring needs a ResNet-12 or EfficientNet-Lite built with centred=True")
     params = network.at_step(dict(network.named_parameters()), 0)
     if frozen_outputs is None:
         sums = per_image(lambda x: network.embed(params, x).double().sum(0, True), network, classes.images,

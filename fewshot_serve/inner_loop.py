@@ -45,6 +45,7 @@ def adapt(
     composable: bool = False,
     trajectory: bool = False,
     head_first_step: bool = True,
+    h_support: Tensor | None = None,
 ) -> Adaptation:
     """Take ``steps`` SGD steps from ``params``, a task's start (:meth:`MetaNetwork.task_parameters`),
     on the support loss.
@@ -73,6 +74,9 @@ def adapt(
     rounding error only). Differentiable like any step: in second order, the head's update
     depends on the body through the features.
 
+    ``h_support``: the frozen part's output on ``x_support`` where the caller has computed it
+    already (serving does so under bfloat16 when asked: the frozen part is never differentiated).
+
     With ``network.prototype_head`` (Proto-MAML), each class's head row first moves to where its
     support features' mean puts it (:meth:`~fewshot_serve.networks.base.SharedHeadClassifier.prototype_rows`),
     so zero steps classify by nearest class mean; the rows then differ, so the head-only first
@@ -82,7 +86,8 @@ def adapt(
     fixed = {k: v for k, v in params.items() if k not in fast_names}
     fast = {k: params[k] for k in fast_names}
     # Layers before the first fast weight are the same at every step: run them once.
-    h_support = network.frozen_part(network.at_step(params, 0), x_support)
+    if h_support is None:
+        h_support = network.frozen_part(network.at_step(params, 0), x_support)
 
     def support_loss(weights: Params, step: int) -> Tensor:
         outputs = network.adapted_part(network.at_step({**fixed, **weights}, step), h_support)

@@ -26,6 +26,7 @@ from safetensors.torch import save_file
 from .atomic import atomic_output
 from .meta_learning import ALGORITHMS, InnerLoop
 from .networks import MetaNetwork, build_network
+from .networks.ensemble import MEMBER_ARCHITECTURES
 from .networks.resnet12 import NORMS
 from .preprocessing import Preprocessing
 from .weight_storage import decode, encode, storage_dtype
@@ -222,21 +223,21 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
     elif architecture == "resnet12":
         problems += _resnet12_problems(network) + _preprocessing_problems(recipe, network)
     elif architecture == "efficientnet_lite":
-        if set(network) != EFFICIENTNET_LITE_KEYS:
-            problems.append("efficientnet_lite needs exactly " + ", ".join(sorted(EFFICIENTNET_LITE_KEYS - {"architecture"})))
-        else:  # the values are checked by the constructor, before it allocates anything
-            problems += _preprocessing_problems(recipe, {**network, "in_channels": 3})
+        problems += _efficientnet_lite_problems(recipe, network, EFFICIENTNET_LITE_KEYS)
     elif architecture == "ensemble":
         members = network.get("members")
         if set(network) - {"lr_steps", "prototype_head"} != {"architecture", "members"}:
             problems.append("ensemble needs exactly members (and optionally lr_steps, prototype_head)")
         elif not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS
-                  and all(isinstance(m, dict) and m.get("architecture") == "resnet12" for m in members)
+                  and all(isinstance(m, dict) and m.get("architecture") in MEMBER_ARCHITECTURES for m in members)
                   and isinstance(network.get("prototype_head", False), bool)):
-            problems.append(f"ensemble needs 2 to {MAX_MEMBERS} resnet12 members and prototype_head true or false")
+            problems.append(f"ensemble needs 2 to {MAX_MEMBERS} members of {', '.join(MEMBER_ARCHITECTURES)} and "
+                            "prototype_head true or false")
         else:
             for index, member in enumerate(members):  # what a member may be, FeatureEnsemble itself checks
-                own = _resnet12_problems(member) + _preprocessing_problems(recipe, member)
+                own = (_resnet12_problems(member) + _preprocessing_problems(recipe, member)
+                       if member["architecture"] == "resnet12" else
+                       _efficientnet_lite_problems(recipe, member, EFFICIENTNET_LITE_KEYS - {"lr_steps", "prototype_head"}))
                 problems += [f"member {index}: {problem}" for problem in own]
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
@@ -244,6 +245,14 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
     else:
         problems.append(f"unknown architecture {architecture!r}")
     return problems
+
+
+def _efficientnet_lite_problems(recipe: Recipe, network: dict[str, Any], keys: set[str]) -> list[str]:
+    """The entries an EfficientNet-Lite needs; their values are checked by its constructor, before it
+    allocates anything."""
+    if set(network) != keys:
+        return ["efficientnet_lite needs exactly " + ", ".join(sorted(keys - {"architecture"}))]
+    return _preprocessing_problems(recipe, {**network, "in_channels": 3})
 
 
 def _resnet12_problems(network: dict[str, Any]) -> list[str]:

@@ -46,6 +46,8 @@ class DataSpec:
     image_size: int | None = None
     channels: int | None = None
     split_seed: int = 0
+    #: decode only each class's first this many images (by file name; Omniglot, Tiny ImageNet, folders)
+    images_per_class: int | None = None
 
 
 def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
@@ -105,11 +107,11 @@ def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, Image
                 raise ValueError(f"{spec.dataset} is this project's choice of 8 background alphabets, not a "
                                  "download; use --dataset omniglot --download for the whole background set")
             root = download_omniglot(root)
-        return split_by_group(load_omniglot(root, preprocessing), spec.split_seed)
+        return split_by_group(load_omniglot(root, preprocessing, spec.images_per_class), spec.split_seed)
     if spec.dataset == "tiny-imagenet":
         # 160 classes -> 100 train / 20 validation / 40 test, shuffled by the split seed
-        return split_by_group(load_tiny_imagenet(spec.data_root or default_data_root() / "tiny-imagenet", preprocessing),
-                              spec.split_seed)
+        root = spec.data_root or default_data_root() / "tiny-imagenet"
+        return split_by_group(load_tiny_imagenet(root, preprocessing, spec.images_per_class), spec.split_seed)
     if spec.dataset == "cifar-fs":
         root = spec.data_root or default_data_root() / "cifar100"
         return split_cifar_fs(load_cifar100(root, preprocessing, spec.download))
@@ -120,7 +122,7 @@ def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, Image
     if spec.dataset == "folder":
         if spec.data_root is None:
             raise ValueError("--dataset folder needs --data-root pointing at a folder of class folders")
-        return split_by_group(load_folder_tree(spec.data_root, preprocessing), spec.split_seed)
+        return split_by_group(load_folder_tree(spec.data_root, preprocessing, spec.images_per_class), spec.split_seed)
     raise ValueError(f"dataset {spec.dataset!r} has no image classes")
 
 

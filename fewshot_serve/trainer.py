@@ -32,7 +32,7 @@ from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
 from .model_file import SEEN_VALIDATION, Recipe, load_model, save_model
-from .networks import MetaNetwork, build_network
+from .networks import MetaNetwork, PooledFeatureClassifier, build_network
 from .preprocessing import Preprocessing
 from .run_log import plot_curves, read_log
 from .sources import (
@@ -137,8 +137,13 @@ class TrainResult:
 
 
 def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recipe) -> Preprocessing:
-    """The ``--init`` file's preprocessing, after checking it was made on this run's training classes."""
-    if (recipe.dataset, recipe.split_seed) != (config.data.dataset, config.data.split_seed):
+    """The ``--init`` file's preprocessing, after checking it was made on this run's training classes.
+
+    An imported backbone (``fewshot-serve import-backbone``) was trained on ImageNet's classes, which
+    no split here holds out: any dataset may meta-learn on it (model cards say which test photos
+    ImageNet itself contains, as Tiny ImageNet's do)."""
+    if recipe.algorithm != "import" and (recipe.dataset, recipe.split_seed) != (config.data.dataset,
+                                                                                config.data.split_seed):
         raise ValueError(
             f"{config.init} was made on {recipe.dataset} with split seed {recipe.split_seed}; this run uses "
             f"{config.data.dataset} with split seed {config.data.split_seed}, whose test classes it may have seen"
@@ -177,13 +182,13 @@ def _network_from(
     elif settings.get("architecture") == "ensemble" and adapt_from != 4:
         raise ValueError("an ensemble adapts its head only: use --adapt-from 4")
     if centre_features:
-        if settings.get("architecture") != "resnet12" or settings.get("norm") != "fixed":
+        if not isinstance(initial, PooledFeatureClassifier) or initial.norm != "fixed":
             raise ValueError("--centre-features needs a pretrained ResNet-12 (fixed norm, from `fewshot-serve "
-                             "pretrain`) as --init")
+                             "pretrain`) or an imported backbone as --init")
         settings["centred"] = True
     if prototype_head:
-        if settings.get("architecture") not in ("resnet12", "ensemble"):
-            raise ValueError("--prototype-head needs a ResNet-12 or an ensemble of them as --init")
+        if settings.get("architecture") not in ("resnet12", "efficientnet_lite", "ensemble"):
+            raise ValueError("--prototype-head needs a ResNet-12, an EfficientNet-Lite or an ensemble as --init")
         settings["prototype_head"] = True
     inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})

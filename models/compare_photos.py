@@ -81,6 +81,8 @@ def main() -> None:
     parser.add_argument("--dataset", default=None, help="score on this dataset (default: each model's own); with "
                         "--split all, 'folder' and --data-root")
     parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--images-per-class", type=int, default=None, metavar="N",
+                        help="decode only each class's first N images (e.g. Tiny ImageNet at 224x224 in memory)")
     parser.add_argument("--split", choices=("test", "val", "all"), default="test")
     parser.add_argument("--output", type=Path, default=None, help="default: photos-comparison.json beside this script "
                         "(test split only)")
@@ -102,8 +104,9 @@ def main() -> None:
         dataset = args.dataset or recipe.dataset
         key = (dataset, recipe.split_seed, preprocessing.image_size)
         if key not in scored_classes:  # decoding does not depend on mean/std, so models of one size share it
-            spec = DataSpec(dataset, args.data_root, split_seed=recipe.split_seed)
-            scored_classes[key] = (load_folder_tree(args.data_root, preprocessing) if args.split == "all"
+            spec = DataSpec(dataset, args.data_root, split_seed=recipe.split_seed, images_per_class=args.images_per_class)
+            scored_classes[key] = (load_folder_tree(args.data_root, preprocessing, args.images_per_class)
+                                   if args.split == "all"
                                    else load_splits(spec, preprocessing)[args.split])
         classes = scored_classes[key]
         lrs, steps = (tuple(recipe.inner_lrs), recipe.test_steps) if override is None else ((override[0],), override[1])

@@ -13,6 +13,7 @@ FOMAML_MODEL = ROOT / "models" / "omniglot-conv4-fomaml.safetensors"  # the benc
 
 import adapt_latency  # noqa: E402
 import first_order_kernels  # noqa: E402
+import frozen_part_runtimes  # noqa: E402
 import inplace_activations  # noqa: E402
 import pool_order  # noqa: E402
 import serve_throughput  # noqa: E402
@@ -147,3 +148,13 @@ def test_onnx_classify_smoke(capsys):
     assert set(onnx_classify.CONTESTANTS) <= set(entry) and entry["handover_ms"] > 0
     onnx_classify.print_table(report)
     assert "break-even" in capsys.readouterr().out
+
+
+def test_frozen_part_runtimes_smoke(tmp_path):
+    from fewshot_serve.model_file import save_model
+    from test_efficientnet_lite import recipe_for, tiny_lite
+
+    network = tiny_lite(dtype=torch.float32).float()
+    save_model(tmp_path / "lite.safetensors", network, recipe_for(network))
+    report = frozen_part_runtimes.run(tmp_path / "lite.safetensors", repeats=1, batches=(3,))  # onnxruntime checked inside
+    assert {"torch float32", "onnxruntime float32"} <= set(report["batches"]["3"])

@@ -296,3 +296,84 @@ def test_the_real_lite0_imports_and_matches_the_reference_forward(tmp_path, caps
 def test_import_backbone_refuses_an_unknown_name(tmp_path):
     with pytest.raises(ValueError, match="unknown backbone"):
         import_backbone("efficientnet-b7", tmp_path / "x.safetensors")
+
+
+def test_bf16_serving_computes_the_support_backbone_in_bfloat16_and_stays_close(tmp_path):
+    import fewshot_serve
+    from fewshot_serve.precision import bf16_available
+
+    if not bf16_available(torch.device("cpu")):
+        pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
+    network = tiny_lite(centred=True, prototype_head=True, dtype=torch.float32).float()
+    path = tmp_path / "photos.safetensors"
+    save_model(path, network, recipe_for(network))
+    exact, fast = fewshot_serve.load(path, "cpu"), fewshot_serve.load(path, "cpu", bf16=True)
+    rng = np.random.default_rng(1)
+    support = {c: [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(2)] for c in "ab"}
+    queries = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
+    adapted_exact, adapted_fast = exact.adapt(support), fast.adapt(support)
+    assert adapted_fast.support_losses != adapted_exact.support_losses  # the support really went through bfloat16
+    np.testing.assert_allclose(adapted_fast.support_losses, adapted_exact.support_losses, rtol=2e-2)
+    rows = [[row[k] for k in "ab"] for row in adapted_fast.classify(queries)]
+    np.testing.assert_allclose(rows, [[row[k] for k in "ab"] for row in adapted_exact.classify(queries)], atol=3e-2)
+
+
+def mixed_ensemble(tmp_path=None, lr_steps=0, prototype_head=True, dtype=torch.float64):
+    """An EfficientNet-Lite and a ResNet-12 (both fixed-norm, head-only) under one head, on the same 32x32 input."""
+    from fewshot_serve.networks import FeatureEnsemble, ResNet12
+    from fewshot_serve.networks.ensemble import member_config
+
+    lite = tiny_lite(centred=True, dtype=dtype)
+    torch.manual_seed(5)
+    resnet = ResNet12(3, (3, 4, 5, 6), SIZE, norm="fixed", adapt_from=4).to(dtype)
+    ensemble = FeatureEnsemble([member_config(lite), member_config(resnet)], lr_steps, prototype_head).to(dtype)
+    for own, member in zip(ensemble.members, (lite, resnet)):
+        own.load_state_dict({k: v for k, v in member.state_dict().items() if k in own.state_dict()})
+    with torch.no_grad():
+        ensemble.head.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(6))
+        ensemble.logit_scale.fill_(2.0)
+        if lr_steps:
+            ensemble.step_lrs.fill_(0.3)
+    return ensemble, (lite, resnet)
+
+
+def test_an_ensemble_of_different_architectures_meta_learns_its_head_and_freezes():
+    ensemble, (lite, resnet) = mixed_ensemble(lr_steps=2)
+    x = images(3)
+    own = [m.head_input(params_of(m), m.frozen_part(params_of(m), x)) for m in (lite, resnet)]
+    torch.testing.assert_close(ensemble.frozen_part(params_of(ensemble), x), torch.cat(own, 1) / math.sqrt(2))
+    batch, theta = second_order_batch(), params_of(ensemble)
+    # along all but the ResNet-12 member: its max-pools and leaky ReLUs put kinks within 1e-7 at 32x32 (its
+    # meta-gradient is checked in test_resnet12.py and test_ensemble.py)
+    grads, loss = assert_meta_gradient_matches_central_differences(ensemble, theta, batch, eps=1e-7,
+                                                                   along=lambda k: not k.startswith("members.1."))
+    assert grads["members.0.blocks.2.depthwise.weight"].abs().max() > 1e-8
+    assert_cached_frozen_part_gives_the_same_meta_gradient(ensemble, theta, batch, grads, loss)
+    xs, xq = images(WAYS * SHOTS, 2), images(4, 3)
+    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
+    params = adapt(ensemble, ensemble.task_parameters(theta, WAYS), xs, ys, (0.3,), 2, first_order=True).params
+    torch.testing.assert_close(ensemble.freeze(params, xs)(xq), predict(ensemble, params, xs, xq).softmax(-1),
+                               rtol=1e-9, atol=1e-12)
+
+
+def test_fewshot_serve_ensemble_joins_an_imported_backbone_to_one_made_here(tmp_path, capsys):
+    import fewshot_serve
+    from dataclasses import replace
+
+    _, (lite, resnet) = mixed_ensemble(dtype=torch.float32)
+    lite, resnet = lite.float(), resnet.float()
+    imported = replace(recipe_for(lite), algorithm="import", dataset="imagenet-1k")
+    save_model(tmp_path / "lite.safetensors", lite, imported)
+    pretrained = replace(recipe_for(lite), network=resnet.config(), algorithm="pretrain")
+    save_model(tmp_path / "resnet.safetensors", resnet, pretrained)
+    out = tmp_path / "ensemble.safetensors"
+    assert cli.main(["ensemble", str(tmp_path / "lite.safetensors"), str(tmp_path / "resnet.safetensors"),
+                     "--out", str(out)]) == 0
+    network, recipe = load_model(out)
+    assert [m["architecture"] for m in recipe.network["members"]] == ["efficientnet_lite", "resnet12"]
+    assert recipe.dataset == "tiny-imagenet" and recipe.algorithm == "pretrain"  # the data of the member made here
+    rng = np.random.default_rng(2)
+    support = {c: [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(2)] for c in "ab"}
+    queries = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
+    adapted = fewshot_serve.load(out, "cpu").adapt(support, steps=1)
+    assert_onnx_export_agrees(adapted, queries, adapted.classify(queries), tmp_path / "task.onnx")

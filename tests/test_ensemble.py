@@ -139,12 +139,12 @@ def test_only_pretrained_backbones_of_the_same_data_make_an_ensemble(two_backbon
     meta_learned = tiny_resnet(norm="support", dtype=torch.float32)
     save_model(tmp_path / "support.safetensors", meta_learned, recipe_for(meta_learned))
     assert cli.main(["ensemble", str(tmp_path / "support.safetensors"), str(second), "--out", out]) == 2
-    assert "pretrained ResNet-12" in capsys.readouterr().err
+    assert "must be pretrained backbones" in capsys.readouterr().err
     assert not (tmp_path / "x.safetensors").exists()
 
 
 @pytest.mark.parametrize("change, message", [
-    (lambda n: {**n, "members": n["members"][:1]}, "2 to 8 resnet12 members"),
+    (lambda n: {**n, "members": n["members"][:1]}, "2 to 8 members of resnet12, efficientnet_lite"),
     (lambda n: {**n, "members": [n["members"][0], {**n["members"][1], "norm": "support"}]}, "member 1: a member is"),
     (lambda n: {**n, "members": [{**n["members"][0], "lr_steps": 1}, n["members"][1]]}, "member 0: a member is"),
     (lambda n: {**n, "members": [{**n["members"][0], "image_size": 32}, n["members"][1]]}, "member 0: preprocessing"),

@@ -146,16 +146,19 @@ def second_order_batch(tasks=2, dtype=torch.float64):
 INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=2, test_steps=2)
 
 
-def assert_meta_gradient_matches_central_differences(network, theta, batch, eps=1e-6) -> tuple[dict, torch.Tensor]:
+def assert_meta_gradient_matches_central_differences(network, theta, batch, eps=1e-6, along=None
+                                                    ) -> tuple[dict, torch.Tensor]:
     """Second-order MAML's meta-gradient of ``network`` at ``theta`` against central finite differences of
-    its meta-loss along a random direction (steps of ``eps``); returns the gradient and the loss."""
+    its meta-loss along a random direction (steps of ``eps``; only the parameters ``along`` selects, if
+    given); returns the gradient and the loss."""
     grads, loss, _ = meta_gradient(network, theta, batch, INNER, first_order=False, vectorize=False)
 
     def meta_loss(params):
         return meta_gradient(network, params, batch, INNER, first_order=False, vectorize=False)[1].item()
 
     g = torch.Generator().manual_seed(11)
-    direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) for k, v in theta.items()}
+    direction = {k: torch.randn(v.shape, generator=g, dtype=v.dtype) * (along is None or along(k))
+                 for k, v in theta.items()}
     plus = meta_loss({k: theta[k] + eps * direction[k] for k in theta})
     minus = meta_loss({k: theta[k] - eps * direction[k] for k in theta})
     analytic = sum((grads[k] * direction[k]).sum() for k in theta).item()

@@ -185,6 +185,11 @@ class SharedHeadClassifier(MetaNetwork):
         return F.cross_entropy(outputs, targets)
 
 
+def adapts_head_only(network: MetaNetwork) -> bool:
+    """Whether the inner loop moves only the head row (the frozen part is the whole backbone)."""
+    return set(network.fast_weight_names()) <= set(HEAD_KEYS)
+
+
 class PooledFeatureClassifier(SharedHeadClassifier):
     """A backbone's pooled features, optionally centred, at unit length, under the shared head row
     times a learned logit temperature: how ResNet-12 and EfficientNet-Lite end.
@@ -199,6 +204,8 @@ class PooledFeatureClassifier(SharedHeadClassifier):
     """
 
     centred: bool = False
+    #: the ``adapt_from`` at which the inner loop adapts the head row alone (the frozen part is the whole backbone)
+    head_only_adapt_from: int
 
     def build_head(self, feature_dim: int, lr_steps: int, centred: bool, prototype_head: bool) -> None:
         """The head row, the temperature, the learned rates and the centre (call after the backbone)."""

@@ -105,7 +105,7 @@ class EfficientNetLite(PooledFeatureClassifier):
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
         units = len(self.specs) + 2
-        adapt_from = units if adapt_from is None else adapt_from
+        adapt_from = units if adapt_from is None else adapt_from  # the head only
         if not isinstance(adapt_from, int) or not 0 <= adapt_from <= units:
             raise ValueError(f"adapt_from must be a unit index in [0, {units}] (0: the stem, 1-{units - 2}: "
                              f"blocks, {units - 1}: the head convolution, {units}: the head only), got {adapt_from!r}")
@@ -118,6 +118,10 @@ class EfficientNetLite(PooledFeatureClassifier):
         self.head_norm = FixedNorm(head_channels)
         self.build_head(head_channels, lr_steps, centred, prototype_head)
         self.pads = self._paddings()
+
+    @property
+    def head_only_adapt_from(self) -> int:
+        return len(self.specs) + 2
 
     def config(self) -> dict[str, Any]:
         return {

@@ -1,4 +1,4 @@
-"""Several pretrained ResNet-12 backbones side by side, one shared head over their features.
+"""Several pretrained backbones side by side, one shared head over their features.
 
 Independently pretrained backbones make different errors, so their features together separate
 new classes better than any one of them: on Omniglot's validation alphabets, two narrow
@@ -15,7 +15,8 @@ exactly as it would on its own, and the concatenation is scaled by ``1/sqrt(memb
 length, so the head sees features like a single ResNet-12's and each member weighs the same.
 Only the head is adapted and meta-learned (a head-only inner loop over the cached features,
 ``train --freeze-body``). Members must be pretrained (fixed norm): support-set statistics would
-make each image's features depend on the others'.
+make each image's features depend on the others'. Members may be of different architectures
+(ResNet-12s trained here, imported EfficientNet-Lites) as long as they take the same input.
 """
 
 from __future__ import annotations
@@ -26,28 +27,26 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from .base import SharedHeadClassifier
-from .base import PooledFeatureClassifier, frozen_head
+from .base import MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, adapts_head_only, frozen_head
+from .efficientnet_lite import EfficientNetLite
 from .resnet12 import ResNet12
+
+#: What an ensemble's member may be.
+MEMBER_ARCHITECTURES = {"resnet12": ResNet12, "efficientnet_lite": EfficientNetLite}
 
 MEMBER_PREFIX = "members."
 
 
 class FeatureEnsemble(SharedHeadClassifier):
 
-    #: As a pretrained ResNet-12 adapting its head only: each image's features are computed on their own.
+    #: As a pretrained backbone adapting its head only: each image's features are computed on their own.
     norm, adapt_from = "fixed", 4
 
     def __init__(self, members: Sequence[dict[str, Any]], lr_steps: int = 0, prototype_head: bool = False) -> None:
         super().__init__()
         if len(members) < 2:
             raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
-        built = [ResNet12(**{k: v for k, v in m.items() if k != "architecture"}) for m in members]
-        for index, (member, net) in enumerate(zip(members, built)):
-            if (member.get("architecture") != "resnet12" or net.norm != "fixed" or net.adapt_from != 4
-                    or net.lr_steps or net.prototype_head):
-                raise ValueError(f"member {index}: a member is a pretrained ResNet-12 backbone: norm 'fixed', "
-                                 "adapt_from 4, no learned learning rates and no prototype head")
+        built = [build_member(index, member) for index, member in enumerate(members)]
         inputs = {(net.in_channels, net.image_size) for net in built}
         if len(inputs) != 1:
             raise ValueError(f"ensemble members must take the same input; got (channels, size) {sorted(inputs)}")
@@ -106,8 +105,21 @@ class FeatureEnsemble(SharedHeadClassifier):
         return frozen.eval().to(memory_format=torch.channels_last)
 
 
-def member_config(network: ResNet12) -> dict[str, Any]:
-    """A member's ResNet-12 config without what belongs to the ensemble (learned rates, head)."""
+def build_member(index: int, member: dict[str, Any]) -> PooledFeatureClassifier:
+    """Member ``index`` from its config, refused (naming it) unless it is a pretrained backbone adapting nothing."""
+    settings = dict(member)
+    architecture = settings.pop("architecture", None)
+    if architecture not in MEMBER_ARCHITECTURES:
+        raise ValueError(f"member {index}: a member is one of {', '.join(MEMBER_ARCHITECTURES)}, got {architecture!r}")
+    net = MEMBER_ARCHITECTURES[architecture](**settings)
+    if net.norm != "fixed" or not adapts_head_only(net) or net.lr_steps or net.prototype_head:
+        raise ValueError(f"member {index}: a member is a pretrained backbone: norm 'fixed', adapting the head only, "
+                         "no learned learning rates and no prototype head")
+    return net
+
+
+def member_config(network: MetaNetwork) -> dict[str, Any]:
+    """A member's config without what belongs to the ensemble (learned rates, head)."""
     return {k: v for k, v in network.config().items() if k not in ("lr_steps", "prototype_head")}
 
 

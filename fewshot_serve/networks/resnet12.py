@@ -61,6 +61,8 @@ RunningStatistics = dict[str, tuple[Tensor, Tensor]]
 
 class ResNet12(PooledFeatureClassifier):
 
+    head_only_adapt_from = 4
+
     def __init__(
         self,
         in_channels: int = 3,

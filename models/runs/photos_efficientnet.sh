@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The photo model on an ImageNet-trained backbone: models/photos-efficientnet-lite0.safetensors.
+# Run from an empty folder (e.g. models/runs/lite0/) with `pip install -e '.[pretrained]'` and the datasets in
+# ../shared/datasets (or $FEWSHOT_SERVE_DATA). One 2-core AMD EPYC, no GPU; times are of that machine.
+# Every choice is made on the cross-domain validation sets (cub50, dtd10), never on the Tiny ImageNet test classes.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+data="${FEWSHOT_SERVE_DATA:-$here/../../../shared/datasets}"
+compare=(python "$here/../compare_photos.py" --paired)
+
+# 1. Import EfficientNet-Lite0 from its package (seconds): backbone folded, nearest class mean as it is.
+fewshot-serve import-backbone efficientnet-lite0 --out lite0-224.safetensors
+fewshot-serve import-backbone efficientnet-lite0 --image-size 192 --out lite0-192.safetensors
+fewshot-serve import-backbone efficientnet-lite0 --image-size 160 --out lite0-160.safetensors
+
+# 2. The port's proof: its own ImageNet classifier on 25 Tiny ImageNet photos of each of the 160 classes (~2 min).
+python "$here/../prove_imagenet_port.py" lite0-224.safetensors --output imagenet-port-224.json
+fewshot-serve import-backbone efficientnet-lite0 --image-size 64 --out lite0-64.safetensors
+python "$here/../prove_imagenet_port.py" lite0-64.safetensors --output imagenet-port-64.json
+
+# 3. The input size, by nearest class mean on the validation sets (~5 min each).
+for set in cub50 dtd10; do
+  "${compare[@]}" --dataset folder --data-root "$data/cross-domain/$set" --split all --output "size-$set.json" \
+    --model "224=lite0-224.safetensors" --model "192=lite0-192.safetensors" --model "160=lite0-160.safetensors"
+done
+
+# 4. Meta-learn the head on Tiny ImageNet's 100 training classes (split seed 0; their first 100 photos each),
+#    over the backbone's features cached once (2.5 min), centred on the training classes' mean; 300 tasks in ~1 min.
+meta=(--algorithm maml --dataset tiny-imagenet --images-per-class 100 --adapt-from 18 --freeze-body
+      --centre-features --learned-lrs --ways 5 --shots 5 --queries 15 --inner-steps 10 --inner-lr 2.0
+      --meta-batch 16 --val-every 50 --val-episodes 300 --meta-lr 1e-2 --cosine-meta-lr --iterations 300)
+fewshot-serve train "${meta[@]}" --init lite0-224.safetensors --prototype-head --out lite0-protomaml.safetensors
+# the same start, no meta-learning (meta-lr 0): the centred Proto start whose head compare_photos fine-tunes
+fewshot-serve train "${meta[@]}" --init lite0-224.safetensors --prototype-head --meta-lr 0 --iterations 1 \
+  --out lite0-untrained-head.safetensors
+
+# 5. The ablation on the validation sets (choice) and on the Tiny ImageNet test classes (report), same episodes.
+contestants=(--model "nearest class mean, raw features=lite0-224.safetensors"
+             --nearest-mean "nearest class mean, centred=lite0-protomaml.safetensors"
+             --model "head fine-tuned, no meta-learning=lite0-untrained-head.safetensors@FINE_TUNE"
+             --model "MAML of the head (Proto-MAML, learned rates)=lite0-protomaml.safetensors")
+for set in cub50 dtd10; do
+  "${compare[@]}" --dataset folder --data-root "$data/cross-domain/$set" --split all --output "val-$set.json" \
+    "${contestants[@]}"
+done
+"${compare[@]}" --dataset tiny-imagenet --images-per-class 100 --output test-tiny-imagenet.json "${contestants[@]}" \
+  --model "old from-scratch ResNet-12=$here/../photos-resnet12.safetensors"
+
+# 6. Ship: int8 weights (13.5 MB -> 3.6 MB).
+fewshot-serve store lite0-protomaml.safetensors --dtype int8 --out "$here/../photos-efficientnet-lite0.safetensors"
