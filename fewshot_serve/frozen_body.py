@@ -21,7 +21,6 @@ from .datasets import ImageClasses
 from .episodes import ImageEpisodes
 from .meta_learning import TaskBatch
 from .networks import MetaNetwork
-from .networks.base import adapts_head_only  # noqa: F401  (re-exported for the comparison scripts)
 from .preprocessing import Preprocessing
 
 
@@ -100,11 +99,18 @@ def per_image(compute: Callable[[Tensor], Tensor], network: MetaNetwork, images:
 
 
 def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
-                      device: torch.device) -> Tensor:
-    """The frozen part's output for every image of ``classes`` (what ``--freeze-body`` meta-learns on)."""
+                      device: torch.device, bf16: bool = False) -> Tensor:
+    """The frozen part's output for every image of ``classes`` (what ``--freeze-body`` meta-learns on);
+    ``bf16``: computed under bfloat16 autocast, as ``load(..., bf16=True)`` serves it, kept in float32."""
     params = network.at_step(dict(network.named_parameters()), 0)
-    return per_image(lambda x: network.frozen_part(params, x), network, classes.images, preprocessing.normalize,
-                     device, "caching the frozen part")
+
+    def frozen_part(x: Tensor) -> Tensor:
+        if not bf16:
+            return network.frozen_part(params, x)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            return network.frozen_part(params, x).float()
+
+    return per_image(frozen_part, network, classes.images, preprocessing.normalize, device, "caching the frozen part")
 
 
 class CachedEpisodes:

@@ -201,6 +201,12 @@ def _network_from(
     return network
 
 
+def _command_with_provenance(command: str, init: Recipe | None) -> str:
+    """This run's command, after the import's where the ``--init`` file was imported: the model file then
+    still says which package, version and weights file (sha256) its backbone came from."""
+    return "; ".join(filter(None, (init.command if init is not None and init.algorithm == "import" else "", command)))
+
+
 def _class_counts(splits: dict[str, Any], init: Recipe | None) -> dict[str, int]:
     """The recipe's record of the classes behind the weights: a backbone trained on the validation classes
     too passes that on, since the validation classes are then no longer unseen."""
@@ -294,7 +300,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         queries=config.queries,
         class_counts=_class_counts(splits, None if initial is None else initial[1]),
         split_seed=spec.split_seed,
-        command=config.command,
+        command=_command_with_provenance(config.command, None if initial is None else initial[1]),
     )
 
     def checkpoint(iteration: int) -> None:

@@ -7,6 +7,9 @@
 ``--model NAME=FILE`` adapts FILE with its own inner loop (test-time steps and learning rates), or
 with a fixed learning rate and step count given as ``NAME=FILE@LR,STEPS`` (a pretrained file's
 head fine-tuned without meta-learning, at the values chosen on validation classes);
+``--bf16-model NAME=FILE`` is ``--model`` with the backbone under bfloat16 autocast (as ``load(...,
+bf16=True)`` serves it; the inner loop in float32), for files whose inner loop adapts the head only:
+``--paired`` after the same file's ``--model`` gives what bfloat16 costs, episode by episode.
 ``--nearest-mean NAME=FILE`` classifies by the nearest class mean of FILE's features as its head
 sees them (unit length, centred where FILE is), no inner loop (a fixed-norm ResNet-12 adapting its
 head only).
@@ -39,7 +42,7 @@ from fewshot_serve.datasets import load_folder_tree
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes, paired_difference
 from fewshot_serve.model_file import load_model
-from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, adapts_head_only, cache_frozen_part
+from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from fewshot_serve.nearest_mean import nearest_mean_accuracy
 from fewshot_serve.sources import DataSpec, load_splits
 
@@ -57,24 +60,26 @@ def named(text: str) -> tuple[str, Path, tuple[float, int] | None]:
     return name, Path(path), (float(lr), int(steps))
 
 
-def frozen_outputs(network, classes, preprocessing, device, cache: list) -> torch.Tensor | None:
-    """The frozen part's output for every image of ``classes``, for a fixed-norm network whose inner loop adapts
-    only its head (None otherwise); shared by files whose frozen blocks are equal (a backbone and the
+def frozen_outputs(network, classes, preprocessing, device, cache: list, bf16: bool = False) -> torch.Tensor | None:
+    """The frozen part's output for every image of ``classes``, for a fixed-norm network whose inner loop leaves
+    some layers alone (None otherwise); shared by files whose frozen blocks are equal (a backbone and the
     models meta-learned from it with ``--freeze-body``) when scored on the same ``classes``."""
-    if getattr(network, "norm", None) != "fixed" or not adapts_head_only(network):
+    if getattr(network, "norm", None) != "fixed" or not any(map(network.in_frozen_part, network.state_dict())):
         return None
     frozen = {k: v for k, v in network.state_dict().items() if network.in_frozen_part(k)}
-    for scored, weights, table in cache:
-        if scored is classes and weights.keys() == frozen.keys() and all(torch.equal(weights[k], frozen[k]) for k in frozen):
+    for scored, precision, weights, table in cache:
+        if (scored is classes and precision == bf16 and weights.keys() == frozen.keys()
+                and all(torch.equal(weights[k], frozen[k]) for k in frozen)):
             return table
-    table = cache_frozen_part(network, classes, preprocessing, device)
-    cache.append((classes, frozen, table))
+    table = cache_frozen_part(network, classes, preprocessing, device, bf16)
+    cache.append((classes, bf16, frozen, table))
     return table
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=named, action="append", default=[])
+    parser.add_argument("--bf16-model", type=named, action="append", default=[])
     parser.add_argument("--nearest-mean", type=named, action="append", default=[])
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--settings", nargs="+", default=["5x1", "5x5"], help="WAYSxSHOTS, e.g. 5x1 5x5 20x1")
@@ -96,9 +101,11 @@ def main() -> None:
         args.output = HERE / "photos-comparison.json"
     device = torch.device("cpu")
     scored_classes: dict[tuple, object] = {}
-    cache: list[tuple[object, dict, torch.Tensor]] = []
+    cache: list[tuple[object, bool, dict, torch.Tensor]] = []
     first: dict[str, tuple[str, object]] = {}  # setting -> the first contestant's name and result
-    for mode, (name, path, override) in [("inner loop", m) for m in args.model] + [("nearest mean", m) for m in args.nearest_mean]:
+    contestants = ([("inner loop", m) for m in args.model] + [("inner loop, bfloat16 backbone", m) for m in args.bf16_model]
+                   + [("nearest mean", m) for m in args.nearest_mean])
+    for mode, (name, path, override) in contestants:
         network, recipe = load_model(path, device)
         preprocessing = recipe.image_preprocessing()
         dataset = args.dataset or recipe.dataset
@@ -113,7 +120,10 @@ def main() -> None:
         entry = {"file": path.name, "mode": mode, "algorithm": recipe.algorithm, "network": recipe.network,
                  "inner_lrs": lrs if not network.lr_steps else "learned", "test_steps": steps,
                  f"{args.split}_classes": classes.names}
-        table = frozen_outputs(network, classes, preprocessing, device, cache)
+        bf16 = mode == "inner loop, bfloat16 backbone"
+        table = frozen_outputs(network, classes, preprocessing, device, cache, bf16)
+        if bf16 and table is None:
+            parser.error(f"--bf16-model {path}: only a fixed-norm file with a frozen part has a backbone to cache")
         for ways, shots in (map(int, setting.split("x")) for setting in args.settings):
             sampler = ImageEpisodes(classes, preprocessing, ways, shots, queries=15)
             if mode == "nearest mean":

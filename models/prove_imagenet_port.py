@@ -39,6 +39,29 @@ def imagenet_wnids() -> list[str]:
     return wnids
 
 
+def imagenet_accuracy(model_path: Path, backbone: str, data_root: Path | None = None, per_class: int = 25) -> dict:
+    """Top-1 and top-5 of ``backbone``'s ImageNet classifier on the features of the imported file ``model_path``."""
+    network, recipe = load_model(model_path)
+    state = read_state_dict(find_weights(backbone).path)
+    weight, bias = (state[key] for key in CLASSIFIER_KEYS)
+    index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
+    root = (data_root or default_data_root() / "tiny-imagenet") / "images"
+    if not root.is_dir():
+        raise FileNotFoundError(f"Tiny ImageNet not found at {root.parent}")
+    folders = sorted(d for d in root.iterdir() if d.is_dir() and d.name in index)
+    classes = [(d.name, d.name, sorted(d.glob("*.JPEG"))[:per_class]) for d in folders]
+    preprocessing = recipe.image_preprocessing()
+    photos = load_class_files(classes, preprocessing, "Tiny ImageNet")
+    params = network.at_step(dict(network.named_parameters()), 0)
+    logits = per_image(lambda x: F.linear(network.embed(params, x), weight, bias), network, photos.images,
+                       preprocessing.normalize, torch.device("cpu"), "ImageNet classifier")
+    truth = torch.tensor([index[name] for name, count in zip(photos.names, photos.counts()) for _ in range(count)])
+    top5 = logits.topk(5, dim=1).indices
+    return {"model": model_path.name, "image_size": preprocessing.image_size, "classes": len(folders),
+            "photos": len(truth), "top1": (top5[:, 0] == truth).float().mean().item(),
+            "top5": (top5 == truth[:, None]).any(1).float().mean().item()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", type=Path, help="a file written by `fewshot-serve import-backbone`")
@@ -47,24 +70,8 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=25, help="photos per class (the first, by file name)")
     parser.add_argument("--output", type=Path, default=None)
     args = parser.parse_args()
-    network, recipe = load_model(args.model)
-    state = read_state_dict(find_weights(args.backbone).path)
-    weight, bias = (state[key] for key in CLASSIFIER_KEYS)
-    index = {wnid: i for i, wnid in enumerate(imagenet_wnids())}
-    root = (args.data_root or default_data_root() / "tiny-imagenet") / "images"
-    folders = sorted(d for d in root.iterdir() if d.is_dir() and d.name in index)
-    classes = [(d.name, d.name, sorted(d.glob("*.JPEG"))[: args.per_class]) for d in folders]
-    preprocessing = recipe.image_preprocessing()
-    photos = load_class_files(classes, preprocessing, "Tiny ImageNet")
-    params = network.at_step(dict(network.named_parameters()), 0)
-    logits = per_image(lambda x: F.linear(network.embed(params, x), weight, bias), network, photos.images,
-                       preprocessing.normalize, torch.device("cpu"), "ImageNet classifier", batch_size=50)
-    truth = torch.tensor([index[name] for name, count in zip(photos.names, photos.counts()) for _ in range(count)])
-    top5 = logits.topk(5, dim=1).indices
-    result = {"model": args.model.name, "image_size": preprocessing.image_size, "classes": len(folders),
-              "photos": len(truth), "top1": (top5[:, 0] == truth).float().mean().item(),
-              "top5": (top5 == truth[:, None]).any(1).float().mean().item()}
-    print(f"{args.model.name} at {preprocessing.image_size}px on {result['photos']} Tiny ImageNet photos of "
+    result = imagenet_accuracy(args.model, args.backbone, args.data_root, args.per_class)
+    print(f"{result['model']} at {result['image_size']}px on {result['photos']} Tiny ImageNet photos of "
           f"{result['classes']} classes: ImageNet top-1 {100 * result['top1']:.1f}%, top-5 {100 * result['top5']:.1f}%")
     if args.output:
         atomic_write_json(args.output, result)

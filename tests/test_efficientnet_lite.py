@@ -377,3 +377,28 @@ def test_fewshot_serve_ensemble_joins_an_imported_backbone_to_one_made_here(tmp_
     queries = [rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8) for _ in range(3)]
     adapted = fewshot_serve.load(out, "cpu").adapt(support, steps=1)
     assert_onnx_export_agrees(adapted, queries, adapted.classify(queries), tmp_path / "task.onnx")
+
+
+def test_the_port_classifies_tiny_imagenet_photos_with_imagenets_own_classifier(tmp_path):
+    """The port's proof in small (models/prove_imagenet_port.py; the card states the full figure): two photos
+    of each of the 160 Tiny ImageNet classes through our backbone and the package's 1000-way classifier."""
+    import importlib.metadata
+    import sys
+    from pathlib import Path
+
+    from fewshot_serve.datasets import default_data_root
+
+    lite0_or_skip()
+    try:
+        importlib.metadata.distribution("timm")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("timm (the ImageNet class list, in the pretrained extra) is not installed")
+    if not (default_data_root() / "tiny-imagenet" / "images").is_dir():
+        pytest.skip(f"Tiny ImageNet not found in {default_data_root()}")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "models"))
+    from prove_imagenet_port import imagenet_accuracy
+
+    import_backbone("efficientnet-lite0", tmp_path / "lite0.safetensors")
+    result = imagenet_accuracy(tmp_path / "lite0.safetensors", "efficientnet-lite0", per_class=2)
+    assert result["photos"] == 320
+    assert result["top1"] > 0.15 and result["top5"] > 0.3  # chance: 0.1% and 0.5%; a broken port scores near it
