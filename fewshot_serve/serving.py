@@ -107,7 +107,6 @@ class FewShotModel:
         classifier = self.network.freeze(adaptation.params, x)
         return AdaptedClassifier(labels, classifier, self, losses, time.perf_counter() - started)
 
-
     def _frozen_part_bf16(self, start: dict[str, Tensor], x: Tensor) -> Tensor:
         """The support images' frozen part under bfloat16 autocast, back in float32 for the steps."""
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):

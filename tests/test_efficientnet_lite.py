@@ -15,14 +15,13 @@ import torch.nn.functional as F
 
 from fewshot_serve import backbone_import, cli
 from fewshot_serve.backbone_import import BN_EPS, block_specs, convert, find_weights, import_backbone, read_state_dict
-from fewshot_serve.inner_loop import adapt, predict
 from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
 from fewshot_serve.networks import EfficientNetLite, build_network
 from fewshot_serve.networks.efficientnet_lite import same_padding
 
 from conftest import assert_onnx_export_agrees
 from test_resnet12 import (SHOTS, WAYS, TaskBatch, assert_cached_frozen_part_gives_the_same_meta_gradient,
-                           assert_meta_gradient_matches_central_differences)
+                           assert_frozen_classifier_equals_predict, assert_meta_gradient_matches_central_differences)
 
 #: [in, expanded, out, kernel] per block, in three stages of output widths 8, 12, 16 (strides 1, 2, 2).
 TINY_BLOCKS = [(8, 8, 8, 3), (8, 16, 12, 3), (12, 24, 12, 5), (12, 24, 16, 5), (16, 32, 16, 3)]
@@ -175,12 +174,7 @@ def test_maml_meta_gradient_through_an_adapted_block_matches_finite_differences_
 @pytest.mark.parametrize("adapt_from, centred, prototype_head", [(7, False, False), (5, True, True), (6, True, False)])
 def test_frozen_classifier_equals_predict(adapt_from, centred, prototype_head):
     network = tiny_lite(adapt_from=adapt_from, centred=centred, prototype_head=prototype_head)
-    meta = params_of(network)
-    xs, xq = images(WAYS * SHOTS, 2), images(4, 3)
-    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
-    params = adapt(network, network.task_parameters(meta, WAYS), xs, ys, (0.3,), 3, first_order=True).params
-    expected = predict(network, params, xs, xq).softmax(-1)
-    torch.testing.assert_close(network.freeze(params, xs)(xq), expected, rtol=1e-9, atol=1e-12)
+    assert_frozen_classifier_equals_predict(network, images(WAYS * SHOTS, 2), images(4, 3), steps=3)
 
 
 def recipe_for(network: EfficientNetLite) -> Recipe:
@@ -349,11 +343,7 @@ def test_an_ensemble_of_different_architectures_meta_learns_its_head_and_freezes
                                                                    along=lambda k: not k.startswith("members.1."))
     assert grads["members.0.blocks.2.depthwise.weight"].abs().max() > 1e-8
     assert_cached_frozen_part_gives_the_same_meta_gradient(ensemble, theta, batch, grads, loss)
-    xs, xq = images(WAYS * SHOTS, 2), images(4, 3)
-    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
-    params = adapt(ensemble, ensemble.task_parameters(theta, WAYS), xs, ys, (0.3,), 2, first_order=True).params
-    torch.testing.assert_close(ensemble.freeze(params, xs)(xq), predict(ensemble, params, xs, xq).softmax(-1),
-                               rtol=1e-9, atol=1e-12)
+    assert_frozen_classifier_equals_predict(ensemble, images(WAYS * SHOTS, 2), images(4, 3), steps=2)
 
 
 def test_fewshot_serve_ensemble_joins_an_imported_backbone_to_one_made_here(tmp_path, capsys):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from fewshot_serve import cli
-from fewshot_serve.inner_loop import adapt, predict
 from fewshot_serve.model_file import ModelFileError, load_model, save_model
 from fewshot_serve.networks import FeatureEnsemble, build_network
 from fewshot_serve.networks.ensemble import member_config
@@ -18,6 +17,7 @@ from fewshot_serve.sources import DataSpec
 from conftest import assert_onnx_export_agrees
 from test_pretraining import config_for
 from test_resnet12 import (SHOTS, WAYS, assert_cached_frozen_part_gives_the_same_meta_gradient,
+                           assert_frozen_classifier_equals_predict,
                            assert_meta_gradient_matches_central_differences, images, params_of, recipe_for,
                            second_order_batch, tiny_resnet)
 
@@ -68,12 +68,7 @@ def test_maml_meta_gradient_matches_central_finite_differences_and_the_cached_fe
 
 def test_frozen_classifier_equals_predict():
     ensemble, _ = tiny_ensemble(prototype_head=True)
-    xs, xq = images(WAYS * SHOTS, 2), images(5, 3)
-    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
-    params = adapt(ensemble, ensemble.task_parameters(params_of(ensemble), WAYS), xs, ys, (0.3,), 2,
-                   first_order=True).params
-    torch.testing.assert_close(ensemble.freeze(params, xs)(xq), predict(ensemble, params, xs, xq).softmax(-1),
-                               rtol=1e-9, atol=1e-12)
+    assert_frozen_classifier_equals_predict(ensemble, images(WAYS * SHOTS, 2), images(5, 3), steps=2)
 
 
 @pytest.fixture(scope="module")

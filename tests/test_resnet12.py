@@ -128,13 +128,17 @@ def test_pretraining_forward_updates_running_statistics_towards_the_batch():
                           ("fixed", True, True)])
 def test_frozen_classifier_equals_predict(norm, centred, prototype_head):
     network = tiny_resnet(norm=norm, centred=centred, prototype_head=prototype_head)
-    meta = params_of(network)
-    xs, xq = images(WAYS * SHOTS, 2), images(5, 3)
+    assert_frozen_classifier_equals_predict(network, images(WAYS * SHOTS, 2), images(5, 3), steps=3)
+
+
+def assert_frozen_classifier_equals_predict(network, xs, xq, steps) -> None:
+    """``network`` adapted to support ``xs`` (``SHOTS`` of each of ``WAYS`` classes) for ``steps`` steps, then
+    frozen for serving, must give ``xq`` the probabilities :func:`predict` gives."""
     ys = torch.arange(WAYS).repeat_interleave(SHOTS)
-    params = adapt(network, network.task_parameters(meta, WAYS), xs, ys, (0.3,), 3, first_order=True).params
+    start = network.task_parameters(params_of(network), WAYS)
+    params = adapt(network, start, xs, ys, (0.3,), steps, first_order=True).params
     expected = predict(network, params, xs, xq).softmax(-1)
-    frozen = network.freeze(params, xs)
-    torch.testing.assert_close(frozen(xq), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(network.freeze(params, xs)(xq), expected, rtol=1e-9, atol=1e-12)
 
 
 def second_order_batch(tasks=2, dtype=torch.float64):

@@ -37,16 +37,6 @@ def test_the_default_photo_model_is_imagenet_trained_efficientnet_lite0_in_int8_
     assert (lite0.preprocessing.channels, lite0.preprocessing.image_size) == (3, 224)
 
 
-def test_the_default_photo_model_adapts_to_photos_and_its_onnx_export_agrees(lite0, tmp_path):
-    support = {f"c{c}": [draw_glyph(900 + c, i, size=224, colour=True) for i in range(2)] for c in range(3)}
-    adapted = lite0.adapt(support)
-    queries = [draw_glyph(900 + c, 50, size=224, colour=True) for c in range(3)]
-    rows = adapted.classify(queries)
-    assert all(abs(sum(row.values()) - 1) < 1e-5 for row in rows)
-    assert [max(row, key=row.get) for row in rows] == ["c0", "c1", "c2"]
-    assert_onnx_export_agrees(adapted, queries, rows, tmp_path / "photos.onnx")
-
-
 def test_the_file_holds_a_pretrained_then_meta_learned_resnet12_in_int8_under_50_mb(model):
     assert PHOTOS.stat().st_size <= 50 * 2**20 and stored_dtype(PHOTOS) == torch.int8
     recipe = model.recipe
@@ -57,10 +47,11 @@ def test_the_file_holds_a_pretrained_then_meta_learned_resnet12_in_int8_under_50
     assert (model.preprocessing.channels, model.preprocessing.image_size) == (3, 48)
 
 
-def test_it_adapts_to_colour_photos_and_its_onnx_export_agrees(model, tmp_path):
-    support = {f"c{c}": [draw_glyph(900 + c, i, size=48, colour=True) for i in range(3)] for c in range(3)}
-    adapted = model.adapt(support)
-    queries = [draw_glyph(900 + c, 50, size=48, colour=True) for c in range(3)]
+@pytest.mark.parametrize("served, size, shots", [("lite0", 224, 2), ("model", 48, 3)])
+def test_it_adapts_to_colour_photos_and_its_onnx_export_agrees(served, size, shots, request, tmp_path):
+    support = {f"c{c}": [draw_glyph(900 + c, i, size=size, colour=True) for i in range(shots)] for c in range(3)}
+    adapted = request.getfixturevalue(served).adapt(support)
+    queries = [draw_glyph(900 + c, 50, size=size, colour=True) for c in range(3)]
     rows = adapted.classify(queries)
     assert all(abs(sum(row.values()) - 1) < 1e-5 for row in rows)
     assert [max(row, key=row.get) for row in rows] == ["c0", "c1", "c2"]  # distinct shapes and colours

@@ -104,7 +104,7 @@ class EfficientNetLite(PooledFeatureClassifier):
             raise ValueError(f"EfficientNet-Lite needs an image size in [32, {MAX_IMAGE_SIZE}], got {image_size!r}")
         if padding not in PADDINGS:
             raise ValueError(f"padding must be one of {PADDINGS}, got {padding!r}")
-        units = len(self.specs) + 2
+        units = self.head_only_adapt_from
         adapt_from = units if adapt_from is None else adapt_from  # the head only
         if not isinstance(adapt_from, int) or not 0 <= adapt_from <= units:
             raise ValueError(f"adapt_from must be a unit index in [0, {units}] (0: the stem, 1-{units - 2}: "
@@ -186,17 +186,17 @@ class EfficientNetLite(PooledFeatureClassifier):
         return h + x if stride == 1 and channels == out else h
 
     def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
-        h = self._units(params, x, range(min(self.adapt_from, len(self.specs) + 2)))
-        return h.mean((2, 3)) if self.adapt_from == len(self.specs) + 2 else h
+        h = self._units(params, x, range(self.adapt_from))
+        return h.mean((2, 3)) if self.adapt_from == self.head_only_adapt_from else h
 
     def pooled_features(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        if self.adapt_from == len(self.specs) + 2:  # the frozen part already pooled
+        if self.adapt_from == self.head_only_adapt_from:  # the frozen part already pooled
             return h
-        return self._units(params, h, range(self.adapt_from, len(self.specs) + 2)).mean((2, 3))
+        return self._units(params, h, range(self.adapt_from, self.head_only_adapt_from)).mean((2, 3))
 
     def embed(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
         """Pooled features ``[n, head_channels]`` (what nearest-mean compares and the centre averages)."""
-        return self._units(params, x, range(len(self.specs) + 2)).mean((2, 3))
+        return self._units(params, x, range(self.head_only_adapt_from)).mean((2, 3))
 
     @torch.no_grad()
     def freeze_features(self, params: dict[str, Tensor], x_support: Tensor | None = None) -> nn.Sequential:
@@ -241,29 +241,34 @@ def relu6(x: Tensor) -> Tensor:
     return F.hardtanh(x, 0.0, 6.0)
 
 
+def folded_weights(params: dict[str, Tensor], conv_key: str, norm_key: str) -> tuple[Tensor, Tensor]:
+    """A convolution's weight and bias with the per-channel affine after it folded in: ``w * scale``
+    per output channel, bias ``shift`` (differentiable, so training and serving fold alike)."""
+    return params[conv_key + ".weight"] * params[norm_key + ".weight"].view(-1, 1, 1, 1), params[norm_key + ".bias"]
+
+
 def conv_affine(params: dict[str, Tensor], conv_key: str, norm_key: str, x: Tensor, stride: int = 1,
                 pad: tuple[int, int] = (0, 0), groups: int = 1) -> Tensor:
     """A "same"-padded convolution followed by its per-channel affine, computed as one convolution
     with the affine folded into its weights and bias: the same function (and gradient), at the cost
     of the convolution alone (the written-out affine measured 4.6x slower per image at 160x160)."""
-    scale = params[norm_key + ".weight"]
-    weight = params[conv_key + ".weight"] * scale.view(-1, 1, 1, 1)
+    weight, bias = folded_weights(params, conv_key, norm_key)
     before, after = pad
     if before != after:
         x, before = F.pad(x, (before, after, before, after)), 0
-    return F.conv2d(x, weight, params[norm_key + ".bias"], stride=stride, padding=before, groups=groups)
+    return F.conv2d(x, weight, bias, stride=stride, padding=before, groups=groups)
 
 
 def folded(params: dict[str, Tensor], conv_key: str, norm_key: str, stride: int = 1,
            pad: tuple[int, int] = (0, 0), groups: int = 1) -> nn.Module:
-    """A convolution with the affine after it folded in: ``w * scale`` per output channel, bias ``shift``."""
-    weight, scale = params[conv_key + ".weight"], params[norm_key + ".weight"]
+    """:func:`conv_affine` as a plain layer (serving and ONNX): its folded weights copied into a convolution."""
+    weight, bias = folded_weights(params, conv_key, norm_key)
     before, after = pad
     symmetric = before == after
     layer = skip_init(nn.Conv2d, weight.shape[1] * groups, weight.shape[0], weight.shape[-1], stride=stride,
                       padding=before if symmetric else 0, groups=groups, device=weight.device, dtype=weight.dtype)
-    layer.weight.copy_(weight * scale.view(-1, 1, 1, 1))
-    layer.bias.copy_(params[norm_key + ".bias"])
+    layer.weight.copy_(weight)
+    layer.bias.copy_(bias)
     return layer if symmetric else nn.Sequential(nn.ZeroPad2d((before, after, before, after)), layer)
 
 
