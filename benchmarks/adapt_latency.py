@@ -22,11 +22,12 @@ our layers too. Either way they classify the queries through our network's forwa
 adapted weights (normalization statistics from the support images, as serving does), so every
 contestant must give ours' probabilities.
 
-The shipped ResNet-12 models (photos and handwriting: learned per-step learning rates, head-only
-inner loop, Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they
-are timed alone, one after another in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with
-75 queries, split into adaptation and classification; with ``--bf16``, each also with
-``load(..., bf16=True)`` right after its float32 run, where the device has native bfloat16.
+The shipped models (photos and handwriting: learned per-step learning rates, head-only inner loop,
+Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they are timed
+alone, one after another in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries,
+split into adaptation and classification. On a CPU each runs with its frozen part (the backbone)
+in torch and then in onnxruntime (``load(..., runtime=...)``; the ratio is printed), and with
+``--bf16`` also with ``load(..., bf16=True)`` where the device has native bfloat16.
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ import copy
 import functools
 import platform
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -196,7 +197,8 @@ def peer_kernels(standard: bool):
     return contextlib.nullcontext() if standard else first_order_kernels()
 
 
-def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq, standard: bool = False) -> torch.Tensor:
+def textbook(network: Conv4, ways: int, lrs: list[float], steps: int, xs, ys, xq,
+             standard: bool = False) -> torch.Tensor:
     """The tutorial way: a deep copy per task, an SGD optimizer, backward() per step."""
     learner = per_task_copy(network, ways, standard)
     for param in learner.parameters():
@@ -305,12 +307,12 @@ def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     return report
 
 
-def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5), (20, 1)), bf16: bool = False
-              ) -> dict:
+def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5, 5), (20, 1)), bf16: bool = False,
+              runtime: str = "torch") -> dict:
     """p50/p95 of adapting a model and classifying 75 queries, and of each half."""
-    model = fewshot_serve.load(model_path, device=device, bf16=bf16)
+    model = fewshot_serve.load(model_path, device=device, bf16=bf16, runtime=runtime)
     report = {"model": model_path.name, "device": device, "threads": torch.get_num_threads(),
-              "steps": model.recipe.test_steps, "bf16": model.bf16, "settings": {}}
+              "steps": model.recipe.test_steps, "bf16": model.bf16, "runtime": runtime, "settings": {}}
     for ways, shots, xs, ys, xq in random_tasks(model, settings, device):
         adapted = model.adapt_tensors(xs, ys, ways)
         times = {"adapt + classify": timed(lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq), repeats),
@@ -322,10 +324,30 @@ def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5,
 
 def print_alone_table(report: dict) -> None:
     print(f"\nmodel {report['model']}: device {report['device']}, {report['threads']} threads, "
-          f"{report['steps']} steps, {QUERIES} queries" + (", bfloat16" if report.get("bf16") else ""))
+          f"{report['steps']} steps, {QUERIES} queries, frozen part in {report['runtime']}"
+          + (", bfloat16" if report.get("bf16") else ""))
     for setting, entry in report["settings"].items():
         print(f"  {setting}: " + "   ".join(f"{name} p50 {t['p50_ms']:.1f} ms / p95 {t['p95_ms']:.1f} ms"
                                             for name, t in entry.items()))
+
+
+def shipped_variants(path: Path, device: str, bf16: bool) -> list[tuple[str, bool]]:
+    """(runtime, bf16) pairs to time a shipped model with on ``device``: torch float32 first."""
+    variants = [("torch", False)]
+    if device == "cpu" and fewshot_serve.load(path, device=device, runtime="torch").network.has_per_image_frozen_part:
+        variants.append(("onnxruntime", False))
+    if bf16 and bf16_available(torch.device(device)):
+        variants.append(("torch", True))
+    return variants
+
+
+def print_ratios(baseline: dict, other: dict) -> None:
+    """p50 of the torch float32 run over ``other``'s, per setting and part."""
+    name = other["runtime"] + (" bfloat16" if other["bf16"] else "")
+    for setting, entry in other["settings"].items():
+        ratios = "   ".join(f"{part} {baseline['settings'][setting][part]['p50_ms'] / t['p50_ms']:.2f}x"
+                           for part, t in entry.items())
+        print(f"  {setting}: torch float32 / {name}: {ratios}")
 
 
 def print_table(report: dict) -> None:
@@ -339,7 +361,8 @@ def print_table(report: dict) -> None:
                 ratio = "" if name == "ours" else f"   {name} / ours = {times['p50_ms'] / ours:.2f}x"
                 print(f"  {name:26s} p50 {times['p50_ms']:8.2f} ms   p95 {times['p95_ms']:8.2f} ms{ratio}")
         if "bound_ms" in entry:
-            print(f"  {'FLOP bound':26s}     {entry['bound_ms']:8.2f} ms          ours / bound = {ours / entry['bound_ms']:.2f}x")
+            print(f"  {'FLOP bound':26s}     {entry['bound_ms']:8.2f} ms          "
+                  f"ours / bound = {ours / entry['bound_ms']:.2f}x")
 
 
 def main() -> None:
@@ -351,7 +374,8 @@ def main() -> None:
                         "adapt_latency.json, or adapt_latency_shipped.json with --shipped-only, so neither run "
                         "overwrites the other's)")
     parser.add_argument("--shipped", type=Path, nargs="*",
-                        default=[ROOT / "models" / name for name in ("photos-resnet12.safetensors",
+                        default=[ROOT / "models" / name for name in ("photos-efficientnet-lite0.safetensors",
+                                                                    "photos-resnet12.safetensors",
                                                                     "omniglot-resnet12.safetensors")],
                         help="also time these models alone (those absent are skipped)")
     parser.add_argument("--shipped-only", action="store_true", help="time only the --shipped models")
@@ -365,12 +389,16 @@ def main() -> None:
         print_table(report)
     for path in (p for p in args.shipped if p.exists()):
         for device in devices:
-            for bf16 in (False, True) if args.bf16 and bf16_available(torch.device(device)) else (False,):
-                reports.append(run_alone(path, args.repeats, device, bf16=bf16))
-                print_alone_table(reports[-1])
+            runs = [run_alone(path, args.repeats, device, bf16=bf16, runtime=runtime)
+                    for runtime, bf16 in shipped_variants(path, device, args.bf16)]
+            for report in runs:
+                print_alone_table(report)
+            for report in runs[1:]:
+                print_ratios(runs[0], report)
+            reports += runs
     results = ROOT / "benchmarks" / "results"
-    atomic_write_json(args.out or results / ("adapt_latency_shipped.json" if args.shipped_only else "adapt_latency.json"),
-                      reports)
+    default = results / ("adapt_latency_shipped.json" if args.shipped_only else "adapt_latency.json")
+    atomic_write_json(args.out or default, reports)
 
 
 if __name__ == "__main__":

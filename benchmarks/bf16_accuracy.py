@@ -70,7 +70,8 @@ def main() -> None:
     parser.add_argument("--shots", type=int, default=1)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--data-root", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="JSON file (default: benchmarks/results/bf16_<model>_<setting>.json)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default: benchmarks/results/bf16_<model>_<setting>.json)")
     args = parser.parse_args()
     report = run(args.model, args.ways, args.shots, args.episodes, data_root=args.data_root)
     for name in ("float32", "bfloat16", "difference"):

@@ -19,8 +19,9 @@ import argparse
 from functools import partial
 from pathlib import Path
 
-from fewshot_serve.atomic import atomic_write_json
 from adapt_latency import QUERIES, SETTINGS, side_by_side  # benchmarks/ is this script's folder
+
+from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.networks import conv4, norms
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,13 +21,12 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import torch
+from adapt_latency import percentile, timed  # benchmarks/ is this script's folder
 
 from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.model_file import load_model
 from fewshot_serve.onnx_export import export_onnx
 from fewshot_serve.precision import bf16_available
-
-from adapt_latency import percentile, timed  # benchmarks/ is this script's folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -38,7 +37,8 @@ def onnx_session(body: torch.nn.Module, preprocessing) -> onnxruntime.InferenceS
         export_onnx(body, [], preprocessing, Path(folder) / "body.onnx")
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = torch.get_num_threads()
-        return onnxruntime.InferenceSession(str(Path(folder) / "body.onnx"), options, providers=["CPUExecutionProvider"])
+        path = str(Path(folder) / "body.onnx")
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
 
 
 def run(model_path: Path, repeats: int, batches=(25, 75)) -> dict:
@@ -71,7 +71,8 @@ def run(model_path: Path, repeats: int, batches=(25, 75)) -> dict:
         entry = {}
         for name, fn in runtimes.items():
             times = timed(fn, repeats)
-            entry[name] = {"p50_ms": 1e3 * percentile(times, 50), "max_abs_difference": float((fn() - reference).abs().max())}
+            entry[name] = {"p50_ms": 1e3 * percentile(times, 50),
+                           "max_abs_difference": float((fn() - reference).abs().max())}
         report["batches"][str(batch)] = entry
     return report
 

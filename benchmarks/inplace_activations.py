@@ -18,10 +18,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from adapt_latency import (  # benchmarks/ is this script's folder
+    ROOT,
+    SETTINGS,
+    before_and_now,
+    before_and_now_main,
+    print_before_and_now,
+)
 
 from fewshot_serve.networks.resnet12 import LEAK, FrozenBlock
-from adapt_latency import (  # benchmarks/ is this script's folder
-    ROOT, SETTINGS, before_and_now, before_and_now_main, print_before_and_now)
 
 IN_PLACE = FrozenBlock.forward
 

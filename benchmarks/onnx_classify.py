@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from adapt_latency import QUERIES, latency, percentile, timed  # benchmarks/ is this script's folder
 
 import fewshot_serve
-from adapt_latency import QUERIES, latency, percentile, timed  # benchmarks/ is this script's folder
 from fewshot_serve.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,10 +15,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from adapt_latency import (  # benchmarks/ is this script's folder
+    ROOT,
+    SETTINGS,
+    before_and_now,
+    before_and_now_main,
+    print_before_and_now,
+)
 
 from fewshot_serve.networks import conv4
-from adapt_latency import (  # benchmarks/ is this script's folder
-    ROOT, SETTINGS, before_and_now, before_and_now_main, print_before_and_now)
 
 POOL_FIRST = conv4.relu_and_pool
 

@@ -117,11 +117,13 @@ def main() -> None:
     for clients in args.clients:
         row = concurrency(model, clients, args.requests, args.ways, args.queries)
         report["concurrency"].append(row)
-        print(f"{clients:7d} {row['tasks_per_s']:9.2f} {row['p50_ms']:9.1f} {row['p95_ms']:9.1f} {row['mismatches']:6d}")
+        print(f"{clients:7d} {row['tasks_per_s']:9.2f} {row['p50_ms']:9.1f} {row['p95_ms']:9.1f} "
+              f"{row['mismatches']:6d}")
     batching = batched_adaptation(model, args.batch_tasks, args.ways, args.queries, repeats=2)
     report["batching"] = batching
     print(f"\n{batching['tasks']} tasks adapted in one vmap pass: {batching['vmap_tasks_per_s']:.2f} tasks/s; "
-          f"one at a time: {batching['sequential_tasks_per_s']:.2f} tasks/s; vmap / sequential = {batching['speedup']:.2f}x")
+          f"one at a time: {batching['sequential_tasks_per_s']:.2f} tasks/s; "
+          f"vmap / sequential = {batching['speedup']:.2f}x")
     atomic_write_json(args.out, report)
 
 

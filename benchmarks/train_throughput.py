@@ -166,12 +166,15 @@ def main() -> None:
     report = {"device": args.device, "threads": torch.get_num_threads(), "meta_batch": args.meta_batch,
               "allocator": "glibc default" if args.default_allocator else "keep_freed_memory",
               "queries": args.queries, "rounds": args.rounds, "results": {}}
-    print(f"device {args.device}, meta-batch {args.meta_batch}, {args.queries} queries/class, {INNER.train_steps} inner steps, "
+    print(f"device {args.device}, meta-batch {args.meta_batch}, {args.queries} queries/class, "
+          f"{INNER.train_steps} inner steps, "
           f"allocator: {report['allocator']}, {args.rounds} round(s), median tasks/s")
-    print(f"{'setting':8s} {'algorithm':8s} {'contestant':15s} {'tasks/s':>9s} {'peak MB':>9s} {'rel. diff':>10s}  ours-loop / it")
+    print(f"{'setting':8s} {'algorithm':8s} {'contestant':15s} {'tasks/s':>9s} {'peak MB':>9s} {'rel. diff':>10s}  "
+          "ours-loop / it")
     for setting in args.settings:
         for algorithm in args.algorithms:
-            entrants = [c for c in contestants if not (c.startswith("higher") and algorithm == "reptile")]  # no Reptile in higher
+            # higher has no Reptile
+            entrants = [c for c in contestants if not (c.startswith("higher") and algorithm == "reptile")]
             runs: dict[str, list[dict]] = {c: [] for c in entrants}
             for _ in range(args.rounds):  # contestants alternate, so a slow spell of the machine hits them alike
                 for contestant in entrants:

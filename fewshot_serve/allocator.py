@@ -42,7 +42,9 @@ def keep_freed_memory() -> bool:
         return False
     try:
         libc = ctypes.CDLL(name)
-        libc.gnu_get_libc_version  # glibc's own symbol: mallopt's parameters are glibc's
-    except (OSError, AttributeError):
+    except OSError:
         return False
-    return bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    if not hasattr(libc, "gnu_get_libc_version"):  # glibc's own symbol: mallopt's parameters are glibc's
+        return False
+    mmap_set = bool(libc.mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD))
+    return mmap_set and bool(libc.mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -54,7 +54,7 @@ class Credentials:
 
     @classmethod
     def load(cls, auth_file: str | os.PathLike | None = None, environ: dict[str, str] | None = None
-             ) -> "Credentials | None":
+             ) -> Credentials | None:
         """Credentials from ``auth_file`` and ``$FEWSHOT_SERVE_AUTH`` together; None if neither gives any."""
         environ = os.environ if environ is None else environ
         entries: dict[str, str] = {}

@@ -103,7 +103,8 @@ def block_specs(state: dict[str, Tensor]) -> list[list[int]]:
         stage += first_of_stage
         if stage >= len(STAGE_STRIDES):
             raise ValueError(f"block {index}: more than {len(STAGE_STRIDES)} stages of output widths")
-        specs.append([channels, depthwise.shape[0], out, depthwise.shape[-1], STAGE_STRIDES[stage] if first_of_stage else 1])
+        stride = STAGE_STRIDES[stage] if first_of_stage else 1
+        specs.append([channels, depthwise.shape[0], out, depthwise.shape[-1], stride])
         previous_out = out
     return specs
 
@@ -144,7 +145,8 @@ def convert(state: dict[str, Tensor], image_size: int) -> EfficientNetLite:
                 raise ValueError(f"{name}: shape {tuple(state[name].shape)}, but the network needs {tuple(shape)}")
         weight, gamma, beta, mean, var = (state[name] for name in names)
         scale = gamma * torch.rsqrt(var + BN_EPS)
-        converted[key + ".weight"], converted[norm + ".weight"], converted[norm + ".bias"] = weight, scale, beta - mean * scale
+        converted[key + ".weight"], converted[norm + ".weight"] = weight, scale
+        converted[norm + ".bias"] = beta - mean * scale
         used.update(names + [f"{bn}.num_batches_tracked"])
     unexpected = sorted(set(state) - used)
     if unexpected:

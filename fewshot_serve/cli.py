@@ -7,8 +7,8 @@ import argparse
 import json
 import shlex
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .allocator import keep_freed_memory
 from .backbone_import import BACKBONES
@@ -43,7 +43,8 @@ def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
                        help="the dataset's folder (default: omniglot/images_background (omniglot-subset: "
                             "omniglot/images_background_subset), tiny-imagenet/, "
                             "cifar100/ or mini-imagenet/ in $FEWSHOT_SERVE_DATA, else in ../shared/datasets)")
-    group.add_argument("--download", action="store_true", help="download Omniglot's background set / CIFAR-100 with torchvision")
+    group.add_argument("--download", action="store_true",
+                       help="download Omniglot's background set / CIFAR-100 with torchvision")
     group.add_argument("--images-per-class", type=int, default=None, metavar="N",
                        help="decode only each class's first N images by file name (Omniglot, Tiny ImageNet, folder; "
                             "e.g. to fit Tiny ImageNet at an ImageNet backbone's 224x224 in memory)")
@@ -66,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(pretrain)
     pretrain.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     pretrain.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
-    pretrain.add_argument("--widths", type=_widths, default=None, help="ResNet-12 block widths (default 64,160,320,640)")
+    pretrain.add_argument("--widths", type=_widths, default=None,
+                          help="ResNet-12 block widths (default 64,160,320,640)")
     pretrain.add_argument("--epochs", type=int, default=30)
     pretrain.add_argument("--stop-after", type=int, default=None, metavar="EPOCHS",
                           help="end after this many epochs of the --epochs cosine schedule (repeat a run that "
@@ -115,19 +117,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "temperature, on the frozen blocks' output cached once per image (much faster; no "
                             "augmentation)")
     train.add_argument("--centre-features", action="store_true",
-                       help="with a pretrained ResNet-12 or an imported backbone as --init: subtract the training classes' mean feature "
-                            "(measured once, stored in the model file) before normalizing (SimpleShot's CL2N)")
+                       help="with a pretrained ResNet-12 or an imported backbone as --init: subtract the training "
+                            "classes' mean feature (measured once, stored in the model file) before normalizing "
+                            "(SimpleShot's CL2N)")
     train.add_argument("--prototype-head", action="store_true",
-                       help="with a ResNet-12 or an EfficientNet-Lite as --init: each class's head row starts at its support features' mean "
-                            "(Proto-MAML), so that zero steps classify by nearest class mean and steps refine that")
+                       help="with a ResNet-12 or an EfficientNet-Lite as --init: each class's head row starts at its "
+                            "support features' mean (Proto-MAML), so that zero steps classify by nearest class mean "
+                            "and steps refine that")
     train.add_argument("--architecture", choices=ARCHITECTURES, default=None, help="network (default: conv4)")
     train.add_argument("--widths", type=_widths, default=None,
                        help="conv4: filters (default 64 grayscale, 32 colour); resnet12: 4 block widths "
                             "(default 64,160,320,640)")
     train.add_argument("--adapt-from", type=int, default=0, metavar="UNIT",
-                       help="the first layer the inner loop adapts: resnet12 a block 0-4, 4 the head only (ANIL-style); "
-                            "efficientnet_lite a unit 0-18 (0 the stem, 1-16 blocks, 17 the head convolution, 18 the "
-                            "head only)")
+                       help="the first layer the inner loop adapts: resnet12 a block 0-4, 4 the head only "
+                            "(ANIL-style); efficientnet_lite a unit 0-18 (0 the stem, 1-16 blocks, 17 the head "
+                            "convolution, 18 the head only)")
     train.add_argument("--image-size", type=int, default=None, help="input side in pixels (default: the dataset's)")
     train.add_argument("--channels", type=int, choices=(1, 3), default=None)
     train.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test class split")
@@ -135,9 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--shots", type=int, default=1)
     train.add_argument("--queries", type=int, default=15, help="query examples per class")
     train.add_argument("--inner-steps", type=int, default=1, help="inner SGD steps during meta-training")
-    train.add_argument("--test-steps", type=int, default=None, help="inner steps at test/serving time (default: --inner-steps)")
+    train.add_argument("--test-steps", type=int, default=None,
+                       help="inner steps at test/serving time (default: --inner-steps)")
     train.add_argument("--inner-lr", type=_lrs, default=(0.4,), help="inner learning rate, or one per step: 0.4,0.2")
-    train.add_argument("--meta-lr", type=float, default=None, help="Adam lr (MAML/FOMAML, default 1e-3) or Reptile ε (default 1.0)")
+    train.add_argument("--meta-lr", type=float, default=None,
+                       help="Adam lr (MAML/FOMAML, default 1e-3) or Reptile ε (default 1.0)")
     train.add_argument("--meta-batch", type=int, default=32, help="tasks per outer update")
     train.add_argument("--iterations", type=int, default=1000)
     train.add_argument("--val-every", type=int, default=100)

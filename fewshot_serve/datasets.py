@@ -10,10 +10,10 @@ from __future__ import annotations
 import csv
 import os
 import random
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -62,7 +62,7 @@ class ImageClasses:
     def counts(self) -> Tensor:
         return self.offsets[1:] - self.offsets[:-1]
 
-    def subset(self, classes: Sequence[int]) -> "ImageClasses":
+    def subset(self, classes: Sequence[int]) -> ImageClasses:
         parts = [self.images[self.offsets[c] : self.offsets[c + 1]] for c in classes]
         counts = torch.tensor([len(p) for p in parts], dtype=torch.long)
         offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
@@ -73,7 +73,7 @@ class ImageClasses:
             [self.groups[c] for c in classes],
         )
 
-    def joined(self, other: "ImageClasses") -> "ImageClasses":
+    def joined(self, other: ImageClasses) -> ImageClasses:
         """These classes, then ``other``'s, numbered in that order (class ``len(self)`` is ``other``'s first)."""
         return ImageClasses(
             torch.cat([self.images, other.images]),
@@ -286,7 +286,11 @@ def split_by_group(
 
 def split_cifar_fs(classes: ImageClasses) -> dict[str, ImageClasses]:
     val, test = set(CIFAR_FS_VAL), set(CIFAR_FS_TEST)
-    return _split(classes, lambda i: "val" if classes.names[i] in val else "test" if classes.names[i] in test else "train")
+    def split_of(index: int) -> str:
+        name = classes.names[index]
+        return "val" if name in val else "test" if name in test else "train"
+
+    return _split(classes, split_of)
 
 
 def _split(classes: ImageClasses, split_of) -> dict[str, ImageClasses]:

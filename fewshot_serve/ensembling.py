@@ -12,8 +12,8 @@ the served images would not be what some member was trained on.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Sequence
 
 from .model_file import Recipe, load_model, save_model
 from .networks import FeatureEnsemble, PooledFeatureClassifier

@@ -7,7 +7,7 @@ draws the same tasks every time, and resuming restores the generator's state.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
@@ -63,7 +63,8 @@ class ImageEpisodes:
         for virtual in chosen.tolist():
             cls, turns = divmod(virtual, self.rotations)
             start, stop = int(self.classes.offsets[cls]), int(self.classes.offsets[cls + 1])
-            picks.append((start + torch.randperm(stop - start, generator=generator)[: self.shots + self.queries], turns))
+            order = torch.randperm(stop - start, generator=generator)
+            picks.append((start + order[: self.shots + self.queries], turns))
         return picks
 
     def sample_uint8(self, generator: torch.Generator) -> tuple[Tensor, Tensor, Tensor, Tensor]:

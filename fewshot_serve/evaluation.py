@@ -22,7 +22,7 @@ class EvaluationResult:
     scores: tuple[float, ...] = field(default=(), repr=False, compare=False)  # per episode, in episode order
 
     @classmethod
-    def of_scores(cls, metric: str, scores: list[float]) -> "EvaluationResult":
+    def of_scores(cls, metric: str, scores: list[float]) -> EvaluationResult:
         """Mean and normal 95% interval of per-episode scores."""
         values = torch.tensor(scores, dtype=torch.float64)
         spread = float(values.std()) if len(scores) > 1 else 0.0

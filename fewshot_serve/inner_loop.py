@@ -10,7 +10,8 @@ uses plain autograd, leaner for one task at a time.
 from __future__ import annotations
 
 import contextlib
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -128,7 +129,8 @@ def adapt(
                         grads, loss = torch.func.grad_and_value(head_loss)(head, features, start)
                 else:
                     loss = head_loss(head, features, start)
-                    grads = dict(zip(head, torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)))
+                    head_grads = torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)
+                    grads = dict(zip(head, head_grads))
             elif composable and first_order:
                 # The enclosing transforms do not record the inner backward at all (cheaper than
                 # detaching afterwards); the inner gradient is still computed by its own transform.

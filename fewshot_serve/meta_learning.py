@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, NamedTuple, Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -88,7 +89,7 @@ def task_outcome(
     with contextlib.nullcontext() if composable else first_order_kernels():
         outputs = [predict(network, state, x_support, x_query) for state in states]
     losses = [network.loss(state_outputs, y_query) for state_outputs in outputs]
-    loss = losses[-1] if step_weights is None else sum(w * l for w, l in zip(step_weights, losses))
+    loss = losses[-1] if step_weights is None else sum(w * step_loss for w, step_loss in zip(step_weights, losses))
     if network.task_kind == "classification":
         metric = (outputs[-1].argmax(-1) == y_query).float().mean()
     else:

@@ -237,7 +237,8 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
             for index, member in enumerate(members):  # what a member may be, FeatureEnsemble itself checks
                 own = (_resnet12_problems(member) + _preprocessing_problems(recipe, member)
                        if member["architecture"] == "resnet12" else
-                       _efficientnet_lite_problems(recipe, member, EFFICIENTNET_LITE_KEYS - {"lr_steps", "prototype_head"}))
+                       _efficientnet_lite_problems(recipe, member,
+                                                   EFFICIENTNET_LITE_KEYS - {"lr_steps", "prototype_head"}))
                 problems += [f"member {index}: {problem}" for problem in own]
     elif architecture == "mlp":
         if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):

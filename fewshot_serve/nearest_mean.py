@@ -17,8 +17,8 @@ from .frozen_body import per_image
 from .networks import PooledFeatureClassifier
 
 
-def embed_images(network: PooledFeatureClassifier, params: dict[str, Tensor], images: Tensor, normalize, device: torch.device
-                 ) -> Tensor:
+def embed_images(network: PooledFeatureClassifier, params: dict[str, Tensor], images: Tensor, normalize,
+                 device: torch.device) -> Tensor:
     """Features ``[n, feature_dim]`` (float32, CPU) of uint8 ``images``, each image on its own (fixed norm)."""
     return per_image(lambda x: network.embed(params, x.contiguous(memory_format=torch.channels_last)).float().cpu(),
                      network, images, normalize, device, "nearest-mean features")

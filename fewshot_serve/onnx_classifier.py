@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -24,7 +24,8 @@ class OnnxClassifier:
         self.session = onnxruntime.InferenceSession(str(path), providers=list(providers))
         metadata = self.session.get_modelmeta().custom_metadata_map
         if LABELS_KEY not in metadata or PREPROCESSING_KEY not in metadata:
-            raise ValueError(f"{path}: not a fewshot-serve ONNX classifier (its labels/preprocessing metadata is missing)")
+            raise ValueError(f"{path}: not a fewshot-serve ONNX classifier "
+                             "(its labels/preprocessing metadata is missing)")
         self.labels: list[str] = json.loads(metadata[LABELS_KEY])
         self.preprocessing = Preprocessing.from_dict(json.loads(metadata[PREPROCESSING_KEY]))
         self.input_name = self.session.get_inputs()[0].name

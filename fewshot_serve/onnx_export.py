@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -16,19 +17,28 @@ from .preprocessing import Preprocessing
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 
 
+def onnx_model(module: nn.Module, example: torch.Tensor, output_name: str = OUTPUT_NAME):
+    """``module`` (float images ``[batch, ...]`` -> one tensor) as an ONNX ``ModelProto``, batch size free.
+
+    A module on another device is exported from a CPU copy: ``Module.to`` would move the caller's own.
+    """
+    on_cpu = all(tensor.device.type == "cpu" for tensor in [*module.parameters(), *module.buffers()])
+    cpu_module = module if on_cpu else copy.deepcopy(module).to("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            cpu_module, (example.cpu(),), dynamo=True, verbose=False, input_names=[INPUT_NAME],
+            output_names=[output_name], dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},),
+        )
+    return program.model_proto
+
+
 def export_onnx(network: nn.Module, labels: list[str], preprocessing: Preprocessing, path: str | os.PathLike) -> None:
     """Write ``network`` (float images ``[batch, C, S, S]`` -> probabilities) to ``path`` atomically."""
     import onnx
 
     example = torch.zeros(2, preprocessing.channels, preprocessing.image_size, preprocessing.image_size)
-    cpu_network = network.to("cpu") if next(network.parameters()).device.type != "cpu" else network
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            cpu_network, (example,), dynamo=True, verbose=False, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes=({0: torch.export.Dim("batch", max=4096)},),
-        )
-    model = program.model_proto
+    model = onnx_model(network, example)
     onnx.helper.set_model_props(model, {
         LABELS_KEY: json.dumps(labels),
         PREPROCESSING_KEY: json.dumps(preprocessing.to_dict()),

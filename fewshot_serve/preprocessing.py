@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 #: Anything :func:`open_image` accepts.
-ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]
+ImageLike = Union[Image.Image, str, os.PathLike, bytes, np.ndarray]  # noqa: UP007 (a runtime alias: 3.10 needs Union)
 
 #: A Python object's default repr, "<_io.BytesIO object at 0x7f...>": internal detail, not for messages.
 OBJECT_REPR = re.compile(r"<[^<>]* at 0x[0-9a-fA-F]+>")
@@ -128,7 +128,7 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean), "std": list(self.std)}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Preprocessing":
+    def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
         fields = dict(data)
         fields["mean"] = tuple(float(v) for v in fields["mean"])
         fields["std"] = tuple(float(v) for v in fields["std"])

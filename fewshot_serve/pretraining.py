@@ -276,11 +276,13 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
             state.best_score, state.best_iteration, state.best_params = results[5].mean, epoch, params
         raw_scores = f" (raw weights {record['val_raw_metric']:.4f}, {record['val_raw_1shot']:.4f})" if average else ""
         bar.write(f"epoch {epoch}: validation nearest-mean {config.val_ways}-way 5-shot {results[5].mean:.4f} "
-                  f"± {results[5].ci95:.4f}, 1-shot {results[1].mean:.4f}{raw_scores}" + (" (best)" if improved else ""))
+                  f"± {results[5].ci95:.4f}, 1-shot {results[1].mean:.4f}{raw_scores}"
+                  + (" (best)" if improved else ""))
 
     def checkpoint() -> None:
         if not validating:
-            state.best_params, state.best_iteration = export_params(exported_tensors), state.iteration // steps_per_epoch
+            state.best_params = export_params(exported_tensors)
+            state.best_iteration = state.iteration // steps_per_epoch
         state.meta_params = snapshot()
         state.optimizer = optimizer.state_dict()
         save_checkpoint(checkpoint_path, state)
@@ -301,7 +303,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     for step in range(first, last):
         epoch, index = divmod(step, steps_per_epoch)
         if epoch != permutation_epoch:
-            permutation = torch.randperm(len(labels), generator=torch.Generator().manual_seed(config.seed * 7919 + epoch))
+            generator = torch.Generator().manual_seed(config.seed * 7919 + epoch)
+            permutation = torch.randperm(len(labels), generator=generator)
             permutation_epoch = epoch
         picks = permutation[index * config.batch_size : (index + 1) * config.batch_size]
         generator = torch.Generator().manual_seed(config.seed * 1_000_003 + step)
@@ -317,7 +320,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
             logits = classifier(network.embed(dict(network.named_parameters()), x, running=running))
         loss = F.cross_entropy(logits.float(), y, label_smoothing=config.label_smoothing)
         if mixed.kept < 1:
-            pasted = F.cross_entropy(logits.float(), y[mixed.partner.to(device)], label_smoothing=config.label_smoothing)
+            pasted = F.cross_entropy(logits.float(), y[mixed.partner.to(device)],
+                                     label_smoothing=config.label_smoothing)
             loss = mixed.kept * loss + (1 - mixed.kept) * pasted
         if not math.isfinite(loss.item()):
             raise FloatingPointError(f"pretraining diverged at step {step + 1} (loss {loss.item()}); lower --lr. "

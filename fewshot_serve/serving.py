@@ -4,9 +4,11 @@ An upload's path to a prediction::
 
     FewShotModel.adapt(support)                     this file: validate the request
       -> open_image / Preprocessing.to_uint8        preprocessing.py: decode, fit, resize as trained
+      -> OnnxFrozenPart                             frozen_runtime.py: on a CPU, the layers the inner
+                                                    loop leaves alone, in onnxruntime, once per image
       -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
-      -> MetaNetwork.freeze                         networks/: adapted weights + norms folded in
-    AdaptedClassifier.classify(queries)             this file: the frozen network, softmax
+    AdaptedClassifier.classify(queries)             this file: frozen part, adapted part, softmax; or
+      -> MetaNetwork.freeze                         networks/: adapted weights + norms folded in (torch, ONNX)
 
 The meta-learned weights are read, never written: every adaptation builds its own tensors, so
 concurrent requests (threads of one server) cannot see each other's classes.
@@ -14,15 +16,19 @@ concurrent requests (threads of one server) cannot see each other's classes.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .frozen_runtime import OnnxFrozenPart
 from .inner_loop import adapt
 from .model_file import Recipe, load_model
 from .networks import MetaNetwork
@@ -42,8 +48,17 @@ class InputError(ValueError):
     """A request that cannot be served as given; the message says what to change."""
 
 
-def load(path: str | os.PathLike, device: str | torch.device | None = None, bf16: bool = False) -> "FewShotModel":
+RUNTIMES = ("auto", "torch", "onnxruntime")
+
+
+def load(path: str | os.PathLike, device: str | torch.device | None = None, bf16: bool = False,
+         runtime: str = "auto") -> FewShotModel:
     """Load a model file for serving. ``device=None``: CUDA when present, else CPU.
+
+    ``runtime`` computes the frozen part (the layers the inner loop leaves alone; for the shipped
+    models the whole backbone) for support and query images: ``"onnxruntime"`` (CPU only, float32,
+    exported once and cached: :mod:`~fewshot_serve.frozen_runtime`), ``"torch"``, or ``"auto"``:
+    onnxruntime on a CPU for a model with a frozen part unless ``bf16`` is asked for, else torch.
 
     ``bf16=True`` classifies queries, and computes the support images' frozen part (the layers the
     inner loop does not adapt), under bfloat16 autocast where the device supports it natively
@@ -51,11 +66,17 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, bf16
     probabilities within about 1e-2 of float32 (accuracy measured in benchmarks/bf16_accuracy.py).
     The inner loop's steps stay float32.
     """
+    if runtime not in RUNTIMES:
+        raise InputError(f"runtime must be one of {', '.join(RUNTIMES)}, got {runtime!r}")
     device = pick_device(None if device is None else str(device))
     network, recipe = load_model(path, device)
     if network.task_kind != "classification":
         raise InputError(f"{path} is a {network.task_kind} model; serving classifies images")
-    return FewShotModel(network, recipe, device, bf16 and bf16_available(device))
+    model = FewShotModel(network, recipe, device, bf16 and bf16_available(device))
+    automatic = device.type == "cpu" and network.has_per_image_frozen_part and not bf16
+    if runtime == "onnxruntime" or (runtime == "auto" and automatic):
+        model.run_frozen_part_with_onnxruntime(hashlib.sha256(Path(path).read_bytes()).hexdigest())
+    return model
 
 
 class FewShotModel:
@@ -67,13 +88,25 @@ class FewShotModel:
         self._meta_params = {k: v.detach() for k, v in network.named_parameters()}
         for param in network.parameters():
             param.requires_grad_(False)
+        self.frozen_part_runtime: OnnxFrozenPart | None = None  # None: torch computes it
+
+    def run_frozen_part_with_onnxruntime(self, model_sha256: str) -> None:
+        """Compute the frozen part of support and query images with onnxruntime from now on."""
+        if self.device.type != "cpu" or not self.network.has_per_image_frozen_part:
+            raise InputError("runtime='onnxruntime' needs device 'cpu' and a model whose inner loop leaves layers "
+                             "alone that compute each image on its own (a fixed-norm network with adapt_from > 0); "
+                             f"this is {type(self.network).__name__} on {self.device.type}: use runtime='torch'")
+        size, channels = self.preprocessing.image_size, self.preprocessing.channels
+        params = self.network.at_step(self._meta_params, 0)
+        example = torch.zeros(2, channels, size, size)
+        self.frozen_part_runtime = OnnxFrozenPart(self.network, params, example, model_sha256)
 
     def prepare(self, images: Sequence[ImageLike], what: str) -> np.ndarray:
         """Decode and preprocess images into one uint8 ``[n, C, S, S]`` array."""
         return np.stack([self.preprocessing.to_uint8(open_image(image, f"{what} #{i + 1}"))
                          for i, image in enumerate(images)])
 
-    def adapt(self, support: Mapping[str, Sequence[ImageLike]], steps: int | None = None) -> "AdaptedClassifier":
+    def adapt(self, support: Mapping[str, Sequence[ImageLike]], steps: int | None = None) -> AdaptedClassifier:
         """Adapt to ``{label: [images...]}`` with the file's inner loop (``steps=None``: its test-time steps)."""
         started = time.perf_counter()
         labels = validate_support(support)
@@ -88,7 +121,7 @@ class FewShotModel:
 
     def adapt_tensors(
         self, x: Tensor, y: Tensor, labels: Sequence[str] | int, steps: int | None = None
-    ) -> "AdaptedClassifier":
+    ) -> AdaptedClassifier:
         """Adapt to preprocessed support images ``x`` with targets ``y`` in ``range(len(labels))``.
 
         ``labels`` may be a class count, for callers that have no names (benchmarks).
@@ -100,15 +133,20 @@ class FewShotModel:
             raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
         start = self.network.task_parameters(self._meta_params, len(labels))
         adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True,
-                           h_support=self._frozen_part_bf16(start, x) if self.bf16 else None)
+                           h_support=self._support_frozen_part(start, x))
         losses = adaptation.support_losses.tolist()
         if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
             raise InputError("adaptation diverged on these images (non-finite loss); try fewer steps")
-        classifier = self.network.freeze(adaptation.params, x)
-        return AdaptedClassifier(labels, classifier, self, losses, time.perf_counter() - started)
+        params = {name: value.detach() for name, value in adaptation.params.items()}  # no graph kept alive
+        return AdaptedClassifier(labels, self, losses, time.perf_counter() - started, params, x)
 
-    def _frozen_part_bf16(self, start: dict[str, Tensor], x: Tensor) -> Tensor:
-        """The support images' frozen part under bfloat16 autocast, back in float32 for the steps."""
+    def _support_frozen_part(self, start: dict[str, Tensor], x: Tensor) -> Tensor | None:
+        """The support images' frozen part by onnxruntime, or under bfloat16 autocast, back in float32
+        for the steps; None: the inner loop computes it in float32 torch."""
+        if self.frozen_part_runtime is not None:
+            return self.frozen_part_runtime(x)
+        if not self.bf16:
+            return None
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
             h = self.network.frozen_part(self.network.at_step(start, 0), x)
         return h.float().clone()  # a normal tensor (not an inference one): the steps differentiate through it
@@ -146,17 +184,30 @@ def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
 
 @dataclass
 class AdaptedClassifier:
-    """A classifier for one user's classes: the frozen adapted network and its labels."""
+    """A classifier for one user's classes: the adapted weights, their labels and the model they adapt."""
 
     labels: list[str]
-    network: nn.Sequential  # eval mode; images -> probabilities (its last layer the softmax)
     model: FewShotModel
     support_losses: list[float]  # support loss before each inner step
     seconds: float  # wall time of adapt()
+    params: dict[str, Tensor]  # the adapted weights (what the rest of the network runs on the frozen part)
+    support_images: Tensor = field(repr=False)  # preprocessed; the folded network's norms may need them
+
+    @cached_property
+    def network(self) -> nn.Sequential:
+        """The adapted classifier as one plain eval-mode network, images -> probabilities (its last
+        layer the softmax): what torch classifies with and ONNX exports. Built on first use, since
+        folding a backbone's weights costs about as much as the inner loop, and a model whose frozen
+        part runs in onnxruntime classifies without it."""
+        return self.model.network.freeze(self.params, self.support_images)
 
     def probabilities(self, x: Tensor) -> Tensor:
         """Preprocessed float input ``[n, C, S, S]`` -> class probabilities ``[n, ways]``."""
         device = self.model.device
+        if self.model.frozen_part_runtime is not None:  # the frozen part by onnxruntime, the rest unfolded
+            h = self.model.frozen_part_runtime(x)
+            with torch.inference_mode():
+                return torch.softmax(self.model.network.adapted_part(self.params, h), dim=-1)
         x = x.to(device).contiguous(memory_format=torch.channels_last)
         with torch.inference_mode():
             if not self.model.bf16:

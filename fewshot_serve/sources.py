@@ -11,10 +11,11 @@ from pathlib import Path
 
 import torch
 
+from .augmentation import augment_photos
 from .datasets import (
+    OMNIGLOT_FOLDERS,
     ImageClasses,
     default_data_root,
-    OMNIGLOT_FOLDERS,
     default_omniglot_root,
     download_omniglot,
     load_cifar100,
@@ -25,7 +26,6 @@ from .datasets import (
     split_by_group,
     split_cifar_fs,
 )
-from .augmentation import augment_photos
 from .episodes import ImageEpisodes, SinusoidTasks
 from .networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
 from .preprocessing import Preprocessing
@@ -149,7 +149,8 @@ def task_sampler(
         return SinusoidTasks(shots, queries)
     assert split is not None and preprocessing is not None
     photos = augment and preprocessing.channels == 3
-    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=augment and spec.dataset in OMNIGLOT_FOLDERS,
+    rotate = augment and spec.dataset in OMNIGLOT_FOLDERS
+    return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=rotate,
                          augment=augment_photos if photos else None)
 
 

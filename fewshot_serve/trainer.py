@@ -26,10 +26,10 @@ from tqdm import tqdm
 
 from .atomic import atomic_write_text
 from .checkpoint import TrainingState, fingerprint, resume_checkpoint, save_checkpoint
+from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .evaluation import evaluate_episodes
 from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
-from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
 from .model_file import SEEN_VALIDATION, Recipe, load_model, save_model
 from .networks import MetaNetwork, PooledFeatureClassifier, build_network
@@ -339,7 +339,8 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
                 learned, val_tasks, config.inner_lrs, config.test_steps, config.val_episodes, VALIDATION_SEED, device
             )
             log.append({"iteration": done, "val_metric": result.mean, "val_ci95": result.ci95})
-            improved = state.best_score is None or (result.mean > state.best_score if higher else result.mean < state.best_score)
+            best = state.best_score
+            improved = best is None or (result.mean > best if higher else result.mean < best)
             if improved:
                 state.best_score, state.best_iteration = result.mean, done
                 state.best_params = {k: v.detach().clone() for k, v in learner.meta_params.items()}

@@ -25,8 +25,9 @@ import html
 import json
 import os
 import tempfile
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any
 
 import gradio as gr
 import numpy as np
@@ -224,7 +225,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             raise ValueError("labels must be a JSON list with one class name per support file") from None
         paths = file_paths(support_files)
         if not isinstance(labels, list) or len(labels) != len(paths):
-            raise ValueError(f"got {len(paths)} support files but {len(labels) if isinstance(labels, list) else 0} labels")
+            count = len(labels) if isinstance(labels, list) else 0
+            raise ValueError(f"got {len(paths)} support files but {count} labels")
         support: dict[str, list] = {}
         for label, path in zip(labels, paths):
             support.setdefault(str(label).strip(), []).append(path)
@@ -279,7 +281,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
 
         gr.Markdown("## Classify")
         with gr.Row():
-            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"], elem_id="query-files")
+            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"],
+                                  elem_id="query-files")
             query_sketch = gr.Sketchpad(label="…or draw a query", type="pil", height=220, canvas_size=(280, 280))
             query_camera = gr.Image(label="…or take a photo", sources=["webcam"], type="pil", height=220,
                                     elem_id="query-camera")
@@ -287,8 +290,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         with gr.Row():
             results = gr.Gallery(label="Queries with their top-3 classes", columns=6, height=320)
             last = gr.Label(label="Last query", num_top_classes=3, elem_id="last-query")
-        classify_button.click(classify_queries, [adapted_state, query_files, query_sketch, query_camera], [results, last],
-                              api_visibility="private")
+        classify_button.click(classify_queries, [adapted_state, query_files, query_sketch, query_camera],
+                              [results, last], api_visibility="private")
         with gr.Row():
             export_button = gr.Button("Prepare ONNX download")
             download = gr.DownloadButton("Download ONNX", value=None)

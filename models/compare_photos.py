@@ -41,8 +41,8 @@ from fewshot_serve.atomic import atomic_write_json
 from fewshot_serve.datasets import load_folder_tree
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes, paired_difference
-from fewshot_serve.model_file import load_model
 from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
+from fewshot_serve.model_file import load_model
 from fewshot_serve.nearest_mean import nearest_mean_accuracy
 from fewshot_serve.sources import DataSpec, load_splits
 
@@ -95,7 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.output is None:
         if args.split != "test":
-            parser.error(f"--split {args.split} needs --output: the model card's comparison file holds test scores only")
+            parser.error(f"--split {args.split} needs --output: the model card's comparison file holds test "
+                         "scores only")
     if args.split == "all" and (args.dataset != "folder" or args.data_root is None):
         parser.error("--split all scores a class-per-folder tree: give --dataset folder --data-root DIR")
         args.output = HERE / "photos-comparison.json"
@@ -103,7 +104,8 @@ def main() -> None:
     scored_classes: dict[tuple, object] = {}
     cache: list[tuple[object, bool, dict, torch.Tensor]] = []
     first: dict[str, tuple[str, object]] = {}  # setting -> the first contestant's name and result
-    contestants = ([("inner loop", m) for m in args.model] + [("inner loop, bfloat16 backbone", m) for m in args.bf16_model]
+    contestants = ([("inner loop", m) for m in args.model]
+                   + [("inner loop, bfloat16 backbone", m) for m in args.bf16_model]
                    + [("nearest mean", m) for m in args.nearest_mean])
     for mode, (name, path, override) in contestants:
         network, recipe = load_model(path, device)
@@ -111,7 +113,8 @@ def main() -> None:
         dataset = args.dataset or recipe.dataset
         key = (dataset, recipe.split_seed, preprocessing.image_size)
         if key not in scored_classes:  # decoding does not depend on mean/std, so models of one size share it
-            spec = DataSpec(dataset, args.data_root, split_seed=recipe.split_seed, images_per_class=args.images_per_class)
+            spec = DataSpec(dataset, args.data_root, split_seed=recipe.split_seed,
+                            images_per_class=args.images_per_class)
             scored_classes[key] = (load_folder_tree(args.data_root, preprocessing, args.images_per_class)
                                    if args.split == "all"
                                    else load_splits(spec, preprocessing)[args.split])

@@ -104,3 +104,11 @@ def write_tiny_imagenet(root: Path, classes: int, per_class: int) -> Path:
 def tiny_imagenet_tree(tmp_path_factory) -> Path:
     """40 generated colour classes of 20 photos each, in Tiny ImageNet's layout (splits 25 / 5 / 10)."""
     return write_tiny_imagenet(tmp_path_factory.mktemp("tiny-imagenet"), classes=40, per_class=20)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def frozen_part_cache(tmp_path_factory):
+    """Serving's onnxruntime exports go to a folder of this run, not the user's ~/.cache."""
+    import os
+
+    os.environ["FEWSHOT_SERVE_CACHE"] = str(tmp_path_factory.mktemp("frozen-part-cache"))

@@ -10,11 +10,11 @@ import sys
 
 import torch
 from safetensors.torch import save_file
+from test_maml_plus_plus import INNER, tiny_maml_plus_plus
+from test_meta_gradients import random_batch, tiny_conv4
 
 from fewshot_serve.distributed import join_from_environment, leave_process_group, sharded_direction
 from fewshot_serve.meta_learning import Annealing, MetaLearner
-from test_maml_plus_plus import INNER, tiny_maml_plus_plus
-from test_meta_gradients import random_batch, tiny_conv4
 
 TASKS = 5
 

@@ -4,9 +4,9 @@ import json
 from pathlib import Path
 
 import pytest
+from conftest import draw_glyph, free_port
 from gradio_client import Client, handle_file
 
-from conftest import draw_glyph, free_port
 from fewshot_serve.web_app import drawn_image, launch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"

@@ -52,6 +52,7 @@ def test_pool_order_smoke(capsys):
 
 def test_inplace_activations_smoke(tmp_path, capsys):
     from test_resnet12 import recipe_for, tiny_resnet
+
     from fewshot_serve.model_file import save_model
     from fewshot_serve.networks.resnet12 import FrozenBlock
 
@@ -68,6 +69,7 @@ def test_inplace_activations_smoke(tmp_path, capsys):
 def test_adapt_latency_photo_smoke(tmp_path, capsys, kind):
     from test_ensemble import tiny_ensemble
     from test_resnet12 import recipe_for, tiny_resnet
+
     from fewshot_serve.model_file import save_model
 
     network = (tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32) if kind == "resnet12"
@@ -130,6 +132,7 @@ def test_distributed_throughput_smoke(glyph_tree):
 
 def test_bf16_accuracy_smoke(colour_model):
     import bf16_accuracy
+
     from fewshot_serve.precision import bf16_available
 
     if not bf16_available(torch.device("cpu")):
@@ -151,10 +154,12 @@ def test_onnx_classify_smoke(capsys):
 
 
 def test_frozen_part_runtimes_smoke(tmp_path):
-    from fewshot_serve.model_file import save_model
     from test_efficientnet_lite import recipe_for, tiny_lite
+
+    from fewshot_serve.model_file import save_model
 
     network = tiny_lite(dtype=torch.float32).float()
     save_model(tmp_path / "lite.safetensors", network, recipe_for(network))
-    report = frozen_part_runtimes.run(tmp_path / "lite.safetensors", repeats=1, batches=(3,))  # onnxruntime checked inside
+    # onnxruntime's features are checked against torch's inside
+    report = frozen_part_runtimes.run(tmp_path / "lite.safetensors", repeats=1, batches=(3,))
     assert {"torch float32", "onnxruntime float32"} <= set(report["batches"]["3"])

@@ -5,8 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import draw_glyph, free_port
+
 from fewshot_serve.web_app import launch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
@@ -146,7 +146,8 @@ def test_login_example_button_and_literal_markup_in_chromium(tmp_path):
             page.locator("#class-0-files input[type=file]").set_input_files([str(tmp_path / "fake.png")])
             page.wait_for_timeout(1000)
             page.locator("#adapt").click()  # the upload joins the example's two drawings: image #3
-            page.get_by_text(f"class '{markup}' image #3 (fake.png)").first.wait_for(timeout=30_000)  # the text, not bold markup
+            # the text, not bold markup
+            page.get_by_text(f"class '{markup}' image #3 (fake.png)").first.wait_for(timeout=30_000)
             assert page.locator(".toast-body b, [data-testid='toast-body'] b").count() == 0
             browser.close()
     finally:

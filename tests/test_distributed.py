@@ -7,14 +7,13 @@ import sys
 from pathlib import Path
 
 import torch
+from distributed_worker import directions
 from safetensors.torch import load_file
 
 from fewshot_serve.checkpoint import load_checkpoint
 from fewshot_serve.distributed import Shard
 from fewshot_serve.model_file import load_model
 from fewshot_serve.serving import load
-
-from distributed_worker import directions
 
 TESTS = Path(__file__).resolve().parent
 

@@ -12,16 +12,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_onnx_export_agrees
+from test_resnet12 import (
+    SHOTS,
+    WAYS,
+    TaskBatch,
+    assert_cached_frozen_part_gives_the_same_meta_gradient,
+    assert_frozen_classifier_equals_predict,
+    assert_meta_gradient_matches_central_differences,
+)
 
 from fewshot_serve import backbone_import, cli
 from fewshot_serve.backbone_import import BN_EPS, block_specs, convert, find_weights, import_backbone, read_state_dict
 from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
 from fewshot_serve.networks import EfficientNetLite, build_network
 from fewshot_serve.networks.efficientnet_lite import same_padding
-
-from conftest import assert_onnx_export_agrees
-from test_resnet12 import (SHOTS, WAYS, TaskBatch, assert_cached_frozen_part_gives_the_same_meta_gradient,
-                           assert_frozen_classifier_equals_predict, assert_meta_gradient_matches_central_differences)
 
 #: [in, expanded, out, kernel] per block, in three stages of output widths 8, 12, 16 (strides 1, 2, 2).
 TINY_BLOCKS = [(8, 8, 8, 3), (8, 16, 12, 3), (12, 24, 12, 5), (12, 24, 16, 5), (16, 32, 16, 3)]
@@ -146,15 +151,17 @@ def test_symmetric_padding_is_a_different_network():
 
 def test_default_adapts_the_head_row_only_and_the_frozen_part_is_the_pooled_features():
     network = tiny_lite()
-    assert network.adapt_from == len(TINY_BLOCKS) + 2 and set(network.fast_weight_names()) == {"head.weight", "head.bias"}
+    assert network.adapt_from == len(TINY_BLOCKS) + 2
+    assert set(network.fast_weight_names()) == {"head.weight", "head.bias"}
     params, x = params_of(network), images(2)
     torch.testing.assert_close(network.frozen_part(params, x), network.embed(params, x))
 
 
 def second_order_batch(tasks=2, queries=2):
     labels = lambda per: torch.arange(WAYS).repeat_interleave(per).repeat(tasks, 1)  # noqa: E731
-    return TaskBatch(images(tasks * WAYS * SHOTS, 5).view(tasks, WAYS * SHOTS, 3, SIZE, SIZE), labels(SHOTS),
-                     images(tasks * WAYS * queries, 6).view(tasks, WAYS * queries, 3, SIZE, SIZE), labels(queries), WAYS)
+    support = images(tasks * WAYS * SHOTS, 5).view(tasks, WAYS * SHOTS, 3, SIZE, SIZE)
+    query = images(tasks * WAYS * queries, 6).view(tasks, WAYS * queries, 3, SIZE, SIZE)
+    return TaskBatch(support, labels(SHOTS), query, labels(queries), WAYS)
 
 
 @pytest.mark.parametrize("prototype_head", [False, True])
@@ -225,7 +232,8 @@ def test_model_file_rejects_bad_recipes(tmp_path, change, message):
 @pytest.mark.parametrize("edit, message", [
     (lambda s: s.pop("_blocks.2._bn1.running_var"), "lack _blocks.2._bn1.running_var"),
     (lambda s: s.update({"_blocks.0._extra.weight": torch.zeros(1)}), "unexpected tensors.*_blocks.0._extra"),
-    (lambda s: s.update({"_bn1.bias": torch.zeros(HEAD + 1)}), r"_bn1.bias: shape \(21,\), but the network needs \(20,\)"),
+    (lambda s: s.update({"_bn1.bias": torch.zeros(HEAD + 1)}),
+     r"_bn1.bias: shape \(21,\), but the network needs \(20,\)"),
 ])
 def test_convert_checks_every_name_and_shape(edit, message):
     state = package_state_dict()
@@ -347,8 +355,9 @@ def test_an_ensemble_of_different_architectures_meta_learns_its_head_and_freezes
 
 
 def test_fewshot_serve_ensemble_joins_an_imported_backbone_to_one_made_here(tmp_path, capsys):
-    import fewshot_serve
     from dataclasses import replace
+
+    import fewshot_serve
 
     _, (lite, resnet) = mixed_ensemble(dtype=torch.float32)
     lite, resnet = lite.float(), resnet.float()

@@ -6,6 +6,20 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import assert_onnx_export_agrees
+from test_pretraining import config_for
+from test_resnet12 import (
+    SHOTS,
+    WAYS,
+    assert_cached_frozen_part_gives_the_same_meta_gradient,
+    assert_frozen_classifier_equals_predict,
+    assert_meta_gradient_matches_central_differences,
+    images,
+    params_of,
+    recipe_for,
+    second_order_batch,
+    tiny_resnet,
+)
 
 from fewshot_serve import cli
 from fewshot_serve.model_file import ModelFileError, load_model, save_model
@@ -13,13 +27,6 @@ from fewshot_serve.networks import FeatureEnsemble, build_network
 from fewshot_serve.networks.ensemble import member_config
 from fewshot_serve.pretraining import pretrain
 from fewshot_serve.sources import DataSpec
-
-from conftest import assert_onnx_export_agrees
-from test_pretraining import config_for
-from test_resnet12 import (SHOTS, WAYS, assert_cached_frozen_part_gives_the_same_meta_gradient,
-                           assert_frozen_classifier_equals_predict,
-                           assert_meta_gradient_matches_central_differences, images, params_of, recipe_for,
-                           second_order_batch, tiny_resnet)
 
 
 def tiny_ensemble(lr_steps=0, prototype_head=False, dtype=torch.float64) -> tuple[FeatureEnsemble, list]:

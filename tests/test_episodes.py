@@ -98,6 +98,7 @@ def test_sinusoid_tasks_follow_the_maml_ranges():
 
 def test_omniglot_reads_the_background_set_of_the_torchvision_layout(tmp_path):
     from conftest import write_class_tree
+
     from fewshot_serve.datasets import load_omniglot
 
     for part, alphabets in (("images_background", ("Alpha", "Beta")), ("images_evaluation", ("Gamma",))):
@@ -120,13 +121,15 @@ def test_download_fetches_only_the_background_set(tmp_path, monkeypatch):
     assert download_omniglot(tmp_path) == tmp_path / "omniglot-py" / "images_background"
     assert requested == [(True, True)]
     with pytest.raises(ValueError, match="--dataset omniglot --download"):
-        load_splits(DataSpec("omniglot-subset", tmp_path, download=True), Preprocessing(28, 1, True, "pad", (0.0,), (1.0,)))
+        load_splits(DataSpec("omniglot-subset", tmp_path, download=True),
+                    Preprocessing(28, 1, True, "pad", (0.0,), (1.0,)))
 
 
 def test_omniglot_dataset_names_pick_the_background_set_or_its_subset(tmp_path, monkeypatch):
     """'omniglot' is the whole background set, 'omniglot-subset' the 8 alphabets: the name in a
     model's recipe must rebuild the test alphabets of the set the model was trained beside."""
     from conftest import write_class_tree
+
     from fewshot_serve.datasets import DATA_ENV
     from fewshot_serve.sources import DataSpec, load_splits
 

@@ -5,13 +5,12 @@ differentiate twice, in NCHW. Both must compute the same steps and gradients."""
 import pytest
 import torch
 import torch.nn.functional as F
+from test_first_step_shortcut import LRS, NETWORKS, WAYS, task
+from test_meta_gradients import INNER, params_of, random_batch, tiny_conv4
 
 from fewshot_serve.inner_loop import adapt
 from fewshot_serve.meta_learning import meta_gradient
 from fewshot_serve.networks import first_order_kernels, norms, support_norm
-
-from test_first_step_shortcut import LRS, NETWORKS, WAYS, task
-from test_meta_gradients import INNER, params_of, random_batch, tiny_conv4
 
 
 @pytest.fixture
@@ -44,7 +43,8 @@ def test_the_norm_is_fused_only_inside_first_order_kernels():
 def test_support_statistics_norm_has_the_written_out_gradients_and_passes_gradcheck(layout, n_ref):
     g = torch.Generator().manual_seed(0)
     x = (torch.randn(5, 3, 4, 4, generator=g, dtype=torch.float64) * 2 + 1).contiguous(memory_format=layout)
-    weight, bias = torch.rand(3, generator=g, dtype=torch.float64) + 0.5, torch.randn(3, generator=g, dtype=torch.float64)
+    weight = torch.rand(3, generator=g, dtype=torch.float64) + 0.5
+    bias = torch.randn(3, generator=g, dtype=torch.float64)
     inputs = [t.clone().requires_grad_() for t in (x, weight, bias)]
     upstream = torch.randn(x.shape, generator=g, dtype=torch.float64)
     fused = norms.SupportStatisticsNorm.apply(*inputs, n_ref)

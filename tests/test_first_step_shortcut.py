@@ -3,13 +3,12 @@ through the whole network: same adapted weights, same support losses, same secon
 
 import pytest
 import torch
-
-from fewshot_serve.inner_loop import adapt, predict
-from fewshot_serve.networks import Conv4
-
 from test_maml_plus_plus import tiny_maml_plus_plus
 from test_meta_gradients import tiny_conv4
 from test_resnet12 import tiny_resnet
+
+from fewshot_serve.inner_loop import adapt, predict
+from fewshot_serve.networks import Conv4
 
 WAYS, SHOTS, QUERIES = 3, 2, 2
 LRS = (0.3, 0.2)
@@ -104,4 +103,5 @@ def test_conv4_head_input_and_head_compose_to_the_forward():
     network = Conv4(1, 3, 16).double()
     x = torch.randn(4, 1, 16, 16, dtype=torch.float64)
     params = dict(network.named_parameters())
-    torch.testing.assert_close(network.head_logits(params, network.head_input(params, x)), network.apply_params(params, x))
+    logits = network.head_logits(params, network.head_input(params, x))
+    torch.testing.assert_close(logits, network.apply_params(params, x))

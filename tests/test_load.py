@@ -10,10 +10,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from conftest import draw_glyph, free_port
 from gradio_client import Client, handle_file
 
 import fewshot_serve
-from conftest import draw_glyph, free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "omniglot-conv4.safetensors"

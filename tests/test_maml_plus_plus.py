@@ -4,12 +4,11 @@ and the schedules, checked against finite differences and a hand-written referen
 import pytest
 import torch
 import torch.nn.functional as F
+from test_meta_gradients import TASKS, WAYS, params_of, random_batch, tasks_of
 
 from fewshot_serve.inner_loop import adapt, predict
 from fewshot_serve.meta_learning import Annealing, InnerLoop, MetaLearner, meta_gradient
 from fewshot_serve.networks import Conv4, SinusoidMLP
-
-from test_meta_gradients import TASKS, WAYS, params_of, random_batch, tasks_of
 
 STEPS = 2
 INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=STEPS, test_steps=STEPS)
@@ -36,7 +35,8 @@ def reference_forward(params, x, n_ref, state):
     for i in range(4):
         x = F.conv2d(x, params[f"blocks.{i}.conv.weight"], params[f"blocks.{i}.conv.bias"], padding=1)
         ref = x[:n_ref]
-        x = (x - ref.mean((0, 2, 3), keepdim=True)) / torch.sqrt(ref.var((0, 2, 3), unbiased=False, keepdim=True) + 1e-5)
+        variance = ref.var((0, 2, 3), unbiased=False, keepdim=True)
+        x = (x - ref.mean((0, 2, 3), keepdim=True)) / torch.sqrt(variance + 1e-5)
         weight, bias = params[f"blocks.{i}.norm.weight"][state], params[f"blocks.{i}.norm.bias"][state]
         x = F.max_pool2d(F.relu(x * weight.view(1, -1, 1, 1) + bias.view(1, -1, 1, 1)), 2)
     return F.linear(x.flatten(1), params["head.weight"], params["head.bias"])
@@ -114,7 +114,8 @@ def test_meta_gradient_matches_central_finite_differences():
                        ("blocks.0.norm.bias", (0, 0))):
         bump = torch.zeros_like(theta[key])
         bump[index] = eps
-        numeric = (meta_loss({**theta, key: theta[key] + bump}) - meta_loss({**theta, key: theta[key] - bump})) / (2 * eps)
+        up, down = meta_loss({**theta, key: theta[key] + bump}), meta_loss({**theta, key: theta[key] - bump})
+        numeric = (up - down) / (2 * eps)
         assert grads[key][index].item() == pytest.approx(numeric, rel=1e-5, abs=1e-8)
 
 
@@ -122,7 +123,8 @@ def test_meta_gradient_matches_central_finite_differences():
 def test_vectorized_and_looped_agree(first_order):
     network, batch = tiny_maml_plus_plus(), random_batch()
     theta = params_of(network)
-    runs = [meta_gradient(network, theta, batch, INNER, first_order, vectorize, STEP_WEIGHTS) for vectorize in (True, False)]
+    runs = [meta_gradient(network, theta, batch, INNER, first_order, vectorize, STEP_WEIGHTS)
+            for vectorize in (True, False)]
     for key in theta:
         torch.testing.assert_close(runs[0][0][key], runs[1][0][key], rtol=1e-9, atol=1e-12)
 
@@ -181,7 +183,8 @@ def test_reptile_refuses_maml_plus_plus_options():
     with pytest.raises(ValueError, match="maml or fomaml"):
         MetaLearner(tiny_maml_plus_plus(), "reptile", INNER, meta_lr=1.0, iterations=10)
     with pytest.raises(ValueError, match="maml or fomaml"):
-        MetaLearner(SinusoidMLP(8), "reptile", INNER, meta_lr=1.0, iterations=10, annealing=Annealing(cosine_meta_lr=True))
+        MetaLearner(SinusoidMLP(8), "reptile", INNER, meta_lr=1.0, iterations=10,
+                    annealing=Annealing(cosine_meta_lr=True))
 
 
 def test_regression_network_learns_step_lrs_too():

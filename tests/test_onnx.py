@@ -9,10 +9,10 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from conftest import draw_glyph
 
 import fewshot_serve
 from fewshot_serve import cli
-from conftest import draw_glyph
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
 

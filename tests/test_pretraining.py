@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import draw_glyph
 
 import fewshot_serve.pretraining as pretraining
 from fewshot_serve import cli
@@ -14,8 +15,6 @@ from fewshot_serve.model_file import load_model, save_model
 from fewshot_serve.networks import ResNet12
 from fewshot_serve.pretraining import PretrainConfig, pretrain
 from fewshot_serve.sources import DataSpec
-
-from conftest import draw_glyph
 
 WIDTHS = (4, 4, 8, 8)
 
@@ -104,8 +103,8 @@ def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tin
 
 def test_cutmix_and_moving_average_resume_exactly_and_export_the_average(tiny_imagenet_tree, tmp_path, monkeypatch):
     def config(name, **changes):
-        return config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", **{"epochs": 1, "cutmix": 1.0, "ema": 0.9,
-                                                                                  **changes})
+        settings = {"epochs": 1, "cutmix": 1.0, "ema": 0.9, **changes}
+        return config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", **settings)
 
     straight = config("straight")
     tensors = run_straight_and_crashed_then_resumed(straight, config("crashed"), monkeypatch)
@@ -133,7 +132,8 @@ def test_the_cosine_classifier_scores_directions_only_up_to_its_scale():
     expected = 16.0 * F.cosine_similarity(features[:, None], classifier.weight[None], dim=-1)
     assert torch.allclose(logits, expected, atol=1e-5)
     assert torch.allclose(classifier(3.0 * features), logits, atol=1e-5)  # feature length does not count
-    assert torch.allclose(classifier(classifier.weight.detach()).diagonal(), torch.full((4,), 16.0))  # the most a logit gets
+    # the most a logit gets
+    assert torch.allclose(classifier(classifier.weight.detach()).diagonal(), torch.full((4,), 16.0))
     assert [name for name, _ in classifier.named_parameters()] == ["weight"]
 
 
@@ -221,7 +221,8 @@ def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_lon
                              init=init.run_dir / "checkpoint.safetensors")
         pretrain(started, progress=False)
         known = load_checkpoint(init.run_dir / "checkpoint.safetensors").meta_params[weight]
-        assert torch.equal(load_checkpoint(started.run_dir / "checkpoint.safetensors").meta_params[weight][:rows], known)
+        saved = load_checkpoint(started.run_dir / "checkpoint.safetensors").meta_params
+        assert torch.equal(saved[weight][:rows], known)
     with pytest.raises(ValueError, match="stop-after"):
         config_for(tiny_imagenet_tree, tmp_path / "x.safetensors", epochs=2, stop_after=3)
 
@@ -344,14 +345,20 @@ def test_handwriting_distortions_are_reproducible_affine_and_scaled_by_their_str
     image = paper.clone()
     image[:, :, 6:22, 12:15] = 0  # a thick vertical stroke, ink on paper
     image[:, :, 6:9, 12:20] = 0
-    draw = lambda strength, seed=0: distort(image, torch.Generator().manual_seed(seed), strength)
+    def draw(strength, seed=0):
+        return distort(image, torch.Generator().manual_seed(seed), strength)
+
     assert torch.equal(draw(1.0), draw(1.0)) and not torch.equal(draw(1.0), draw(1.0, seed=1))
     blank = distort(paper, torch.Generator().manual_seed(0), 1.0)  # the border repeats: no ink comes in
     torch.testing.assert_close(blank, paper.float(), rtol=0, atol=1e-3)
-    moved = lambda out: (out - image.float()).abs().mean().item()
+    def moved(out):
+        return (out - image.float()).abs().mean().item()
+
     assert moved(draw(0.01)) < 1.0 < 5.0 < moved(draw(1.0))
     # ink is moved, not made: its area scales by the determinant, within 0.8 * 0.8 * 0.91 .. 1.2 * 1.2 * 1.09
-    ink = lambda out: (255.0 - out).sum((1, 2, 3))
+    def ink(out):
+        return (255.0 - out).sum((1, 2, 3))
+
     ratio = ink(draw(1.0)) / ink(image.float())
     assert ratio.min() > 0.5 and ratio.max() < 1.5 and ratio.std() > 0.02
     out = augment_characters(image, torch.Generator().manual_seed(0), padding=2, distortion=0.5)

@@ -6,14 +6,13 @@ import onnxruntime
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_onnx_export_agrees
 
 from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes
 from fewshot_serve.inner_loop import adapt, predict
 from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient
 from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
 from fewshot_serve.networks import ResNet12, fixed_norm_params
-
-from conftest import assert_onnx_export_agrees
 
 WIDTHS = (3, 4, 5, 6)
 WAYS, SHOTS, QUERIES = 3, 2, 2

@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import draw_glyph
 from PIL import Image
 
 import fewshot_serve
 from fewshot_serve import ImageError, InputError
 from fewshot_serve.serving import MAX_CLASSES, MAX_IMAGES_PER_CLASS
-from conftest import draw_glyph
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
 
@@ -69,7 +69,7 @@ def test_every_image_form_and_mode_is_accepted(model, tmp_path):
     adapted = model.adapt({"a": [draw_glyph(1, 2)], "b": [draw_glyph(2, 2)]})
     results = adapted.classify(forms)
     reference = results[0]["a"]
-    for form, row in zip(forms, results):
+    for row in results:
         assert row["a"] + row["b"] == pytest.approx(1.0, abs=1e-5)
     # transparent paper counts as white paper, so the RGBA drawing reads like the original
     assert results[7]["a"] == pytest.approx(reference, abs=0.05)

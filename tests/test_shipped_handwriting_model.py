@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import assert_onnx_export_agrees, draw_glyph
 
 import fewshot_serve
-from conftest import assert_onnx_export_agrees, draw_glyph
 from fewshot_serve.episodes import ImageEpisodes
 from fewshot_serve.evaluation import evaluate_episodes
 from fewshot_serve.model_file import stored_dtype

@@ -66,7 +66,8 @@ def test_a_maml_plus_plus_file_continues_with_its_learned_rates_and_per_step_nor
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
-def test_a_crashed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, glyph_tree, monkeypatch, algorithm):
+def test_a_crashed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_path, glyph_tree, monkeypatch,
+                                                                           algorithm):
     straight = train(config(tmp_path / "straight", glyph_tree, algorithm=algorithm), progress=False)
 
     crashing = config(tmp_path / "crashed", glyph_tree, algorithm=algorithm)

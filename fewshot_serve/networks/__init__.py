@@ -15,15 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from .base import HEAD_KEYS, MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, step_lr
-from .norms import BN_EPS, first_order_kernels, support_norm
 from .conv4 import Conv4
-from .mlp import SinusoidMLP
-from .resnet12 import ResNet12, fixed_norm_params
 from .efficientnet_lite import EfficientNetLite
 from .ensemble import FeatureEnsemble
+from .mlp import SinusoidMLP
+from .norms import BN_EPS, first_order_kernels, support_norm
+from .resnet12 import ResNet12, fixed_norm_params
 
-ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "efficientnet_lite": EfficientNetLite, "ensemble": FeatureEnsemble,
-                 "mlp": SinusoidMLP}
+ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "efficientnet_lite": EfficientNetLite,
+                 "ensemble": FeatureEnsemble, "mlp": SinusoidMLP}
 
 __all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "PooledFeatureClassifier", "Conv4", "ResNet12",
            "EfficientNetLite", "FeatureEnsemble",

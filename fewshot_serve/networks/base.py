@@ -30,7 +30,8 @@ that serving must read from the model file like any weight:
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -131,6 +132,13 @@ class MetaNetwork(nn.Module):
     def in_frozen_part(self, name: str) -> bool:
         """Whether parameter ``name`` is used only by :meth:`frozen_part`."""
         return False
+
+    @property
+    def has_per_image_frozen_part(self) -> bool:
+        """Whether :meth:`frozen_part` has layers and computes each image on its own (no batch
+        statistics), so that any runtime may compute it once per image (onnxruntime in serving)."""
+        per_image = getattr(self, "norm", "fixed") == "fixed"
+        return per_image and any(self.in_frozen_part(name) for name, _ in self.named_parameters())
 
     def forward(self, x: Tensor, n_ref: int | None = None) -> Tensor:
         """The output before any adaptation (inner-loop state 0)."""
@@ -242,10 +250,11 @@ class PooledFeatureClassifier(SharedHeadClassifier):
         if not self.centred:
             raise ValueError(f"this {type(self).__name__} was built without centred=True")
         if centre.shape != self.feature_centre.shape:
-            raise ValueError(f"the centre must have shape {tuple(self.feature_centre.shape)}, got {tuple(centre.shape)}")
+            raise ValueError(f"the centre must have shape {tuple(self.feature_centre.shape)}, "
+                             f"got {tuple(centre.shape)}")
         self.feature_centre.copy_(centre)
 
-    def unit_length(self) -> "UnitLength":
+    def unit_length(self) -> UnitLength:
         """The centring and L2 normalization of :meth:`head_input` as a plain layer (for freezing)."""
         return UnitLength(self.feature_centre.clone() if self.centred else None)
 

@@ -27,7 +27,8 @@ row alone; ``B+1`` adapts the head convolution and the row; ``B`` the last block
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -225,7 +226,8 @@ def check_blocks(blocks: Sequence[Sequence[int]], stem_channels: int, head_chann
     for index, block in enumerate(blocks):
         if not (isinstance(block, (list, tuple)) and len(block) == 5 and all(_is_size(v) for v in block[:3])
                 and block[3] in (1, 3, 5, 7) and block[4] in (1, 2)):
-            raise ValueError(f"block {index}: expected [in, expanded, out, kernel in 1/3/5/7, stride 1/2], got {block!r}")
+            raise ValueError(f"block {index}: expected [in, expanded, out, kernel in 1/3/5/7, stride 1/2], "
+                             f"got {block!r}")
         if block[0] != channels:
             raise ValueError(f"block {index} takes {block[0]} channels but receives {channels}")
         specs.append(tuple(block))

@@ -22,7 +22,8 @@ make each image's features depend on the others'. Members may be of different ar
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn

@@ -24,7 +24,8 @@ nearest-mean 1-shot accuracy rose from 51.3% to 53.1% (5-shot unchanged).
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -43,8 +43,8 @@ for shots in (1, 5):
     for lr in args.lrs:
         scores = [evaluate_episodes(part, sampler, (lr,), steps, args.episodes, seed=1234, device=device).mean
                   for steps in args.steps]
-        print(f"{args.ways}-way {shots}-shot lr {lr:5.1f}: " + "  ".join(f"{s} steps {100 * v:.2f}%" for s, v in zip(args.steps, scores)),
-              flush=True)
+        by_steps = "  ".join(f"{s} steps {100 * v:.2f}%" for s, v in zip(args.steps, scores))
+        print(f"{args.ways}-way {shots}-shot lr {lr:5.1f}: {by_steps}", flush=True)
 for path in args.trained:
     trained, trained_recipe = load_model(path)
     scores = []
