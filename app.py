@@ -7,8 +7,8 @@ people upload: EfficientNet-Lite0, ImageNet-trained), then the handwriting model
 import argparse
 from pathlib import Path
 
-from fewshot_serve.auth import AUTH_ENV, Credentials
-from fewshot_serve.web_app import CONCURRENCY, QUEUE_SIZE, launch
+from fewshot_serve.serving.auth import AUTH_ENV, Credentials
+from fewshot_serve.serving.web_app import CONCURRENCY, QUEUE_SIZE, launch
 
 MODELS = Path(__file__).resolve().parent / "models"
 FIRST = [MODELS / "photos-efficientnet-lite0.safetensors", MODELS / "omniglot-resnet12.safetensors"]

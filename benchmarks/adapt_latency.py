@@ -45,9 +45,9 @@ import torch
 import torch.nn.functional as F
 
 import fewshot_serve
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.devices import bf16_available
+from fewshot_serve.files.atomic import atomic_write_json
 from fewshot_serve.networks import BN_EPS, Conv4, first_order_kernels
-from fewshot_serve.precision import bf16_available
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))

@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 import fewshot_serve
-from fewshot_serve.atomic import atomic_write_json
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import EvaluationResult, paired_difference
-from fewshot_serve.sources import DataSpec, load_splits
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits
+from fewshot_serve.files.atomic import atomic_write_json
+from fewshot_serve.training.evaluation import EvaluationResult, paired_difference
 
 ROOT = Path(__file__).resolve().parents[1]
 

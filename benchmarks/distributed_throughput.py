@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.files.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 

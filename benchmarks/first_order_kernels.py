@@ -21,7 +21,7 @@ from pathlib import Path
 
 from adapt_latency import QUERIES, SETTINGS, side_by_side  # benchmarks/ is this script's folder
 
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.files.atomic import atomic_write_json
 from fewshot_serve.networks import conv4, norms
 
 ROOT = Path(__file__).resolve().parents[1]

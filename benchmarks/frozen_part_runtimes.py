@@ -23,10 +23,10 @@ import onnxruntime
 import torch
 from adapt_latency import percentile, timed  # benchmarks/ is this script's folder
 
-from fewshot_serve.atomic import atomic_write_json
-from fewshot_serve.model_file import load_model
-from fewshot_serve.onnx_export import export_onnx
-from fewshot_serve.precision import bf16_available
+from fewshot_serve.devices import bf16_available
+from fewshot_serve.files.atomic import atomic_write_json
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.serving.onnx_export import export_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -25,7 +25,7 @@ import torch
 from adapt_latency import QUERIES, latency, percentile, timed  # benchmarks/ is this script's folder
 
 import fewshot_serve
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.files.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("omniglot-conv4-fomaml.safetensors", "omniglot-conv4.safetensors", "photos-resnet12.safetensors")

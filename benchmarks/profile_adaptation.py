@@ -20,7 +20,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import fewshot_serve
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.files.atomic import atomic_write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ((5, 1), (5, 5), (20, 1))

@@ -20,10 +20,10 @@ import torch
 from profile_adaptation import GROUPS, profile_call  # benchmarks/ is this script's folder
 from train_throughput import INNER, make_batch
 
-from fewshot_serve import meta_learning
-from fewshot_serve.allocator import keep_freed_memory
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.files.atomic import atomic_write_json
 from fewshot_serve.networks import Conv4
+from fewshot_serve.serving.allocator import keep_freed_memory
+from fewshot_serve.training import meta_learning
 
 ROOT = Path(__file__).resolve().parents[1]
 FUSED = meta_learning.first_order_kernels

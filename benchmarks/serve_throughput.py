@@ -22,7 +22,7 @@ import torch
 from torch.func import vmap
 
 import fewshot_serve
-from fewshot_serve.atomic import atomic_write_json
+from fewshot_serve.files.atomic import atomic_write_json
 from fewshot_serve.inner_loop import adapt, predict
 
 ROOT = Path(__file__).resolve().parents[1]

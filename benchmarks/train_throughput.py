@@ -16,7 +16,7 @@ Every contestant computes the outer update of the same Conv4 on the same Omniglo
 Every contestant is first checked to produce the same meta-gradient (or Reptile displacement) as
 ours. Each runs in a fresh subprocess, so its peak resident memory (CPU) or peak allocated memory
 (CUDA) is its own, with the allocator setting ``fewshot-serve`` itself runs under
-(:func:`fewshot_serve.allocator.keep_freed_memory`; ``--default-allocator``: glibc's default), the
+(:func:`fewshot_serve.serving.allocator.keep_freed_memory`; ``--default-allocator``: glibc's default), the
 same for every contestant, so that the ratios compare the code alone. Writes JSON.
 """
 
@@ -37,10 +37,12 @@ import torch
 import torch.nn.functional as F
 from adapt_latency import peer_kernels, per_task_copy  # benchmarks/ is this script's folder
 
-from fewshot_serve.allocator import keep_freed_memory
-from fewshot_serve.atomic import atomic_write_json
-from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient, reptile_displacement
+from fewshot_serve.data.episodes import TaskBatch
+from fewshot_serve.files.atomic import atomic_write_json
+from fewshot_serve.inner_loop import InnerLoop
 from fewshot_serve.networks import Conv4
+from fewshot_serve.serving.allocator import keep_freed_memory
+from fewshot_serve.training.meta_learning import meta_gradient, reptile_displacement
 
 ROOT = Path(__file__).resolve().parents[1]
 INNER = InnerLoop(inner_lrs=(0.4,), train_steps=2, test_steps=2)  # with one step a shared head row moves alone

@@ -10,11 +10,11 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .allocator import keep_freed_memory
-from .backbone_import import BACKBONES
-from .meta_learning import ALGORITHMS
-from .sources import ARCHITECTURES, DATASETS, DataSpec
-from .weight_storage import STORAGE_DTYPES
+from .data.sources import ARCHITECTURES, DATASETS, DataSpec
+from .files.backbone_import import BACKBONES
+from .files.weight_storage import STORAGE_DTYPES
+from .inner_loop import ALGORITHMS
+from .serving.allocator import keep_freed_memory
 
 
 def _lrs(text: str) -> tuple[float, ...]:
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_hash_password(args: argparse.Namespace) -> int:
     import getpass
 
-    from .auth import hash_password
+    from .serving.auth import hash_password
 
     if ":" in args.user or not args.user.strip():
         raise ValueError("the user name must be non-empty and without ':'")
@@ -221,8 +221,8 @@ def run_hash_password(args: argparse.Namespace) -> int:
 
 
 def run_export_onnx(args: argparse.Namespace) -> int:
-    from .datasets import IMAGE_SUFFIXES
-    from .serving import load
+    from .data.datasets import IMAGE_SUFFIXES
+    from .serving.api import load
 
     if not args.support.is_dir():
         raise FileNotFoundError(f"no such support folder: {args.support}")
@@ -238,7 +238,7 @@ def run_export_onnx(args: argparse.Namespace) -> int:
 
 
 def run_import_backbone(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .backbone_import import import_backbone
+    from .files.backbone_import import import_backbone
 
     recipe = import_backbone(args.backbone, args.out, args.image_size, command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "image_size": recipe.preprocessing["image_size"],
@@ -247,7 +247,7 @@ def run_import_backbone(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .model_file import set_test_steps
+    from .files.model_file import set_test_steps
 
     recipe = set_test_steps(args.model, args.test_steps, args.out, command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "train_steps": recipe.train_steps, "test_steps": recipe.test_steps}))
@@ -255,7 +255,7 @@ def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_store(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .model_file import store_weights
+    from .files.model_file import store_weights
 
     store_weights(args.model, args.out, STORAGE_DTYPES[args.dtype], command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "bytes": args.out.stat().st_size}))
@@ -263,7 +263,7 @@ def run_store(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_ensemble(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .ensembling import ensemble_models
+    from .training.ensembling import ensemble_models
 
     recipe = ensemble_models(args.members, args.out, command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "members": len(recipe.network["members"])}))
@@ -271,8 +271,8 @@ def run_ensemble(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .pretraining import PretrainConfig, pretrain
-    from .sources import RESNET12_WIDTHS
+    from .data.sources import RESNET12_WIDTHS
+    from .training.pretraining import PretrainConfig, pretrain
 
     config = PretrainConfig(
         out=args.out, data=DataSpec(args.dataset, args.data_root, args.download, args.image_size, None, args.split_seed,
@@ -292,7 +292,7 @@ def run_pretrain(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .trainer import TrainConfig, train
+    from .training.trainer import TrainConfig, train
 
     if args.maml_plus_plus:
         args.learned_lrs = args.per_step_norm = args.cosine_meta_lr = True
@@ -322,9 +322,10 @@ def run_train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate_episodes
-    from .model_file import load_model
-    from .sources import load_splits, pick_device, task_sampler
+    from .data.sources import load_splits, task_sampler
+    from .devices import pick_device
+    from .files.model_file import load_model
+    from .training.evaluation import evaluate_episodes
 
     device = pick_device(args.device)
     network, recipe = load_model(args.model, device)

@@ -10,7 +10,8 @@ uses plain autograd, leaner for one task at a time.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -19,6 +20,24 @@ from torch import Tensor
 from .networks import MetaNetwork, first_order_kernels
 
 Params = dict[str, Tensor]
+
+#: The outer updates meta-training wraps around this loop (``training/meta_learning.py``); model files name theirs.
+ALGORITHMS = ("maml", "fomaml", "reptile")
+
+
+@dataclass(frozen=True)
+class InnerLoop:
+    """How a task adapts: per-step learning rates and step counts for training and testing."""
+
+    inner_lrs: tuple[float, ...]
+    train_steps: int
+    test_steps: int
+
+    def __post_init__(self) -> None:
+        if not self.inner_lrs:
+            raise ValueError("at least one inner learning rate is needed")
+        if self.train_steps < 0 or self.test_steps < 0:
+            raise ValueError("inner step counts must be >= 0")
 
 
 class Adaptation(NamedTuple):
@@ -89,60 +108,25 @@ def adapt(
     # Layers before the first fast weight are the same at every step: run them once.
     if h_support is None:
         h_support = network.frozen_part(network.at_step(params, 0), x_support)
+    kernels = first_order_kernels if first_order and not composable else contextlib.nullcontext
 
     def support_loss(weights: Params, step: int) -> Tensor:
         outputs = network.adapted_part(network.at_step({**fixed, **weights}, step), h_support)
         return network.loss(outputs, y_support)
 
-    def head_loss(head: Params, features: Tensor, start: Params) -> Tensor:
-        """The support loss from the body's ``features``, as a function of the head alone."""
-        outputs = network.head_logits(network.at_step({**start, **head}, 0), features)
-        return network.loss(outputs, y_support)
-
-    def step_kernels() -> contextlib.AbstractContextManager:
-        """:func:`first_order_kernels` (fused norms; channels-last Conv4 on CPU) where this loop's
-        steps are differentiated once, eagerly; the default kernels otherwise."""
-        return first_order_kernels() if first_order and not composable else contextlib.nullcontext()
-
-    if composable:
-        grad_and_loss = torch.func.grad_and_value(support_loss)
-    else:
+    gradient = _gradient_function(support_loss, first_order, composable, kernels)
+    if not composable:
         fast = requiring_grad(fast)
     losses, states = [], []
     with contextlib.nullcontext() if composable else torch.enable_grad():  # even under an outer no_grad
         if network.prototype_head:
-            with torch.no_grad() if first_order else contextlib.nullcontext(), step_kernels():
-                features = network.head_input(network.at_step({**fixed, **fast}, 0), h_support)
-            rows = network.prototype_rows(features, y_support, fast["head.weight"].shape[0])
-            # The rows then are weights of their own: views give the other weights new graph nodes, so
-            # that the first step's gradient reaches them only through the support loss, not the rows.
-            fast = {k: p + rows[k] if k in rows else p.view_as(p) for k, p in fast.items()}
+            fast = _prototype_start(network, fixed, fast, h_support, y_support, first_order, kernels)
         for step in range(steps):
             if step == 0 and head_first_step and network.head_keys and not network.prototype_head:
-                head, start = {k: fast[k] for k in network.head_keys}, {**fixed, **fast}
-                # first order: nothing outside records the features or the step (as below)
-                untracked = torch.no_grad() if first_order else contextlib.nullcontext()
-                with untracked, step_kernels():
-                    features = network.head_input(network.at_step(start, 0), h_support)
-                if composable:
-                    with untracked:
-                        grads, loss = torch.func.grad_and_value(head_loss)(head, features, start)
-                else:
-                    loss = head_loss(head, features, start)
-                    head_grads = torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)
-                    grads = dict(zip(head, head_grads))
-            elif composable and first_order:
-                # The enclosing transforms do not record the inner backward at all (cheaper than
-                # detaching afterwards); the inner gradient is still computed by its own transform.
-                with torch.no_grad():
-                    grads, loss = grad_and_loss(fast, step)
-            elif composable:
-                grads, loss = grad_and_loss(fast, step)
+                grads, loss = _head_only_gradient(network, fixed, fast, h_support, y_support, first_order,
+                                                  composable, kernels)
             else:
-                with step_kernels():
-                    loss = support_loss(fast, step)
-                    grads = dict(zip(fast, torch.autograd.grad(loss, list(fast.values()),
-                                                               create_graph=not first_order)))
+                grads, loss = gradient(fast, step)
             lrs = network.inner_lrs_at(fixed, step, inner_lrs, fast_names)
             # A weight the step leaves alone still becomes a new graph node (a view), as a moved one
             # does: the next step's gradient must not also reach it through this step's head update.
@@ -152,6 +136,70 @@ def adapt(
                 states.append(network.at_step({**fixed, **fast}, step + 1))
     support_losses = torch.stack(losses) if losses else x_support.new_zeros(0)
     return Adaptation(network.at_step({**fixed, **fast}, steps), support_losses, states)
+
+
+Gradient = Callable[[Params, int], tuple[Params, Tensor]]
+
+
+def _gradient_function(support_loss: Callable[[Params, int], Tensor], first_order: bool, composable: bool,
+                       kernels: Callable[[], contextlib.AbstractContextManager]) -> Gradient:
+    """``(fast weights, step) -> (their gradients, the support loss)``, chosen once per adaptation.
+
+    ``composable``: ``torch.func.grad``; in first order under ``no_grad``, so the enclosing
+    transforms do not record the inner backward at all (cheaper than detaching afterwards).
+    Otherwise ``torch.autograd.grad``, keeping the graph for MAML's second order, under the fused
+    first-order kernels when the step is differentiated once.
+    """
+    if composable:
+        grad_and_loss = torch.func.grad_and_value(support_loss)
+
+        def composable_gradient(fast: Params, step: int) -> tuple[Params, Tensor]:
+            with torch.no_grad() if first_order else contextlib.nullcontext():
+                return grad_and_loss(fast, step)
+
+        return composable_gradient
+
+    def autograd_gradient(fast: Params, step: int) -> tuple[Params, Tensor]:
+        with kernels():
+            loss = support_loss(fast, step)
+            grads = torch.autograd.grad(loss, list(fast.values()), create_graph=not first_order)
+        return dict(zip(fast, grads)), loss
+
+    return autograd_gradient
+
+
+def _head_only_gradient(network: MetaNetwork, fixed: Params, fast: Params, h_support: Tensor, y_support: Tensor,
+                        first_order: bool, composable: bool,
+                        kernels: Callable[[], contextlib.AbstractContextManager]) -> tuple[Params, Tensor]:
+    """The first step's gradient from a shared head row: it reaches the head alone, so it is taken
+    from one forward pass to the head's input and a backward through the head only."""
+    head, start = {k: fast[k] for k in network.head_keys}, {**fixed, **fast}
+
+    def head_loss(head: Params, features: Tensor) -> Tensor:
+        outputs = network.head_logits(network.at_step({**start, **head}, 0), features)
+        return network.loss(outputs, y_support)
+
+    # first order: nothing outside records the features or the step
+    untracked = torch.no_grad() if first_order else contextlib.nullcontext()
+    with untracked, kernels():
+        features = network.head_input(network.at_step(start, 0), h_support)
+    if composable:
+        with untracked:
+            return torch.func.grad_and_value(head_loss)(head, features)
+    loss = head_loss(head, features)
+    grads = torch.autograd.grad(loss, list(head.values()), create_graph=not first_order)
+    return dict(zip(head, grads)), loss
+
+
+def _prototype_start(network: MetaNetwork, fixed: Params, fast: Params, h_support: Tensor, y_support: Tensor,
+                     first_order: bool, kernels: Callable[[], contextlib.AbstractContextManager]) -> Params:
+    """Proto-MAML: each class's head row moved to where its support features' mean puts it."""
+    with torch.no_grad() if first_order else contextlib.nullcontext(), kernels():
+        features = network.head_input(network.at_step({**fixed, **fast}, 0), h_support)
+    rows = network.prototype_rows(features, y_support, fast["head.weight"].shape[0])
+    # The rows then are weights of their own: views give the other weights new graph nodes, so
+    # that the first step's gradient reaches them only through the support loss, not the rows.
+    return {k: p + rows[k] if k in rows else p.view_as(p) for k, p in fast.items()}
 
 
 def predict(network: MetaNetwork, params: Params, x_support: Tensor, x_query: Tensor) -> Tensor:

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from fewshot_serve.atomic import atomic_output, atomic_write_json
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import evaluate_episodes
-from fewshot_serve.model_file import load_model
-from fewshot_serve.sources import DataSpec, load_splits
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits
+from fewshot_serve.files.atomic import atomic_output, atomic_write_json
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.evaluation import evaluate_episodes
 
 STEP_COUNTS = (0, 1, 2, 3, 5, 10, 20)
 HERE = Path(__file__).resolve().parent

@@ -25,7 +25,7 @@ tree instead of a split of the models' own dataset: the cross-domain validation 
 (``cross-domain/cub50``, ``cross-domain/dtd10``) on which the ImageNet-pretrained photo models are
 chosen, and on which models of different datasets (an imported backbone, the heads meta-learned on
 it) meet on the same episodes. ``--paired`` adds each later contestant's paired difference from the first, episode by
-episode (:func:`~fewshot_serve.evaluation.paired_difference`): far narrower than the two intervals,
+episode (:func:`~fewshot_serve.training.evaluation.paired_difference`): far narrower than the two intervals,
 it tells a change of a few hundredths of a point from noise.
 """
 
@@ -37,14 +37,14 @@ from pathlib import Path
 
 import torch
 
-from fewshot_serve.atomic import atomic_write_json
-from fewshot_serve.datasets import load_folder_tree
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import evaluate_episodes, paired_difference
-from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
-from fewshot_serve.model_file import load_model
-from fewshot_serve.nearest_mean import nearest_mean_accuracy
-from fewshot_serve.sources import DataSpec, load_splits
+from fewshot_serve.data.datasets import load_folder_tree
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits
+from fewshot_serve.files.atomic import atomic_write_json
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.evaluation import evaluate_episodes, paired_difference
+from fewshot_serve.training.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
+from fewshot_serve.training.nearest_mean import nearest_mean_accuracy
 
 HERE = Path(__file__).resolve().parent
 

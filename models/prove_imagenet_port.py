@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.atomic import atomic_write_json
-from fewshot_serve.backbone_import import CLASSIFIER_KEYS, find_weights, read_state_dict
-from fewshot_serve.datasets import default_data_root, load_class_files
-from fewshot_serve.frozen_body import per_image
-from fewshot_serve.model_file import load_model
+from fewshot_serve.data.datasets import default_data_root, load_class_files
+from fewshot_serve.files.atomic import atomic_write_json
+from fewshot_serve.files.backbone_import import CLASSIFIER_KEYS, find_weights, read_state_dict
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.frozen_body import per_image
 
 
 def imagenet_wnids() -> list[str]:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from fewshot_serve.datasets import default_omniglot_root
+from fewshot_serve.data.datasets import default_omniglot_root
 
 
 def draw_glyph(class_seed: int, image_seed: int, size: int = 32, colour: bool = False) -> Image.Image:
@@ -45,8 +45,8 @@ def glyph_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def colour_model(tmp_path_factory) -> Path:
     """A tiny colour-image model (2 iterations on generated colour classes), for serving several models."""
-    from fewshot_serve.sources import DataSpec
-    from fewshot_serve.trainer import TrainConfig, train
+    from fewshot_serve.data.sources import DataSpec
+    from fewshot_serve.training.trainer import TrainConfig, train
 
     root = tmp_path_factory.mktemp("colour")
     tree = write_class_tree(root / "classes", classes=24, per_class=4, colour=True)

@@ -13,8 +13,8 @@ from safetensors.torch import save_file
 from test_maml_plus_plus import INNER, tiny_maml_plus_plus
 from test_meta_gradients import random_batch, tiny_conv4
 
-from fewshot_serve.distributed import join_from_environment, leave_process_group, sharded_direction
-from fewshot_serve.meta_learning import Annealing, MetaLearner
+from fewshot_serve.training.distributed import join_from_environment, leave_process_group, sharded_direction
+from fewshot_serve.training.meta_learning import Annealing, MetaLearner
 
 TASKS = 5
 

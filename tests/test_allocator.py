@@ -8,7 +8,7 @@ import sys
 from fewshot_serve import cli
 
 PROBE = """
-from fewshot_serve.allocator import keep_freed_memory
+from fewshot_serve.serving.allocator import keep_freed_memory
 print(keep_freed_memory())
 """
 

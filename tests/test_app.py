@@ -7,7 +7,7 @@ import pytest
 from conftest import draw_glyph, free_port
 from gradio_client import Client, handle_file
 
-from fewshot_serve.web_app import drawn_image, launch
+from fewshot_serve.serving.web_app import drawn_image, launch
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
 
@@ -55,7 +55,7 @@ def test_classify_endpoint_serves_the_model_asked_for(server, glyph_files):
 
 
 def test_models_with_the_same_name_are_refused(colour_model, tmp_path):
-    from fewshot_serve.web_app import load_models
+    from fewshot_serve.serving.web_app import load_models
 
     (tmp_path / "other").mkdir()
     twin = tmp_path / "other" / colour_model.name
@@ -173,7 +173,7 @@ def test_html_in_class_names_stays_text(server, glyph_files, tmp_path):
 
 
 def test_page_handlers_escape_messages_and_api_ones_do_not():
-    from fewshot_serve.web_app import readable_errors
+    from fewshot_serve.serving.web_app import readable_errors
 
     def refuse():
         raise ValueError("class '<b>x</b>' is bad")

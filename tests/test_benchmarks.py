@@ -19,6 +19,8 @@ import pool_order  # noqa: E402
 import serve_throughput  # noqa: E402
 import train_throughput  # noqa: E402
 
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
+
 
 def test_adapt_latency_smoke(capsys):
     report = adapt_latency.run(FOMAML_MODEL, repeats=2, device="cpu", settings=((3, 1),))
@@ -53,7 +55,7 @@ def test_pool_order_smoke(capsys):
 def test_inplace_activations_smoke(tmp_path, capsys):
     from test_resnet12 import recipe_for, tiny_resnet
 
-    from fewshot_serve.model_file import save_model
+    from fewshot_serve.files.model_file import save_model
     from fewshot_serve.networks.resnet12 import FrozenBlock
 
     network = tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32)
@@ -70,7 +72,7 @@ def test_adapt_latency_photo_smoke(tmp_path, capsys, kind):
     from test_ensemble import tiny_ensemble
     from test_resnet12 import recipe_for, tiny_resnet
 
-    from fewshot_serve.model_file import save_model
+    from fewshot_serve.files.model_file import save_model
 
     network = (tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32) if kind == "resnet12"
                else tiny_ensemble(dtype=torch.float32)[0])
@@ -133,7 +135,7 @@ def test_distributed_throughput_smoke(glyph_tree):
 def test_bf16_accuracy_smoke(colour_model):
     import bf16_accuracy
 
-    from fewshot_serve.precision import bf16_available
+    from fewshot_serve.devices import bf16_available
 
     if not bf16_available(torch.device("cpu")):
         pytest.skip("this CPU has no native bfloat16")
@@ -156,7 +158,7 @@ def test_onnx_classify_smoke(capsys):
 def test_frozen_part_runtimes_smoke(tmp_path):
     from test_efficientnet_lite import recipe_for, tiny_lite
 
-    from fewshot_serve.model_file import save_model
+    from fewshot_serve.files.model_file import save_model
 
     network = tiny_lite(dtype=torch.float32).float()
     save_model(tmp_path / "lite.safetensors", network, recipe_for(network))

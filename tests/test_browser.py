@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 from conftest import draw_glyph, free_port
 
-from fewshot_serve.web_app import launch
+from fewshot_serve.serving.web_app import launch
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -108,7 +110,7 @@ def test_webcam_photos_for_support_and_query_in_chromium(colour_model):
 def test_login_example_button_and_literal_markup_in_chromium(tmp_path):
     """With a login: a wrong password is refused and the right one lets in. Then the Example button fills a
     task that adapts and classifies; a class name with markup shows as typed in an error message."""
-    from fewshot_serve.auth import Credentials, hash_password
+    from fewshot_serve.serving.auth import Credentials, hash_password
 
     port = free_port()
     app = launch([SHIPPED], port=port, block=False, credentials=Credentials({"alice": hash_password("wonderland")}))

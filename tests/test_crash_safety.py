@@ -7,10 +7,13 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
-from fewshot_serve.checkpoint import load_checkpoint
-from fewshot_serve.model_file import load_model
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.checkpoint import load_checkpoint
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 ITERATIONS = 40
 

@@ -10,8 +10,10 @@ import pytest
 from conftest import draw_glyph, free_port
 from gradio_client import Client, handle_file
 
-from fewshot_serve.auth import AUTH_ENV, Credentials, hash_password, is_loopback
-from fewshot_serve.web_app import launch
+from fewshot_serve.serving.auth import AUTH_ENV, Credentials, hash_password, is_loopback
+from fewshot_serve.serving.web_app import launch
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "omniglot-conv4.safetensors"

@@ -6,14 +6,17 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from distributed_worker import directions
 from safetensors.torch import load_file
 
-from fewshot_serve.checkpoint import load_checkpoint
-from fewshot_serve.distributed import Shard
-from fewshot_serve.model_file import load_model
-from fewshot_serve.serving import load
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.serving.api import load
+from fewshot_serve.training.checkpoint import load_checkpoint
+from fewshot_serve.training.distributed import Shard
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 TESTS = Path(__file__).resolve().parent
 

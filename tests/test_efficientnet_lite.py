@@ -22,9 +22,17 @@ from test_resnet12 import (
     assert_meta_gradient_matches_central_differences,
 )
 
-from fewshot_serve import backbone_import, cli
-from fewshot_serve.backbone_import import BN_EPS, block_specs, convert, find_weights, import_backbone, read_state_dict
-from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
+from fewshot_serve import cli
+from fewshot_serve.files import backbone_import
+from fewshot_serve.files.backbone_import import (
+    BN_EPS,
+    block_specs,
+    convert,
+    find_weights,
+    import_backbone,
+    read_state_dict,
+)
+from fewshot_serve.files.model_file import ModelFileError, Recipe, load_model, save_model
 from fewshot_serve.networks import EfficientNetLite, build_network
 from fewshot_serve.networks.efficientnet_lite import same_padding
 
@@ -192,7 +200,7 @@ def recipe_for(network: EfficientNetLite) -> Recipe:
 
 def test_model_file_round_trip_int8_serving_and_onnx(tmp_path):
     import fewshot_serve
-    from fewshot_serve.model_file import store_weights
+    from fewshot_serve.files.model_file import store_weights
 
     network = tiny_lite(adapt_from=6, centred=True, prototype_head=True, dtype=torch.float32).float()
     path = tmp_path / "photos.safetensors"
@@ -302,7 +310,7 @@ def test_import_backbone_refuses_an_unknown_name(tmp_path):
 
 def test_bf16_serving_computes_the_support_backbone_in_bfloat16_and_stays_close(tmp_path):
     import fewshot_serve
-    from fewshot_serve.precision import bf16_available
+    from fewshot_serve.devices import bf16_available
 
     if not bf16_available(torch.device("cpu")):
         pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 / AMX)")
@@ -385,7 +393,7 @@ def test_the_port_classifies_tiny_imagenet_photos_with_imagenets_own_classifier(
     import sys
     from pathlib import Path
 
-    from fewshot_serve.datasets import default_data_root
+    from fewshot_serve.data.datasets import default_data_root
 
     lite0_or_skip()
     try:

@@ -22,11 +22,11 @@ from test_resnet12 import (
 )
 
 from fewshot_serve import cli
-from fewshot_serve.model_file import ModelFileError, load_model, save_model
+from fewshot_serve.data.sources import DataSpec
+from fewshot_serve.files.model_file import ModelFileError, load_model, save_model
 from fewshot_serve.networks import FeatureEnsemble, build_network
 from fewshot_serve.networks.ensemble import member_config
-from fewshot_serve.pretraining import pretrain
-from fewshot_serve.sources import DataSpec
+from fewshot_serve.training.pretraining import pretrain
 
 
 def tiny_ensemble(lr_steps=0, prototype_head=False, dtype=torch.float64) -> tuple[FeatureEnsemble, list]:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from fewshot_serve.datasets import load_folder_tree, split_by_group
-from fewshot_serve.episodes import ImageEpisodes, SinusoidTasks
+from fewshot_serve.data.datasets import load_folder_tree, split_by_group
+from fewshot_serve.data.episodes import ImageEpisodes, SinusoidTasks
 from fewshot_serve.preprocessing import Preprocessing
 
 GRAY16 = Preprocessing(16, 1, True, "pad", (0.0,), (1.0,))
@@ -99,7 +99,7 @@ def test_sinusoid_tasks_follow_the_maml_ranges():
 def test_omniglot_reads_the_background_set_of_the_torchvision_layout(tmp_path):
     from conftest import write_class_tree
 
-    from fewshot_serve.datasets import load_omniglot
+    from fewshot_serve.data.datasets import load_omniglot
 
     for part, alphabets in (("images_background", ("Alpha", "Beta")), ("images_evaluation", ("Gamma",))):
         for alphabet in alphabets:
@@ -112,8 +112,8 @@ def test_omniglot_reads_the_background_set_of_the_torchvision_layout(tmp_path):
 def test_download_fetches_only_the_background_set(tmp_path, monkeypatch):
     import torchvision.datasets
 
-    from fewshot_serve.datasets import download_omniglot
-    from fewshot_serve.sources import DataSpec, load_splits
+    from fewshot_serve.data.datasets import download_omniglot
+    from fewshot_serve.data.sources import DataSpec, load_splits
 
     requested = []
     monkeypatch.setattr(torchvision.datasets, "Omniglot",
@@ -130,8 +130,8 @@ def test_omniglot_dataset_names_pick_the_background_set_or_its_subset(tmp_path, 
     model's recipe must rebuild the test alphabets of the set the model was trained beside."""
     from conftest import write_class_tree
 
-    from fewshot_serve.datasets import DATA_ENV
-    from fewshot_serve.sources import DataSpec, load_splits
+    from fewshot_serve.data.datasets import DATA_ENV
+    from fewshot_serve.data.sources import DataSpec, load_splits
 
     for folder, count in (("images_background", 12), ("images_background_subset", 8)):
         for alphabet in range(count):
@@ -149,7 +149,7 @@ def test_cifar_fs_uses_the_standard_64_16_20_class_split(monkeypatch):
     import numpy as np
     import torchvision.datasets
 
-    from fewshot_serve.datasets import CIFAR_FS_TEST, CIFAR_FS_VAL, load_cifar100, split_cifar_fs
+    from fewshot_serve.data.datasets import CIFAR_FS_TEST, CIFAR_FS_VAL, load_cifar100, split_cifar_fs
 
     names = sorted(CIFAR_FS_VAL + CIFAR_FS_TEST + [f"train_class_{i:02d}" for i in range(64)])
 

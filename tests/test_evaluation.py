@@ -2,7 +2,7 @@
 
 import pytest
 
-from fewshot_serve.evaluation import EvaluationResult, paired_difference
+from fewshot_serve.training.evaluation import EvaluationResult, paired_difference
 
 
 def test_a_paired_difference_is_taken_episode_by_episode_and_is_narrower_than_either_interval():

@@ -9,8 +9,8 @@ from test_first_step_shortcut import LRS, NETWORKS, WAYS, task
 from test_meta_gradients import INNER, params_of, random_batch, tiny_conv4
 
 from fewshot_serve.inner_loop import adapt
-from fewshot_serve.meta_learning import meta_gradient
 from fewshot_serve.networks import first_order_kernels, norms, support_norm
+from fewshot_serve.training.meta_learning import meta_gradient
 
 
 @pytest.fixture

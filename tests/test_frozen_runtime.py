@@ -9,9 +9,10 @@ import torch
 from test_efficientnet_lite import SIZE, mixed_ensemble, recipe_for, tiny_lite
 
 import fewshot_serve
-from fewshot_serve import InputError, frozen_runtime
-from fewshot_serve.model_file import save_model
+from fewshot_serve import InputError
+from fewshot_serve.files.model_file import save_model
 from fewshot_serve.networks import ResNet12
+from fewshot_serve.serving import frozen_runtime
 
 
 def resnet_adapting_its_last_block() -> ResNet12:
@@ -81,7 +82,7 @@ def test_a_changed_model_file_is_exported_again_and_off_keeps_the_cache_in_memor
     monkeypatch.setenv(frozen_runtime.CACHE_VARIABLE, str(cache))
     path = saved(tmp_path, "efficientnet head only")
     fewshot_serve.load(path, "cpu")
-    network, recipe = fewshot_serve.model_file.load_model(path)
+    network, recipe = fewshot_serve.files.model_file.load_model(path)
     with torch.no_grad():
         network.conv_head.weight.mul_(2)
     save_model(path, network, recipe)

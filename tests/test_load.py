@@ -15,6 +15,8 @@ from gradio_client import Client, handle_file
 
 import fewshot_serve
 
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
+
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "models" / "omniglot-conv4.safetensors"
 CLIENTS, FIRST_ROUND, TOTAL = 32, 10, 1000

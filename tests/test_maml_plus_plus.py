@@ -6,9 +6,9 @@ import torch
 import torch.nn.functional as F
 from test_meta_gradients import TASKS, WAYS, params_of, random_batch, tasks_of
 
-from fewshot_serve.inner_loop import adapt, predict
-from fewshot_serve.meta_learning import Annealing, InnerLoop, MetaLearner, meta_gradient
+from fewshot_serve.inner_loop import InnerLoop, adapt, predict
 from fewshot_serve.networks import Conv4, SinusoidMLP
+from fewshot_serve.training.meta_learning import Annealing, MetaLearner, meta_gradient
 
 STEPS = 2
 INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=STEPS, test_steps=STEPS)
@@ -194,7 +194,7 @@ def test_regression_network_learns_step_lrs_too():
     assert network.step_lrs[:, 1].tolist() == [0.2] * 6
     g = torch.Generator().manual_seed(3)
     x = torch.rand(2, 10, 1, generator=g, dtype=torch.float64) * 10 - 5
-    from fewshot_serve.meta_learning import TaskBatch
+    from fewshot_serve.data.episodes import TaskBatch
 
     batch = TaskBatch(x[:, :5], torch.sin(x[:, :5]), x[:, 5:], torch.sin(x[:, 5:]), 1)
     grads, _, _ = meta_gradient(network, params_of(network), batch, INNER, first_order=False)
@@ -202,12 +202,12 @@ def test_regression_network_learns_step_lrs_too():
 
 
 def test_serving_adapts_exactly_as_the_trainer_with_the_learned_recipe(tmp_path, glyph_tree):
-    from fewshot_serve.checkpoint import load_checkpoint
-    from fewshot_serve.meta_learning import task_outcome
+    from fewshot_serve.data.sources import DataSpec
     from fewshot_serve.networks import build_network
-    from fewshot_serve.serving import load
-    from fewshot_serve.sources import DataSpec
-    from fewshot_serve.trainer import TrainConfig, train
+    from fewshot_serve.serving.api import load
+    from fewshot_serve.training.checkpoint import load_checkpoint
+    from fewshot_serve.training.meta_learning import task_outcome
+    from fewshot_serve.training.trainer import TrainConfig, train
 
     config = TrainConfig(out=tmp_path / "plus.safetensors", algorithm="maml",
                          data=DataSpec("folder", glyph_tree, image_size=16, channels=1), ways=3, shots=1, queries=2,

@@ -4,14 +4,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.meta_learning import (
-    InnerLoop,
-    MetaLearner,
-    TaskBatch,
-    meta_gradient,
-    reptile_displacement,
-)
+from fewshot_serve.data.episodes import TaskBatch
+from fewshot_serve.inner_loop import InnerLoop
 from fewshot_serve.networks import Conv4, SinusoidMLP
+from fewshot_serve.training.meta_learning import MetaLearner, meta_gradient, reptile_displacement
 
 WAYS, SHOTS, QUERIES, TASKS = 3, 2, 2, 3
 INNER = InnerLoop(inner_lrs=(0.3, 0.2), train_steps=2, test_steps=2)

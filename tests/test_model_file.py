@@ -7,7 +7,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fewshot_serve.model_file import RECIPE_KEY, ModelFileError, Recipe, load_model, save_model
+from fewshot_serve.files.model_file import RECIPE_KEY, ModelFileError, Recipe, load_model, save_model
 from fewshot_serve.networks import Conv4
 from fewshot_serve.preprocessing import Preprocessing
 
@@ -150,7 +150,7 @@ def tensor_bytes(file):
 
 def test_store_float16_keeps_the_recipe_rounds_each_weight_to_float16_and_halves_the_file(saved, tmp_path, capsys):
     from fewshot_serve.cli import main
-    from fewshot_serve.model_file import stored_dtype
+    from fewshot_serve.files.model_file import stored_dtype
 
     path, network = saved
     out = tmp_path / "half.safetensors"
@@ -172,7 +172,7 @@ def test_store_float16_keeps_the_recipe_rounds_each_weight_to_float16_and_halves
 def test_store_int8_moves_each_weight_by_at_most_half_a_step_of_its_channel_and_quarters_the_matrices(
         saved, tmp_path):
     from fewshot_serve.cli import main
-    from fewshot_serve.model_file import stored_dtype
+    from fewshot_serve.files.model_file import stored_dtype
 
     path, network = saved
     with torch.no_grad():
@@ -215,7 +215,7 @@ SCALES = "blocks.0.conv.weight.int8_scale"
     (lambda t: {**t, SCALES: t[SCALES] * float("nan")}, "NaN or infinite"),
 ])
 def test_bad_int8_files_are_rejected_with_a_clear_error(saved, tmp_path, change, message):
-    from fewshot_serve.model_file import store_weights
+    from fewshot_serve.files.model_file import store_weights
 
     path, _ = saved
     store_weights(path, path, torch.int8)
@@ -241,7 +241,7 @@ def test_store_float16_refuses_a_weight_beyond_float16_and_writes_nothing(saved,
 
 
 def test_a_bfloat16_file_made_elsewhere_loads_and_set_steps_rewrites_it_exactly_in_float32(saved, tmp_path):
-    from fewshot_serve.model_file import set_test_steps, stored_dtype
+    from fewshot_serve.files.model_file import set_test_steps, stored_dtype
 
     path, network = saved
     with safe_open(str(path), framework="pt") as handle:

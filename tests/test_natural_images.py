@@ -13,11 +13,11 @@ import torchvision
 from conftest import draw_glyph
 
 from fewshot_serve import cli
-from fewshot_serve.datasets import CIFAR_FS_TEST, CIFAR_FS_VAL
-from fewshot_serve.model_file import load_model
-from fewshot_serve.serving import load
-from fewshot_serve.sources import DataSpec, load_splits, standard_preprocessing
-from fewshot_serve.trainer import TrainConfig, train
+from fewshot_serve.data.datasets import CIFAR_FS_TEST, CIFAR_FS_VAL
+from fewshot_serve.data.sources import DataSpec, load_splits, standard_preprocessing
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.serving.api import load
+from fewshot_serve.training.trainer import TrainConfig, train
 
 TINY_RUN = dict(ways=3, shots=1, queries=2, inner_steps=2, meta_batch=2, iterations=2, val_every=2, val_episodes=4,
                 learned_lrs=True, per_step_norm=True)

@@ -1,12 +1,15 @@
 """Integration on real Omniglot (the ../shared 8-alphabet subset): skips where the data is absent."""
 
+import pytest
 import torch
 
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import evaluate_episodes
-from fewshot_serve.model_file import load_model
-from fewshot_serve.sources import DataSpec, load_splits
-from fewshot_serve.trainer import TrainConfig, train
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.evaluation import evaluate_episodes
+from fewshot_serve.training.trainer import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 
 def test_short_fomaml_run_beats_80_percent_on_held_out_alphabets(tmp_path, omniglot_root):

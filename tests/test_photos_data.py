@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from conftest import write_tiny_imagenet
 
-from fewshot_serve.augmentation import augment_photos, cutmix
-from fewshot_serve.datasets import load_tiny_imagenet
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.nearest_mean import nearest_mean_accuracy
-from fewshot_serve.sources import DataSpec, load_splits, standard_preprocessing, task_sampler
+from fewshot_serve.data.augmentation import augment_photos, cutmix
+from fewshot_serve.data.datasets import load_tiny_imagenet
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits, standard_preprocessing, task_sampler
+from fewshot_serve.training.nearest_mean import nearest_mean_accuracy
 
 
 def test_tiny_imagenet_names_classes_from_words_txt(tiny_imagenet_tree):

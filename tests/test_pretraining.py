@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from conftest import draw_glyph
 
-import fewshot_serve.pretraining as pretraining
+import fewshot_serve.training.pretraining as pretraining
 from fewshot_serve import cli
-from fewshot_serve.checkpoint import load_checkpoint, save_checkpoint
-from fewshot_serve.model_file import load_model, save_model
+from fewshot_serve.data.sources import DataSpec
+from fewshot_serve.files.model_file import load_model, save_model
 from fewshot_serve.networks import ResNet12
-from fewshot_serve.pretraining import PretrainConfig, pretrain
-from fewshot_serve.sources import DataSpec
+from fewshot_serve.training.checkpoint import load_checkpoint, save_checkpoint
+from fewshot_serve.training.pretraining import PretrainConfig, pretrain
 
 WIDTHS = (4, 4, 8, 8)
 
@@ -262,7 +262,7 @@ def test_meta_learning_from_the_pretrained_file_keeps_its_frozen_body(pretrained
 @pytest.mark.parametrize("frozen", [["--freeze-body"], []], ids=["from the frozen-body cache", "from the images"])
 def test_centred_meta_learning_measures_the_training_classes_mean_feature(pretrained, tiny_imagenet_tree, tmp_path,
                                                                           capsys, frozen):
-    from fewshot_serve.sources import load_splits
+    from fewshot_serve.data.sources import load_splits
 
     _, result = pretrained
     out = tmp_path / "centred.safetensors"
@@ -292,7 +292,7 @@ def test_centred_meta_learning_measures_the_training_classes_mean_feature(pretra
 
 def test_handwriting_pretraining_learns_each_rotation_as_a_class(tmp_path):
     """Omniglot's layout, generated: 8 alphabets of 3 characters (splits by alphabet 5 / 1 / 2)."""
-    from fewshot_serve.sources import load_splits, standard_preprocessing
+    from fewshot_serve.data.sources import load_splits, standard_preprocessing
 
     for alphabet in range(8):
         for character in range(3):
@@ -324,7 +324,7 @@ def test_handwriting_pretraining_learns_each_rotation_as_a_class(tmp_path):
 
 
 def test_handwriting_is_only_shifted_never_mirrored():
-    from fewshot_serve.augmentation import augment_characters
+    from fewshot_serve.data.augmentation import augment_characters
 
     image = torch.zeros(1, 1, 12, 12, dtype=torch.uint8)
     image[0, 0, 3:9, 5] = 255  # a vertical stroke, with a hook that a mirror image would move
@@ -339,7 +339,7 @@ def test_handwriting_is_only_shifted_never_mirrored():
 
 
 def test_handwriting_distortions_are_reproducible_affine_and_scaled_by_their_strength(tmp_path):
-    from fewshot_serve.augmentation import augment_characters, distort
+    from fewshot_serve.data.augmentation import augment_characters, distort
 
     paper = torch.full((16, 1, 28, 28), 255, dtype=torch.uint8)
     image = paper.clone()

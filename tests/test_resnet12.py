@@ -8,11 +8,12 @@ import torch
 import torch.nn.functional as F
 from conftest import assert_onnx_export_agrees
 
-from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes
-from fewshot_serve.inner_loop import adapt, predict
-from fewshot_serve.meta_learning import InnerLoop, TaskBatch, meta_gradient
-from fewshot_serve.model_file import ModelFileError, Recipe, load_model, save_model
+from fewshot_serve.data.episodes import TaskBatch
+from fewshot_serve.files.model_file import ModelFileError, Recipe, load_model, save_model
+from fewshot_serve.inner_loop import InnerLoop, adapt, predict
 from fewshot_serve.networks import ResNet12, fixed_norm_params
+from fewshot_serve.training.frozen_body import AdaptedPart, CachedEpisodes
+from fewshot_serve.training.meta_learning import meta_gradient
 
 WIDTHS = (3, 4, 5, 6)
 WAYS, SHOTS, QUERIES = 3, 2, 2
@@ -208,8 +209,8 @@ def test_frozen_body_cache_gives_the_whole_networks_meta_gradient_for_the_adapte
 
 
 def test_cached_episodes_are_the_image_episodes(glyph_tree):
-    from fewshot_serve.datasets import load_folder_tree
-    from fewshot_serve.episodes import ImageEpisodes
+    from fewshot_serve.data.datasets import load_folder_tree
+    from fewshot_serve.data.episodes import ImageEpisodes
     from fewshot_serve.preprocessing import Preprocessing
 
     preprocessing = Preprocessing(16, 1, True, "pad", (0.0,), (1.0,))

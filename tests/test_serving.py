@@ -12,7 +12,7 @@ from PIL import Image
 
 import fewshot_serve
 from fewshot_serve import ImageError, InputError
-from fewshot_serve.serving import MAX_CLASSES, MAX_IMAGES_PER_CLASS
+from fewshot_serve.serving.api import MAX_CLASSES, MAX_IMAGES_PER_CLASS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
 
@@ -199,7 +199,7 @@ def test_blank_images_give_finite_probabilities(model):
 
 
 def test_bf16_classification_stays_close_to_float32_and_sums_to_one():
-    from fewshot_serve.precision import bf16_available
+    from fewshot_serve.devices import bf16_available
 
     exact, fast = fewshot_serve.load(SHIPPED, "cpu"), fewshot_serve.load(SHIPPED, "cpu", bf16=True)
     assert fast.bf16 == bf16_available(torch.device("cpu"))  # asked for, used only where native

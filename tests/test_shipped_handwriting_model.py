@@ -8,11 +8,13 @@ import torch
 from conftest import assert_onnx_export_agrees, draw_glyph
 
 import fewshot_serve
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import evaluate_episodes
-from fewshot_serve.model_file import stored_dtype
-from fewshot_serve.sources import DataSpec, load_splits
-from fewshot_serve.web_app import describe
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits
+from fewshot_serve.files.model_file import stored_dtype
+from fewshot_serve.serving.web_app import describe
+from fewshot_serve.training.evaluation import evaluate_episodes
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 HANDWRITING = Path(__file__).resolve().parents[1] / "models" / "omniglot-resnet12.safetensors"
 

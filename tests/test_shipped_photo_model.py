@@ -9,7 +9,9 @@ import torch
 from conftest import assert_onnx_export_agrees, draw_glyph
 
 import fewshot_serve
-from fewshot_serve.model_file import stored_dtype
+from fewshot_serve.files.model_file import stored_dtype
+
+pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOTOS = ROOT / "models" / "photos-resnet12.safetensors"

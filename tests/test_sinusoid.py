@@ -4,12 +4,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fewshot_serve.episodes import SinusoidTasks
-from fewshot_serve.evaluation import evaluate_episodes
-from fewshot_serve.model_file import load_model
+from fewshot_serve.data.episodes import SinusoidTasks
+from fewshot_serve.data.sources import DataSpec
+from fewshot_serve.files.model_file import load_model
 from fewshot_serve.networks import SinusoidMLP
-from fewshot_serve.sources import DataSpec
-from fewshot_serve.trainer import TrainConfig, train
+from fewshot_serve.training.evaluation import evaluate_episodes
+from fewshot_serve.training.trainer import TrainConfig, train
 
 ITERATIONS, META_BATCH, SHOTS, TEST_STEPS, LR = 4000, 25, 5, 10, 0.01
 CPU = torch.device("cpu")

@@ -7,11 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from fewshot_serve import cli
-from fewshot_serve.checkpoint import load_checkpoint
-from fewshot_serve.meta_learning import MetaLearner
-from fewshot_serve.model_file import load_model
-from fewshot_serve.sources import DataSpec
-from fewshot_serve.trainer import TrainConfig, train
+from fewshot_serve.data.sources import DataSpec
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.checkpoint import load_checkpoint
+from fewshot_serve.training.meta_learning import MetaLearner
+from fewshot_serve.training.trainer import TrainConfig, train
 
 
 def config(tmp_path, glyph_tree, **overrides) -> TrainConfig:
@@ -105,7 +105,7 @@ def test_resume_refuses_different_settings(tmp_path, glyph_tree):
 
 def test_a_checkpoint_from_before_a_setting_existed_resumes_while_the_setting_stays_at_its_default(
         tmp_path, glyph_tree):
-    from fewshot_serve.checkpoint import save_checkpoint
+    from fewshot_serve.training.checkpoint import save_checkpoint
 
     train(config(tmp_path, glyph_tree, iterations=2), progress=False)
     path = tmp_path / "glyphs.run" / "checkpoint.safetensors"

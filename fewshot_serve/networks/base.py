@@ -205,7 +205,7 @@ class PooledFeatureClassifier(SharedHeadClassifier):
     With unit-length features, the first inner step from the shared row makes each class's row
     its mean feature direction (a cosine nearest-mean classifier), and the temperature alone sets
     how confident the logits are. ``centred`` subtracts a fixed ``feature_centre`` (the training
-    classes' mean feature, :func:`~fewshot_serve.feature_centre.centre_on_training_classes`) before
+    classes' mean feature, :func:`~fewshot_serve.training.feature_centre.centre_on_training_classes`) before
     the L2 normalization (SimpleShot's CL2N, Wang et al. 2019): all of a backbone's features share a
     large common component, which on unit length without centring dominates the cosines between
     new classes. Subclasses give :meth:`pooled_features` and :meth:`freeze_features`.

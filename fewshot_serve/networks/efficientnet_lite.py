@@ -1,8 +1,8 @@
 """EfficientNet-Lite: an ImageNet-trained photo backbone (Tan & Le 2019; the mobile "Lite" variants).
 
-Its weights come from outside (``fewshot-serve import-backbone``, :mod:`fewshot_serve.backbone_import`):
+Its weights come from outside (``fewshot-serve import-backbone``, :mod:`fewshot_serve.files.backbone_import`):
 a backbone trained on 1.28 M ImageNet photos separates new classes far better than anything a
-2-core CPU can pretrain (models/README.md). The network is a pure function of a params dict like
+2-core CPU can pretrain (models/cards/photos-resnet12.md). The network is a pure function of a params dict like
 :class:`~.resnet12.ResNet12`, and ends the same way (pooled features, optional centring, unit
 length, the shared head row times a logit temperature), so the inner loop, Proto-MAML, learned
 learning rates, the frozen-body cache, int8 storage and ONNX export work on it unchanged.

@@ -5,8 +5,8 @@ new classes better than any one of them: on Omniglot's validation alphabets, two
 backbones (widths 12-24-44-84, 0.91 MB each) concatenated classified 20-way 1-shot tasks by
 nearest class mean 0.31 points better than one backbone of widths 16-32-64-120, at
 the same file size and about the same work per image; eight such backbones, stored as int8
-(:func:`~fewshot_serve.model_file.store_weights`) to stay within 2 MB, are the shipped handwriting
-model (models/README.md). Averaging several classifiers' probabilities
+(:func:`~fewshot_serve.files.model_file.store_weights`) to stay within 2 MB, are the shipped handwriting
+model (models/cards/omniglot-resnet12.md). Averaging several classifiers' probabilities
 would need as many heads and inner loops; one head over the concatenation needs one of each, and
 keeps the one inner loop, Proto-MAML and the ONNX export as they are.
 

@@ -2,10 +2,10 @@
 # The shipped handwriting model, omniglot-resnet12.safetensors: supervised pretraining of a narrow
 # ResNet-12 on Omniglot's whole background set (the 18 training alphabets' 589 characters, each with its
 # three rotations as classes of their own: 2,356 classes), then one meta-learned Proto-MAML step on its head.
-# Then the validation choice and the held-out numbers of models/README.md; the shipped file is the recipe's
+# Then the validation choice and the held-out numbers of models/cards/omniglot-resnet12.md; the shipped file is the recipe's
 # final run on the training and validation alphabets (steps 1b, 3's last command, 5). Run from a scratch folder
 # (e.g. runs/) with the data in $FEWSHOT_SERVE_DATA (default ../shared/datasets); times are for the
-# 2-core CPU of models/README.md (bfloat16 autocast, AMX).
+# 2-core CPU of its card (bfloat16 autocast, AMX).
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 pretrain=(fewshot-serve pretrain --dataset omniglot --widths 16,32,64,120 --batch-size 256 --lr 0.1
@@ -13,7 +13,7 @@ pretrain=(fewshot-serve pretrain --dataset omniglot --widths 16,32,64,120 --batc
 
 # 1. Pretraining, 40 epochs (14 min). Exports the best epoch by validation nearest-mean 20-way 5-shot.
 "${pretrain[@]}" --epochs 40 --out omniglot-pretrained.safetensors
-#    Tried beside it, same validation episodes (models/README.md): 20 epochs with a weight average
+#    Tried beside it, same validation episodes (models/cards/omniglot-resnet12.md): 20 epochs with a weight average
 #    (7 min), 20 epochs at 32x32 (8 min) and 20 epochs 1.5x wider (15 min; 2.75 MB, over the 2 MB
 #    budget); none was better.
 if [[ -n "${TRY_VARIANTS:-}" ]]; then
@@ -104,7 +104,7 @@ fi
 #    backbones (widths 12-24-44-84, 0.91 MB each) pretrained as step 6's distortion run, seeds 0 and 1, joined into
 #    one file (`fewshot-serve ensemble`: their unit features side by side) and given the shipped head. Validation
 #    first (members on training alphabets only), then the final run on training + validation alphabets, scored
-#    once on the test alphabets (models/README.md).
+#    once on the test alphabets (models/cards/omniglot-resnet12.md).
 narrow=(fewshot-serve pretrain --dataset omniglot --widths 12,24,44,84 --batch-size 256 --lr 0.1 --val-ways 20
         --val-episodes 300 --epochs 20 --distortion 1)
 narrow_members() {  # SEED...: each seed's narrow backbone on the training alphabets, then on training + validation

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The photo model (models/photos-resnet12.safetensors) and its ablation in models/README.md, step by step.
+# The photo model (models/photos-resnet12.safetensors) and its ablation in models/cards/photos-resnet12.md, step by step.
 # Run from a scratch folder (e.g. runs/ beside the checkout) with the dataset in $FEWSHOT_SERVE_DATA
-# (default ../shared/datasets). Times are for the 2-core CPU of models/README.md.
+# (default ../shared/datasets). Times are for the 2-core CPU of its card.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 

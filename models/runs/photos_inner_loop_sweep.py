@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
-from fewshot_serve.episodes import ImageEpisodes
-from fewshot_serve.evaluation import evaluate_episodes
-from fewshot_serve.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
-from fewshot_serve.model_file import load_model
-from fewshot_serve.sources import DataSpec, load_splits
+from fewshot_serve.data.episodes import ImageEpisodes
+from fewshot_serve.data.sources import DataSpec, load_splits
+from fewshot_serve.files.model_file import load_model
+from fewshot_serve.training.evaluation import evaluate_episodes
+from fewshot_serve.training.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("model", type=Path)

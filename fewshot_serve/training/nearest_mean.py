@@ -2,7 +2,7 @@
 
 This is what supervised pretraining alone achieves (SimpleShot, Wang et al. 2019): pretraining
 validates with it, and the model card compares meta-learning against it on the very episodes
-:func:`~fewshot_serve.evaluation.evaluate_episodes` scores (same sampler, same seed).
+:func:`~fewshot_serve.training.evaluation.evaluate_episodes` scores (same sampler, same seed).
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .episodes import ImageEpisodes
+from ..data.episodes import ImageEpisodes
+from ..networks import PooledFeatureClassifier
 from .evaluation import EvaluationResult
 from .frozen_body import per_image
-from .networks import PooledFeatureClassifier
 
 
 def embed_images(network: PooledFeatureClassifier, params: dict[str, Tensor], images: Tensor, normalize,

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .datasets import ImageClasses
+from ..data.datasets import ImageClasses
+from ..networks import MetaNetwork, PooledFeatureClassifier
+from ..preprocessing import Preprocessing
 from .frozen_body import per_image
-from .networks import MetaNetwork, PooledFeatureClassifier
-from .preprocessing import Preprocessing
 
 
 def centre_on_training_classes(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,

@@ -17,11 +17,10 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .datasets import ImageClasses
-from .episodes import ImageEpisodes
-from .meta_learning import TaskBatch
-from .networks import MetaNetwork
-from .preprocessing import Preprocessing
+from ..data.datasets import ImageClasses
+from ..data.episodes import ImageEpisodes, TaskBatch
+from ..networks import MetaNetwork
+from ..preprocessing import Preprocessing
 
 
 class AdaptedPart(MetaNetwork):

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .preprocessing import ImageLike, Preprocessing, open_image
+from ..preprocessing import ImageLike, Preprocessing, open_image
 
 #: ONNX metadata keys, shared with onnx_export (which needs torch; this module does not).
 LABELS_KEY = "fewshot_serve.labels"

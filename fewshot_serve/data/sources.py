@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import torch
-
+from ..networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
+from ..preprocessing import Preprocessing
 from .augmentation import augment_photos
 from .datasets import (
     OMNIGLOT_FOLDERS,
@@ -27,8 +27,6 @@ from .datasets import (
     split_cifar_fs,
 )
 from .episodes import ImageEpisodes, SinusoidTasks
-from .networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
-from .preprocessing import Preprocessing
 
 DATASETS = ("omniglot", "omniglot-subset", "tiny-imagenet", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
 ARCHITECTURES = ("conv4", "resnet12")
@@ -152,10 +150,3 @@ def task_sampler(
     rotate = augment and spec.dataset in OMNIGLOT_FOLDERS
     return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=rotate,
                          augment=augment_photos if photos else None)
-
-
-def pick_device(device: str | None) -> torch.device:
-    """``None`` means CUDA when present, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)

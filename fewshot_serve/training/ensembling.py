@@ -15,9 +15,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import replace
 
-from .model_file import Recipe, load_model, save_model
-from .networks import FeatureEnsemble, PooledFeatureClassifier
-from .networks.ensemble import member_config
+from ..files.model_file import Recipe, load_model, save_model
+from ..networks import FeatureEnsemble, PooledFeatureClassifier
+from ..networks.ensemble import member_config
 
 
 def ensemble_models(paths: Sequence[str | os.PathLike], out: str | os.PathLike, command: str = "") -> Recipe:

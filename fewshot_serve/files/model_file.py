@@ -23,12 +23,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..inner_loop import ALGORITHMS, InnerLoop
+from ..networks import MetaNetwork, build_network
+from ..networks.ensemble import MEMBER_ARCHITECTURES
+from ..networks.resnet12 import NORMS
+from ..preprocessing import Preprocessing
 from .atomic import atomic_output
-from .meta_learning import ALGORITHMS, InnerLoop
-from .networks import MetaNetwork, build_network
-from .networks.ensemble import MEMBER_ARCHITECTURES
-from .networks.resnet12 import NORMS
-from .preprocessing import Preprocessing
 from .weight_storage import decode, encode, storage_dtype
 
 FORMAT_VERSION = 2
@@ -92,7 +92,7 @@ def save_model(
     """Write ``params`` (default: ``network``'s own weights) and ``recipe`` atomically to safetensors.
 
     ``dtype`` is how the weights are stored (float32; float16 or int8 for a smaller file:
-    :mod:`~fewshot_serve.weight_storage`, :func:`store_weights`); loading always computes in float32.
+    :mod:`~fewshot_serve.files.weight_storage`, :func:`store_weights`); loading always computes in float32.
     """
     tensors = encode(network.state_dict() if params is None else params, dtype)
     with atomic_output(path) as temporary:
@@ -142,9 +142,9 @@ def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike
 def store_weights(source: str | os.PathLike, out: str | os.PathLike, dtype: torch.dtype, command: str = "") -> Recipe:
     """Write a copy of ``source`` with its weights stored as ``dtype``: a smaller download, the same recipe.
 
-    float16 halves the file, int8 nearly quarters it (:mod:`~fewshot_serve.weight_storage` says how
+    float16 halves the file, int8 nearly quarters it (:mod:`~fewshot_serve.files.weight_storage` says how
     far each moves a weight); serving still computes in float32 from the stored values, and what
-    that does to accuracy is measured per model (models/README.md). A weight float16 cannot hold is
+    that does to accuracy is measured per model (models/cards/). A weight float16 cannot hold is
     refused and nothing is written. ``command`` is appended to the recipe's, as :func:`set_test_steps` does.
     """
     network, recipe = load_model(source)
@@ -155,7 +155,7 @@ def store_weights(source: str | os.PathLike, out: str | os.PathLike, dtype: torc
 
 def stored_dtype(path: str | os.PathLike) -> torch.dtype:
     """How ``path``'s weights are stored (the ``dtype`` :func:`save_model` was given), from its
-    header alone (:func:`~fewshot_serve.weight_storage.storage_dtype`)."""
+    header alone (:func:`~fewshot_serve.files.weight_storage.storage_dtype`)."""
     with safe_open(str(path), framework="pt") as handle:
         return storage_dtype([handle.get_slice(name).get_dtype() for name in handle.keys()])
 

@@ -33,9 +33,9 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from ..preprocessing import MAX_IMAGE_PIXELS
+from .api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, load
 from .auth import AUTH_ENV, Credentials, is_loopback
-from .preprocessing import MAX_IMAGE_PIXELS
-from .serving import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, load
 
 UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveals more)
 # One request adapts and classifies in 0.1-0.3 s on a 2-core CPU, and throughput stays flat from 1 to

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from .atomic import atomic_output
+from ..files.atomic import atomic_output
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:

@@ -1,4 +1,4 @@
-"""Whether bfloat16 pays off on a device: pretraining's autocast and serving's opt-in bf16 classification."""
+"""Which device to compute on, and whether bfloat16 pays off there (pretraining's autocast, serving's opt-in bf16)."""
 
 from __future__ import annotations
 
@@ -12,3 +12,10 @@ def bf16_available(device: torch.device) -> bool:
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def pick_device(device: str | None) -> torch.device:
+    """``None`` means CUDA when present, else CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -16,9 +16,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from .atomic import atomic_output
+from ..files.atomic import atomic_output
 
-STATE_KEY = "fewshot_serve.checkpoint"
+STATE_KEY = "fewshot_serve.training.checkpoint"
 
 
 @dataclass

@@ -18,42 +18,16 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.func import grad_and_value, vmap
 
-from .inner_loop import Params, adapt, predict, requiring_grad
-from .networks import MetaNetwork, first_order_kernels
+from ..data.episodes import TaskBatch
+from ..inner_loop import ALGORITHMS, InnerLoop, Params, adapt, predict, requiring_grad
+from ..networks import MetaNetwork, first_order_kernels
 
-ALGORITHMS = ("maml", "fomaml", "reptile")
 REPTILE_REFUSES_MAML_PLUS_PLUS = "the MAML++ options need a query loss: use them with maml or fomaml, not reptile"
-
-
-class TaskBatch(NamedTuple):
-    """A meta-batch of T tasks of equal shape, as float tensors on the compute device."""
-
-    x_support: Tensor  # [T, S, *input]
-    y_support: Tensor  # [T, S]
-    x_query: Tensor  # [T, Q, *input]
-    y_query: Tensor  # [T, Q]
-    ways: int  # classes per task (1 for regression)
-
-
-@dataclass(frozen=True)
-class InnerLoop:
-    """How a task adapts: per-step learning rates and step counts for training and testing."""
-
-    inner_lrs: tuple[float, ...]
-    train_steps: int
-    test_steps: int
-
-    def __post_init__(self) -> None:
-        if not self.inner_lrs:
-            raise ValueError("at least one inner learning rate is needed")
-        if self.train_steps < 0 or self.test_steps < 0:
-            raise ValueError("inner step counts must be >= 0")
 
 
 def task_outcome(
@@ -234,7 +208,7 @@ class MetaLearner:
 
     Every schedule is a function of the iteration number alone, so a resumed run continues it
     exactly. :meth:`step` is :meth:`update_direction` then :meth:`apply`; run apart, they let
-    :mod:`fewshot_serve.distributed` combine the directions of several processes in between.
+    :mod:`fewshot_serve.training.distributed` combine the directions of several processes in between.
     """
 
     def __init__(

@@ -17,8 +17,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from .inner_loop import Params
-from .meta_learning import MetaLearner, TaskBatch
+from ..data.episodes import TaskBatch
+from ..inner_loop import Params
+from .meta_learning import MetaLearner
 
 
 @dataclass(frozen=True)

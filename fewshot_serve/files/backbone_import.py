@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ..networks.efficientnet_lite import STAGE_STRIDES, EfficientNetLite
+from ..preprocessing import Preprocessing
 from .model_file import Recipe, save_model
-from .networks.efficientnet_lite import STAGE_STRIDES, EfficientNetLite
-from .preprocessing import Preprocessing
 
 #: EfficientNet-Lite's BatchNorm epsilon (TensorFlow's 1e-3, not PyTorch's 1e-5).
 BN_EPS = 1e-3

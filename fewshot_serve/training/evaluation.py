@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 import torch
 from tqdm import tqdm
 
-from .episodes import ImageEpisodes, SinusoidTasks
+from ..data.episodes import ImageEpisodes, SinusoidTasks
+from ..networks import MetaNetwork
 from .meta_learning import adapted_metrics, vmap_is_faster
-from .networks import MetaNetwork
 
 
 @dataclass(frozen=True)

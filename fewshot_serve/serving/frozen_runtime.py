@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .atomic import atomic_output
-from .networks import MetaNetwork
+from ..files.atomic import atomic_output
+from ..networks import MetaNetwork
 
 CACHE_VARIABLE = "FEWSHOT_SERVE_CACHE"
 #: bump when what is exported changes, so old cache entries are not reused

@@ -28,13 +28,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..devices import bf16_available, pick_device
+from ..files.model_file import Recipe, load_model
+from ..inner_loop import adapt
+from ..networks import MetaNetwork
+from ..preprocessing import ImageLike, Preprocessing, open_image
 from .frozen_runtime import OnnxFrozenPart
-from .inner_loop import adapt
-from .model_file import Recipe, load_model
-from .networks import MetaNetwork
-from .precision import bf16_available
-from .preprocessing import ImageLike, Preprocessing, open_image
-from .sources import pick_device
 
 #: Request limits (documented in README.md); beyond them a request is refused with InputError.
 MAX_CLASSES = 100
@@ -57,7 +56,7 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, bf16
 
     ``runtime`` computes the frozen part (the layers the inner loop leaves alone; for the shipped
     models the whole backbone) for support and query images: ``"onnxruntime"`` (CPU only, float32,
-    exported once and cached: :mod:`~fewshot_serve.frozen_runtime`), ``"torch"``, or ``"auto"``:
+    exported once and cached: :mod:`~fewshot_serve.serving.frozen_runtime`), ``"torch"``, or ``"auto"``:
     onnxruntime on a CPU for a model with a frozen part unless ``bf16`` is asked for, else torch.
 
     ``bf16=True`` classifies queries, and computes the support images' frozen part (the layers the

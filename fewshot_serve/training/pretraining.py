@@ -23,7 +23,7 @@ validation score is logged beside it as ``val_raw_metric``).
 
 Two more, for handwriting's recipe, also off by default: ``distortion`` (random affine
 distortions of the training drawings, :func:`~.augmentation.distort`) and ``cosine_scale`` (a
-:class:`CosineClassifier` instead of the linear one). Measured on Omniglot (models/README.md),
+:class:`CosineClassifier` instead of the linear one). Measured on Omniglot (models/cards/omniglot-resnet12.md),
 distortion raised validation 20-way 1-shot accuracy by half a point but left the test alphabets'
 where it was; the cosine classifier was no better on validation.
 
@@ -54,18 +54,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .atomic import atomic_write_text
-from .augmentation import augment_characters, augment_photos, cutmix
+from ..data.augmentation import augment_characters, augment_photos, cutmix
+from ..data.datasets import OMNIGLOT_FOLDERS, ImageClasses
+from ..data.episodes import ImageEpisodes
+from ..data.sources import RESNET12_WIDTHS, DataSpec, load_splits, measured_preprocessing, standard_preprocessing
+from ..devices import bf16_available, pick_device
+from ..files.atomic import atomic_write_text
+from ..files.model_file import SEEN_VALIDATION, Recipe, save_model
+from ..networks import ResNet12, fixed_norm_params
+from ..networks.resnet12 import RunningStatistics
 from .checkpoint import TrainingState, fingerprint, load_checkpoint, resume_checkpoint, save_checkpoint
-from .datasets import OMNIGLOT_FOLDERS, ImageClasses
-from .episodes import ImageEpisodes
-from .model_file import SEEN_VALIDATION, Recipe, save_model
 from .nearest_mean import embed_images, nearest_mean_accuracy
-from .networks import ResNet12, fixed_norm_params
-from .networks.resnet12 import RunningStatistics
-from .precision import bf16_available
 from .run_log import plot_curves, read_log
-from .sources import RESNET12_WIDTHS, DataSpec, load_splits, measured_preprocessing, pick_device, standard_preprocessing
 
 VALIDATION_SEED = 1234
 CLASSIFIER = "classifier."
@@ -75,7 +75,7 @@ AVERAGE = "ema."
 
 @dataclass
 class PretrainConfig:
-    #: What a resumed run may change (:func:`~fewshot_serve.checkpoint.fingerprint`).
+    #: What a resumed run may change (:func:`~fewshot_serve.training.checkpoint.fingerprint`).
     volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "out", "run_dir", "val_episodes",
                                                      "stop_after")
 

@@ -8,13 +8,23 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
+from ..preprocessing import Preprocessing
 from .datasets import ImageClasses
-from .meta_learning import TaskBatch
-from .preprocessing import Preprocessing
+
+
+class TaskBatch(NamedTuple):
+    """A meta-batch of T tasks of equal shape, as float tensors on the compute device."""
+
+    x_support: Tensor  # [T, S, *input]
+    y_support: Tensor  # [T, S]
+    x_query: Tensor  # [T, Q, *input]
+    y_query: Tensor  # [T, Q]
+    ways: int  # classes per task (1 for regression)
 
 
 class ImageEpisodes:

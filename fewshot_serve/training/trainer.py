@@ -5,7 +5,7 @@ Everything a run produces lives in its run folder (``checkpoint.safetensors``, `
 ``checkpoint_every`` iterations, so a killed run resumed with ``resume=True`` loses at most that
 much work and, with the same seed, ends with exactly the weights an uninterrupted run would have.
 
-Under ``torchrun`` the ranks share each meta-batch (:mod:`fewshot_serve.distributed`); rank 0
+Under ``torchrun`` the ranks share each meta-batch (:mod:`fewshot_serve.training.distributed`); rank 0
 alone validates and writes. ``--resume`` then needs the run folder on a filesystem every rank
 can read, as each rank restores the checkpoint itself.
 """
@@ -24,26 +24,27 @@ from typing import Any, ClassVar
 import torch
 from tqdm import tqdm
 
-from .atomic import atomic_write_text
+from ..data.sources import (
+    DataSpec,
+    load_splits,
+    measured_preprocessing,
+    standard_network,
+    standard_preprocessing,
+    task_sampler,
+)
+from ..devices import pick_device
+from ..files.atomic import atomic_write_text
+from ..files.model_file import SEEN_VALIDATION, Recipe, load_model, save_model
+from ..inner_loop import ALGORITHMS, InnerLoop
+from ..networks import MetaNetwork, PooledFeatureClassifier, build_network
+from ..preprocessing import Preprocessing
 from .checkpoint import TrainingState, fingerprint, resume_checkpoint, save_checkpoint
 from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .evaluation import evaluate_episodes
 from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
-from .meta_learning import ALGORITHMS, REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, InnerLoop, MetaLearner, vmap_is_faster
-from .model_file import SEEN_VALIDATION, Recipe, load_model, save_model
-from .networks import MetaNetwork, PooledFeatureClassifier, build_network
-from .preprocessing import Preprocessing
+from .meta_learning import REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, MetaLearner, vmap_is_faster
 from .run_log import plot_curves, read_log
-from .sources import (
-    DataSpec,
-    load_splits,
-    measured_preprocessing,
-    pick_device,
-    standard_network,
-    standard_preprocessing,
-    task_sampler,
-)
 
 #: Fixed seed of the validation episodes, so every validation scores the same tasks.
 VALIDATION_SEED = 1234
@@ -51,7 +52,7 @@ VALIDATION_SEED = 1234
 
 @dataclass
 class TrainConfig:
-    #: What a resumed run may change (:func:`~fewshot_serve.checkpoint.fingerprint`).
+    #: What a resumed run may change (:func:`~fewshot_serve.training.checkpoint.fingerprint`).
     volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "vectorize", "out", "run_dir")
 
     out: Path

@@ -10,9 +10,9 @@ import warnings
 import torch
 from torch import nn
 
-from .atomic import atomic_output
+from ..files.atomic import atomic_output
+from ..preprocessing import Preprocessing
 from .onnx_classifier import LABELS_KEY, PREPROCESSING_KEY
-from .preprocessing import Preprocessing
 
 INPUT_NAME, OUTPUT_NAME = "images", "probabilities"
 

@@ -7,7 +7,7 @@ tensors of two or more dimensions, nearly all of a network's weights): each outp
 ``<name>.int8_scale`` (float32), so every weight moves by at most half a step, ``max|w| / 254``,
 of its own channel's largest. Biases, norm affines, learning rates and the like (vectors) stay
 float32 there: they are few, and some (learned learning rates) are not centred on zero. What either
-does to accuracy is measured per model (models/README.md).
+does to accuracy is measured per model (models/cards/).
 
 A file is untrusted input: :func:`decode` checks every stored tensor's name, dtype, shape and
 finiteness against the network the recipe builds and says which tensor is wrong.
