@@ -16,6 +16,7 @@ _EXPORTS = {
     "load": "serving.api",
     "FewShotModel": "serving.api",
     "AdaptedClassifier": "serving.api",
+    "Assessment": "serving.assessment",
     "InputError": "serving.api",
     "ImageError": "preprocessing",
     "Preprocessing": "preprocessing",

@@ -41,6 +41,9 @@ def test_classify_endpoint_round_trip(server, glyph_files):
     predicted = [max(row, key=row.get) for row in result["predictions"]]
     assert predicted == ["alpha", "beta", "gamma"]
     assert all(abs(sum(row.values()) - 1) < 1e-4 for row in result["predictions"])
+    assessment = result["assessment"]  # leave-one-out over the six support images
+    assert assessment["held_out"] == 6 and sum(map(sum, assessment["confusion"])) == 6
+    assert assessment["summary"].startswith("About ") and len(assessment["interval"]) == 2
 
 
 def test_classify_endpoint_serves_the_model_asked_for(server, glyph_files):

@@ -42,6 +42,7 @@ def test_upload_adapt_classify_and_switch_models_in_chromium(tmp_path, colour_mo
             page.wait_for_timeout(1000)  # let the uploads land
             page.locator("#adapt").click()
             page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
+            page.locator("#status").get_by_text("on images like these").wait_for(timeout=10_000)  # the estimate
             page.locator("#query-files input[type=file]").set_input_files([str(tmp_path / "query.png")])
             page.wait_for_timeout(1000)
             page.locator("#classify").click()

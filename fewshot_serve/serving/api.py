@@ -16,6 +16,7 @@ concurrent requests (threads of one server) cannot see each other's classes.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import time
@@ -30,9 +31,10 @@ from torch import Tensor, nn
 
 from ..devices import bf16_available, pick_device
 from ..files.model_file import Recipe, load_model
-from ..inner_loop import adapt
+from ..inner_loop import Adaptation, adapt
 from ..networks import MetaNetwork
 from ..preprocessing import ImageLike, Preprocessing, open_image
+from .assessment import Assessment, assess
 from .frozen_runtime import OnnxFrozenPart
 
 #: Request limits (documented in README.md); beyond them a request is refused with InputError.
@@ -131,24 +133,27 @@ class FewShotModel:
         if not isinstance(steps, int) or not 0 <= steps <= 100:
             raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
         start = self.network.task_parameters(self._meta_params, len(labels))
-        adaptation = adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True,
-                           h_support=self._support_frozen_part(start, x))
+        h = self._support_frozen_part(start, x)
+        adaptation = self.adapt_features(x, h, y, len(labels), steps)
         losses = adaptation.support_losses.tolist()
         if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
             raise InputError("adaptation diverged on these images (non-finite loss); try fewer steps")
         params = {name: value.detach() for name, value in adaptation.params.items()}  # no graph kept alive
-        return AdaptedClassifier(labels, self, losses, time.perf_counter() - started, params, x)
+        return AdaptedClassifier(labels, self, losses, time.perf_counter() - started, params, x, h, y, steps)
 
-    def _support_frozen_part(self, start: dict[str, Tensor], x: Tensor) -> Tensor | None:
-        """The support images' frozen part by onnxruntime, or under bfloat16 autocast, back in float32
-        for the steps; None: the inner loop computes it in float32 torch."""
+    def adapt_features(self, x: Tensor, h: Tensor, y: Tensor, ways: int, steps: int) -> Adaptation:
+        """The inner loop from the file's start on support images ``x`` whose frozen part is ``h``."""
+        start = self.network.task_parameters(self._meta_params, ways)
+        return adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True, h_support=h)
+
+    def _support_frozen_part(self, start: dict[str, Tensor], x: Tensor) -> Tensor:
+        """The support images' frozen part, once: by onnxruntime, or in torch (under bfloat16 autocast
+        with ``bf16``), in float32 for the steps."""
         if self.frozen_part_runtime is not None:
             return self.frozen_part_runtime(x)
-        if not self.bf16:
-            return None
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.bfloat16):
-            h = self.network.frozen_part(self.network.at_step(start, 0), x)
-        return h.float().clone()  # a normal tensor (not an inference one): the steps differentiate through it
+        autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        with torch.no_grad(), autocast:  # never differentiated: the inner loop adapts what comes after it
+            return self.network.frozen_part(self.network.at_step(start, 0), x).float()
 
 
 def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
@@ -191,6 +196,28 @@ class AdaptedClassifier:
     seconds: float  # wall time of adapt()
     params: dict[str, Tensor]  # the adapted weights (what the rest of the network runs on the frozen part)
     support_images: Tensor = field(repr=False)  # preprocessed; the folded network's norms may need them
+    support_features: Tensor = field(repr=False)  # their frozen part, computed once
+    support_targets: Tensor = field(repr=False)  # class indices into ``labels``
+    steps: int = 0  # inner steps taken
+
+    def assessment(self) -> Assessment:
+        """How well this classifier will do, from its support set alone: the accuracy of
+        leave-one-out adaptations with the same inner loop, a 90% interval, per-class accuracy and
+        the confusions (:mod:`~fewshot_serve.serving.assessment`)."""
+        return assess(self.labels, self.support_targets.cpu(), self._predict_held_out)
+
+    def _predict_held_out(self, held: Tensor) -> Tensor:
+        """Adapt without the support images ``held`` (the same steps) and predict their classes."""
+        keep = torch.ones(len(self.support_targets), dtype=torch.bool)
+        keep[held] = False
+        keep, held = keep.to(self.support_features.device), held.to(self.support_features.device)
+        h_keep = self.support_features[keep]
+        adaptation = self.model.adapt_features(self.support_images[keep], h_keep, self.support_targets[keep],
+                                               len(self.labels), self.steps)
+        with torch.inference_mode():  # support statistics (where a network has them) from the kept images
+            h = torch.cat([h_keep, self.support_features[held]])
+            outputs = self.model.network.adapted_part(adaptation.params, h, n_ref=len(h_keep))
+        return outputs[len(h_keep):].argmax(1).cpu()
 
     @cached_property
     def network(self) -> nn.Sequential:

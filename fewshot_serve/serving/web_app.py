@@ -13,7 +13,7 @@ The ``classify`` API endpoint does the whole round trip in one call for ``gradio
     result = client.predict([handle_file("a1.png"), handle_file("b1.png")], '["alpha", "beta"]',
                             [handle_file("query.png")], api_name="/classify")
     # {"labels": ["alpha", "beta"], "predictions": [{"alpha": 0.97, "beta": 0.03}], "adapt_seconds": 0.05,
-    #  "model": "omniglot-conv4"}
+    #  "model": "omniglot-conv4", "assessment": {"accuracy": ..., "interval": ..., "summary": ...}}
 
 A fourth argument names the model (default: the first one served).
 """
@@ -180,7 +180,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             support[name.strip()] = images
         adapted = model.adapt(support)
         status = (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
-                  f"({len(adapted.support_losses)} steps on {model.device.type.upper()}).")
+                  f"({len(adapted.support_losses)} steps on {model.device.type.upper()}).\n\n"
+                  + html.escape(adapted.assessment().summary()))  # class names are the user's text
         return adapted, status, loss_plot(adapted.support_losses)
 
     @readable_errors()
@@ -232,7 +233,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             support.setdefault(str(label).strip(), []).append(path)
         adapted = model.adapt(support)
         return {"labels": adapted.labels, "predictions": adapted.classify(file_paths(query_files)),
-                "adapt_seconds": round(adapted.seconds, 4), "model": model_name}
+                "adapt_seconds": round(adapted.seconds, 4), "model": model_name,
+                "assessment": adapted.assessment().to_dict()}
 
     with gr.Blocks(title="fewshot-serve") as app:
         gr.Markdown(

@@ -1,0 +1,115 @@
+"""How far to trust an adapted classifier, estimated from its support set alone.
+
+Each support image of a class with two or more images is held out in turn (leave-one-out; in
+stratified folds where there are more than :data:`MAX_FOLDS` of them), the model's own inner loop
+adapts to the rest, and the adapted classifier predicts the held-out image. The share it gets
+right estimates the classifier's accuracy on images like these; its confusions say which
+classes to add images to. It estimates the accuracy of a classifier adapted to one image fewer
+per class, so it leans low. A class with a single image cannot be held out: it is named as not
+estimable, and when every class has one image there is no estimate at all.
+
+The support images' frozen part (the whole backbone, for the shipped models) is computed once, by
+:meth:`FewShotModel.adapt`; each fold re-runs only the inner loop's steps on the adapted part.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+#: At most this many adaptations per estimate: leave-one-out below it, stratified folds above.
+MAX_FOLDS = 25
+#: The interval's confidence (a Wilson score interval over the held-out predictions).
+CONFIDENCE = 0.9
+_Z = 1.6448536269514722  # the standard normal's 95th percentile: a two-sided 90% interval
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """The support set's own verdict on a classifier: accuracy, its interval, and the confusions."""
+
+    labels: list[str]
+    accuracy: float | None  # None: no class has two images
+    interval: tuple[float, float] | None  # 90% Wilson score interval of ``accuracy``
+    per_class: dict[str, float | None]  # None: the class has a single image (not estimable)
+    confusion: list[list[int]]  # [true class][predicted class] counts over the held-out images
+    held_out: int  # held-out predictions the estimate rests on
+    folds: int  # adaptations run
+    seconds: float
+
+    @property
+    def not_estimable(self) -> list[str]:
+        return [label for label, value in self.per_class.items() if value is None]
+
+    def confused_pairs(self, top: int = 3) -> list[tuple[str, str, int]]:
+        """The most frequent (true, predicted, count) mistakes, most frequent first."""
+        pairs = [(self.labels[t], self.labels[p], count) for t, row in enumerate(self.confusion)
+                 for p, count in enumerate(row) if t != p and count]
+        return sorted(pairs, key=lambda pair: -pair[2])[:top]
+
+    def summary(self) -> str:
+        """One sentence for a person: the estimate, its margin, and what to add."""
+        if self.accuracy is None:
+            return "No estimate: every class has a single image; add a second image to a class to estimate accuracy."
+        low, high = self.interval
+        margin = round(50 * (high - low))
+        text = f"About {round(100 * self.accuracy)}% ± {margin} on images like these"
+        pairs = self.confused_pairs(1)
+        if pairs:
+            true, predicted, _ = pairs[0]
+            text += f"; {true!r} and {predicted!r} are often confused: add images of both"
+        if self.not_estimable:
+            text += f"; not estimable for {', '.join(map(repr, self.not_estimable))} (a single image each)"
+        return text + "."
+
+    def to_dict(self) -> dict:
+        """The JSON the web app's ``classify`` endpoint returns."""
+        return {"accuracy": self.accuracy, "interval": list(self.interval) if self.interval else None,
+                "per_class": self.per_class, "confusion": self.confusion, "held_out": self.held_out,
+                "confused_pairs": [list(pair) for pair in self.confused_pairs()], "summary": self.summary()}
+
+
+def folds_of(targets: Tensor, max_folds: int = MAX_FOLDS) -> list[Tensor]:
+    """Index sets to hold out: each image of a class with two or more images exactly once, and no
+    fold holding out all of a class (so every class keeps a support image)."""
+    estimable = [i for i in range(len(targets)) if int((targets == targets[i]).sum()) >= 2]
+    if len(estimable) <= max_folds:
+        return [torch.tensor([i]) for i in estimable]
+    rank = {}  # an image's position within its class: folds take every max_folds-th of each class
+    for i in estimable:
+        label = int(targets[i])
+        rank[i] = sum(1 for j in estimable if j < i and int(targets[j]) == label)
+    folds = [[i for i in estimable if rank[i] % max_folds == k] for k in range(max_folds)]
+    return [torch.tensor(fold) for fold in folds if fold]
+
+
+def wilson_interval(correct: int, total: int, z: float = _Z) -> tuple[float, float]:
+    """The Wilson score interval of a proportion: stays inside [0, 1] and is sensible at 0 or all right."""
+    share = correct / total
+    centre = (share + z * z / (2 * total)) / (1 + z * z / total)
+    half = z * math.sqrt(share * (1 - share) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def assess(labels: Sequence[str], targets: Tensor, predict_held_out) -> Assessment:
+    """Run every fold: ``predict_held_out(held)`` adapts without the images ``held`` and returns
+    their predicted classes. Builds the estimate from the predictions."""
+    started = time.perf_counter()
+    ways = len(labels)
+    confusion = [[0] * ways for _ in range(ways)]
+    folds = folds_of(targets)
+    for held in folds:
+        for true, predicted in zip(targets[held].tolist(), predict_held_out(held).tolist()):
+            confusion[true][predicted] += 1
+    held_out = sum(len(fold) for fold in folds)
+    correct = sum(confusion[c][c] for c in range(ways))
+    per_class = {label: (confusion[c][c] / sum(confusion[c]) if sum(confusion[c]) else None)
+                 for c, label in enumerate(labels)}
+    return Assessment(list(labels), correct / held_out if held_out else None,
+                      wilson_interval(correct, held_out) if held_out else None, per_class, confusion,
+                      held_out, len(folds), time.perf_counter() - started)

@@ -1,0 +1,77 @@
+"""The accuracy estimate from the support set: the same predictions as a plain loop of adaptations
+without each image, classes with one image named, the folds and the interval as documented."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_frozen_runtime import saved, task
+
+import fewshot_serve
+from fewshot_serve.serving.assessment import MAX_FOLDS, folds_of, wilson_interval
+
+
+def plain_loop(model, support: dict) -> dict[tuple[str, str], int]:
+    """Each image of a class with two or more held out in turn through the public API."""
+    counts: dict[tuple[str, str], int] = {}
+    for label, images in support.items():
+        if len(images) < 2:
+            continue
+        for i, image in enumerate(images):
+            rest = {**support, label: images[:i] + images[i + 1:]}
+            row = model.adapt(rest).classify([image])[0]
+            predicted = max(row, key=row.get)
+            counts[label, predicted] = counts.get((label, predicted), 0) + 1
+    return counts
+
+
+def as_counts(assessment) -> dict[tuple[str, str], int]:
+    labels = assessment.labels
+    return {(labels[t], labels[p]): n for t, row in enumerate(assessment.confusion) for p, n in enumerate(row) if n}
+
+
+@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+def test_the_estimate_equals_a_plain_loop_of_adaptations_without_each_image(tmp_path, runtime):
+    model = fewshot_serve.load(saved(tmp_path, "efficientnet head only"), "cpu", runtime=runtime)
+    support, _ = task(2, classes="abc", shots=3)
+    support["c"] = support["c"][:1]  # a class with a single image: not estimable
+    assessment = model.adapt(support).assessment()
+    expected = plain_loop(model, support)
+    assert as_counts(assessment) == expected and assessment.held_out == 6 and assessment.folds == 6
+    right = sum(n for (true, predicted), n in expected.items() if true == predicted)
+    assert assessment.accuracy == pytest.approx(right / 6)
+    assert assessment.per_class["c"] is None and assessment.not_estimable == ["c"]
+    assert "not estimable for 'c'" in assessment.summary()
+
+
+def test_a_network_with_support_statistics_is_estimated_the_same_way(colour_model):
+    model = fewshot_serve.load(colour_model, "cpu")
+    rng = np.random.default_rng(3)
+    support = {c: [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(2)] for c in "xyz"}
+    assert as_counts(model.adapt(support).assessment()) == plain_loop(model, support)
+
+
+def test_one_image_per_class_gives_no_estimate(tmp_path):
+    model = fewshot_serve.load(saved(tmp_path, "efficientnet head only"), "cpu", runtime="torch")
+    assessment = model.adapt(task(4, shots=1)[0]).assessment()
+    assert assessment.accuracy is None and assessment.interval is None and assessment.folds == 0
+    assert assessment.summary().startswith("No estimate: every class has a single image")
+
+
+def test_many_images_are_held_out_once_each_in_stratified_folds():
+    targets = torch.tensor([0] * 30 + [1] * 2 + [2] * 1)
+    folds = folds_of(targets)
+    assert len(folds) == MAX_FOLDS
+    held = torch.cat(folds).sort().values
+    assert held.tolist() == list(range(32))  # every image of a class with two or more, once; not the single one
+    for fold in folds:
+        for label in (0, 1):
+            assert int((targets[fold] == label).sum()) < int((targets == label).sum())  # the class keeps an image
+    assert [f.tolist() for f in folds_of(torch.tensor([0, 0, 1, 1]))] == [[0], [1], [2], [3]]  # leave-one-out
+
+
+def test_the_wilson_interval():
+    low, high = wilson_interval(8, 10)
+    assert low == pytest.approx(0.5408, abs=1e-3) and high == pytest.approx(0.9314, abs=1e-3)
+    assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
