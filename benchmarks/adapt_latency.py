@@ -25,9 +25,11 @@ contestant must give ours' probabilities.
 The shipped models (photos and handwriting: learned per-step learning rates, head-only inner loop,
 Proto-MAML rows) have no textbook or peer counterpart that does the same work, so they are timed
 alone, one after another in one run: 5-way 1-shot, 5-way 5-shot and 20-way 1-shot with 75 queries,
-split into adaptation and classification. On a CPU each runs with its frozen part (the backbone)
-in torch and then in onnxruntime (``load(..., runtime=...)``; the ratio is printed), and with
-``--bf16`` also with ``load(..., bf16=True)`` where the device has native bfloat16.
+split into adaptation and classification, and (2 shots or more) the support set's own accuracy
+estimate (``adapted.assessment()``, printed as a ratio to adaptation). On a CPU each runs with its
+frozen part (the backbone) in torch and then in onnxruntime (``load(..., runtime=...)``; the ratio
+is printed), and with ``--bf16`` also with ``load(..., bf16=True)`` where the device has native
+bfloat16.
 """
 
 from __future__ import annotations
@@ -318,7 +320,12 @@ def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5,
         times = {"adapt + classify": timed(lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq), repeats),
                  "adapt": timed(lambda: model.adapt_tensors(xs, ys, ways), repeats),
                  "classify": timed(lambda: adapted.probabilities(xq), repeats)}
-        report["settings"][f"{ways}-way {shots}-shot"] = {name: latency(t) for name, t in times.items()}
+        if shots > 1:  # leave-one-out over the support set (a 1-shot set has nothing to hold out)
+            times["assessment"] = timed(adapted.assessment, repeats)
+        entry = {name: latency(t) for name, t in times.items()}
+        if shots > 1:
+            entry["assessment / adapt"] = entry["assessment"]["p50_ms"] / entry["adapt"]["p50_ms"]
+        report["settings"][f"{ways}-way {shots}-shot"] = entry
     return report
 
 
@@ -328,6 +335,7 @@ def print_alone_table(report: dict) -> None:
           + (", bfloat16" if report.get("bf16") else ""))
     for setting, entry in report["settings"].items():
         print(f"  {setting}: " + "   ".join(f"{name} p50 {t['p50_ms']:.1f} ms / p95 {t['p95_ms']:.1f} ms"
+                                            if isinstance(t, dict) else f"{name} {t:.2f}x"
                                             for name, t in entry.items()))
 
 
@@ -346,7 +354,7 @@ def print_ratios(baseline: dict, other: dict) -> None:
     name = other["runtime"] + (" bfloat16" if other["bf16"] else "")
     for setting, entry in other["settings"].items():
         ratios = "   ".join(f"{part} {baseline['settings'][setting][part]['p50_ms'] / t['p50_ms']:.2f}x"
-                           for part, t in entry.items())
+                           for part, t in entry.items() if isinstance(t, dict))
         print(f"  {setting}: torch float32 / {name}: {ratios}")
 
 

@@ -77,10 +77,16 @@ def test_adapt_latency_photo_smoke(tmp_path, capsys, kind):
     network = (tiny_resnet(norm="fixed", adapt_from=4, dtype=torch.float32) if kind == "resnet12"
                else tiny_ensemble(dtype=torch.float32)[0])
     save_model(tmp_path / "photos.safetensors", network, recipe_for(network))
-    report = adapt_latency.run_alone(tmp_path / "photos.safetensors", repeats=2, device="cpu", settings=((3, 2),))
-    assert set(report["settings"]["3-way 2-shot"]) == {"adapt + classify", "adapt", "classify"}
-    adapt_latency.print_alone_table(report)
-    assert "model photos.safetensors" in capsys.readouterr().out
+    runs = [adapt_latency.run_alone(tmp_path / "photos.safetensors", repeats=2, device="cpu", settings=((3, 2),),
+                                    runtime=runtime) for runtime in ("torch", "onnxruntime")]
+    assert set(runs[0]["settings"]["3-way 2-shot"]) == {"adapt + classify", "adapt", "classify", "assessment",
+                                                        "assessment / adapt"}
+    assert adapt_latency.shipped_variants(tmp_path / "photos.safetensors", "cpu", bf16=False) == [
+        ("torch", False), ("onnxruntime", False)]
+    adapt_latency.print_alone_table(runs[1])
+    adapt_latency.print_ratios(*runs)
+    out = capsys.readouterr().out
+    assert "frozen part in onnxruntime" in out and "torch float32 / onnxruntime: adapt + classify" in out
 
 
 @pytest.mark.parametrize("contestant", ["ours-vmap", "ours-loop"])

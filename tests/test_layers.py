@@ -9,6 +9,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.slow  # a subprocess that loads two models: not in the quick tier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 SERVE = """
@@ -16,8 +20,6 @@ import json, sys
 import numpy as np
 import fewshot_serve
 import fewshot_serve.serving.web_app
-
-pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 rng = np.random.default_rng(0)
 for path, runtime in ((sys.argv[1], "torch"), (sys.argv[2], "onnxruntime")):
     model = fewshot_serve.load(path, "cpu", runtime=runtime)
