@@ -230,3 +230,9 @@ def test_the_page_cannot_make_the_server_read_arbitrary_paths(server, glyph_file
     assert "event: error" in answer and "c1" not in answer
     answer = raw_classify(url, [uploaded[0], str(SHIPPED)], uploaded[:1])
     assert "event: error" in answer
+
+
+def test_the_example_task_ships_with_the_app():
+    from fewshot_serve.serving.web_app import EXAMPLE_DIR
+
+    assert len(list((EXAMPLE_DIR / "support").iterdir())) == 3 and list((EXAMPLE_DIR / "queries").glob("*.png"))

@@ -1,5 +1,7 @@
 """Episode sampling and class splits."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -166,3 +168,12 @@ def test_cifar_fs_uses_the_standard_64_16_20_class_split(monkeypatch):
     splits = split_cifar_fs(classes)
     assert [len(splits[s]) for s in ("train", "val", "test")] == [64, 16, 20]
     assert set(splits["test"].names) == set(CIFAR_FS_TEST)
+
+
+def test_the_default_data_root_is_the_shared_folder_beside_the_checkout(monkeypatch):
+    from fewshot_serve.data.datasets import DATA_ENV, default_data_root
+
+    monkeypatch.delenv(DATA_ENV, raising=False)
+    assert default_data_root() == Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    monkeypatch.setenv(DATA_ENV, "/somewhere/else")
+    assert default_data_root() == Path("/somewhere/else")

@@ -31,7 +31,7 @@ def default_data_root() -> Path:
     """``$FEWSHOT_SERVE_DATA``, else the ``shared/datasets`` folder beside this checkout."""
     if os.environ.get(DATA_ENV):
         return Path(os.environ[DATA_ENV])
-    return Path(__file__).resolve().parents[2] / "shared" / "datasets"
+    return Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
 #: Omniglot's sources under the data root: the whole background set (30 alphabets, the default)

@@ -44,7 +44,7 @@ UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveal
 CONCURRENCY = 2
 QUEUE_SIZE = 16
 #: The "Example" button's task: Omniglot drawings (MIT, licence beside them).
-EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "omniglot"
+EXAMPLE_DIR = Path(__file__).resolve().parents[2] / "examples" / "omniglot"
 EXAMPLE_MODEL = "omniglot-conv4"
 SHOWN_AT_START = 5
 MAX_UPLOAD_BYTES = 10 * 1024 * 1024  # per file
