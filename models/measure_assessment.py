@@ -4,9 +4,9 @@
         [--settings 5x5 20x5] [--episodes 600] --output results/trust-MODEL.json
 
 On each episode of the scored classes (seed 0, 15 queries a class, the episodes compare_photos.py
-draws): adapt to the support with the file's inner loop, estimate from the support alone
-(leave-one-out with the same inner loop), and score the queries. Prints and writes, per setting:
-the mean estimate and query accuracy, the estimate's mean signed and absolute error against the
+draws): adapt to the support with the file's inner loop, estimate from the support alone (one
+image of each class held out at a time, the same inner loop), and score the queries. Prints and
+writes, per setting: the mean estimate and query accuracy, the estimate's mean signed and absolute error against the
 query accuracy, and the share of episodes whose query accuracy lies inside the stated 90%
 interval. Settings with one shot have no estimate (nothing can be held out) and are refused.
 The backbone's output is computed once per image, as serving computes it once per request.
