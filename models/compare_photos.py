@@ -64,7 +64,7 @@ def frozen_outputs(network, classes, preprocessing, device, cache: list, bf16: b
     """The frozen part's output for every image of ``classes``, for a fixed-norm network whose inner loop leaves
     some layers alone (None otherwise); shared by files whose frozen blocks are equal (a backbone and the
     models meta-learned from it with ``--freeze-body``) when scored on the same ``classes``."""
-    if getattr(network, "norm", None) != "fixed" or not any(map(network.in_frozen_part, network.state_dict())):
+    if not network.has_per_image_frozen_part:
         return None
     frozen = {k: v for k, v in network.state_dict().items() if network.in_frozen_part(k)}
     for scored, precision, weights, table in cache:

@@ -132,8 +132,7 @@ class FewShotModel:
         steps = self.recipe.test_steps if steps is None else steps
         if not isinstance(steps, int) or not 0 <= steps <= 100:
             raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
-        start = self.network.task_parameters(self._meta_params, len(labels))
-        h = self._support_frozen_part(start, x)
+        h = self._support_frozen_part(x)
         adaptation = self.adapt_features(x, h, y, len(labels), steps)
         losses = adaptation.support_losses.tolist()
         if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
@@ -146,14 +145,14 @@ class FewShotModel:
         start = self.network.task_parameters(self._meta_params, ways)
         return adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True, h_support=h)
 
-    def _support_frozen_part(self, start: dict[str, Tensor], x: Tensor) -> Tensor:
+    def _support_frozen_part(self, x: Tensor) -> Tensor:
         """The support images' frozen part, once: by onnxruntime, or in torch (under bfloat16 autocast
-        with ``bf16``), in float32 for the steps."""
+        with ``bf16``), in float32 for the steps. Its weights are meta-parameters no task changes."""
         if self.frozen_part_runtime is not None:
             return self.frozen_part_runtime(x)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
         with torch.no_grad(), autocast:  # never differentiated: the inner loop adapts what comes after it
-            return self.network.frozen_part(self.network.at_step(start, 0), x).float()
+            return self.network.frozen_part(self.network.at_step(self._meta_params, 0), x).float()
 
 
 def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
@@ -201,9 +200,9 @@ class AdaptedClassifier:
     steps: int = 0  # inner steps taken
 
     def assessment(self) -> Assessment:
-        """How well this classifier will do, from its support set alone: the accuracy of
-        leave-one-out adaptations with the same inner loop, a 90% interval, per-class accuracy and
-        the confusions (:mod:`~fewshot_serve.serving.assessment`)."""
+        """How well this classifier will do, from its support set alone: the accuracy of adaptations
+        with the same inner loop, each holding out one image of every class, a 90% interval,
+        per-class accuracy and the confusions (:mod:`~fewshot_serve.serving.assessment`)."""
         return assess(self.labels, self.support_targets.cpu(), self._predict_held_out)
 
     def _predict_held_out(self, held: Tensor) -> Tensor:
