@@ -320,7 +320,7 @@ def run_alone(model_path: Path, repeats: int, device: str, settings=((5, 1), (5,
         times = {"adapt + classify": timed(lambda: model.adapt_tensors(xs, ys, ways).probabilities(xq), repeats),
                  "adapt": timed(lambda: model.adapt_tensors(xs, ys, ways), repeats),
                  "classify": timed(lambda: adapted.probabilities(xq), repeats)}
-        if shots > 1:  # leave-one-out over the support set (a 1-shot set has nothing to hold out)
+        if shots > 1:  # held-out folds of the support set (a 1-shot set has nothing to hold out)
             times["assessment"] = timed(adapted.assessment, repeats)
         entry = {name: latency(t) for name, t in times.items()}
         if shots > 1:
