@@ -44,7 +44,7 @@ def onnx_session(body: torch.nn.Module, preprocessing) -> onnxruntime.InferenceS
 def run(model_path: Path, repeats: int, batches=(25, 75)) -> dict:
     network, recipe = load_model(model_path)
     params = network.at_step(dict(network.named_parameters()), 0)
-    body = network.freeze_features(params, None).eval().to(memory_format=torch.channels_last)
+    body = network.folded_features(params, None).eval().to(memory_format=torch.channels_last)
     size = recipe.preprocessing["image_size"]
     report = {"model": model_path.name, "image_size": size, "threads": torch.get_num_threads(), "batches": {}}
     session = onnx_session(body, recipe.image_preprocessing())

@@ -3,7 +3,7 @@
     python benchmarks/profile_adaptation.py [--model models/omniglot-conv4-fomaml.safetensors] [--repeats 20]
 
 For each setting of ``adapt_latency.py`` (5-way 1-shot, 5-way 5-shot, 20-way 1-shot, 75 queries)
-the serving path is profiled in two halves, ``adapt`` (the inner loop and freezing the classifier)
+the serving path is profiled in two halves, ``adapt`` (the inner loop and folding the classifier)
 and ``classify`` (the frozen classifier on the queries). Ops are grouped into convolutions,
 pooling, ReLU, reductions (means and variances), other elementwise arithmetic, and "framework":
 the wall time no op accounts for (Python, autograd bookkeeping, dispatch). Prints a table of

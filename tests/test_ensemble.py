@@ -1,5 +1,5 @@
 """A feature ensemble: its features are its members' own, side by side; it meta-learns (finite differences),
-freezes, serves and exports like a single ResNet-12; files are built from pretrained members only and checked."""
+folds, serves and exports like a single ResNet-12; files are built from pretrained members only and checked."""
 
 import math
 

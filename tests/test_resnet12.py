@@ -138,7 +138,7 @@ def assert_frozen_classifier_equals_predict(network, xs, xq, steps) -> None:
     start = network.task_parameters(params_of(network), WAYS)
     params = adapt(network, start, xs, ys, (0.3,), steps, first_order=True).params
     expected = predict(network, params, xs, xq).softmax(-1)
-    torch.testing.assert_close(network.freeze(params, xs)(xq), expected, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(network.fold(params, xs)(xq), expected, rtol=1e-9, atol=1e-12)
 
 
 def second_order_batch(tasks=2, dtype=torch.float64):

@@ -125,7 +125,7 @@ class MetaNetwork(nn.Module):
         """The rest of the network, from :meth:`frozen_part`'s output ``h``."""
         return self.apply_params(params, h, n_ref)
 
-    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
+    def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
         """The adapted classifier as a plain eval-mode network, images -> probabilities (serving, ONNX)."""
         raise NotImplementedError(f"{type(self).__name__} does not classify images")
 
@@ -208,7 +208,7 @@ class PooledFeatureClassifier(SharedHeadClassifier):
     classes' mean feature, :func:`~fewshot_serve.training.feature_centre.centre_on_training_classes`) before
     the L2 normalization (SimpleShot's CL2N, Wang et al. 2019): all of a backbone's features share a
     large common component, which on unit length without centring dominates the cosines between
-    new classes. Subclasses give :meth:`pooled_features` and :meth:`freeze_features`.
+    new classes. Subclasses give :meth:`pooled_features` and :meth:`folded_features`.
     """
 
     centred: bool = False
@@ -255,25 +255,25 @@ class PooledFeatureClassifier(SharedHeadClassifier):
         self.feature_centre.copy_(centre)
 
     def unit_length(self) -> UnitLength:
-        """The centring and L2 normalization of :meth:`head_input` as a plain layer (for freezing)."""
+        """The centring and L2 normalization of :meth:`head_input` as a plain layer (for folding)."""
         return UnitLength(self.feature_centre.clone() if self.centred else None)
 
-    def freeze_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
-        """:meth:`head_input` of images as a plain eval-mode network (the body of :meth:`freeze`)."""
+    def folded_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+        """:meth:`head_input` of images as a plain eval-mode network (the body of :meth:`fold`)."""
         raise NotImplementedError
 
     @torch.no_grad()
-    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
+    def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
         """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
 
         The result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at a
-        time, with one convolution per layer (:meth:`freeze_features`), then the adapted head.
+        time, with one convolution per layer (:meth:`folded_features`), then the adapted head.
         """
-        frozen = nn.Sequential(*self.freeze_features(params, x_support), frozen_head(params), nn.Softmax(dim=-1))
-        return frozen.eval().to(memory_format=torch.channels_last)
+        folded = nn.Sequential(*self.folded_features(params, x_support), folded_head(params), nn.Softmax(dim=-1))
+        return folded.eval().to(memory_format=torch.channels_last)
 
 
-def frozen_head(params: dict[str, Tensor]) -> nn.Linear:
+def folded_head(params: dict[str, Tensor]) -> nn.Linear:
     """The adapted head with the logit scale folded in: :meth:`PooledFeatureClassifier.head_logits` as one layer."""
     weight = params["head.weight"]
     head = skip_init(nn.Linear, weight.shape[1], weight.shape[0], device=weight.device, dtype=weight.dtype)

@@ -94,7 +94,7 @@ class Conv4(SharedHeadClassifier):
         return F.linear(features, params["head.weight"], params["head.bias"])
 
     @torch.no_grad()
-    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+    def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
         """The adapted classifier as a plain eval-mode network ending in softmax.
 
         Each BatchNorm, with the support statistics under ``params``, is folded into the
@@ -122,6 +122,6 @@ class Conv4(SharedHeadClassifier):
         head = skip_init(nn.Linear, self.feature_dim, params["head.weight"].shape[0], device=x.device, dtype=x.dtype)
         head.weight.copy_(params["head.weight"])
         head.bias.copy_(params["head.bias"])
-        frozen = nn.Sequential(*layers, nn.Flatten(), head, nn.Softmax(dim=-1)).eval()
+        folded = nn.Sequential(*layers, nn.Flatten(), head, nn.Softmax(dim=-1)).eval()
         # channels-last: 2.6x faster classification on CPU, mostly from max-pooling (benchmarks/adapt_latency.py)
-        return frozen.to(memory_format=torch.channels_last)
+        return folded.to(memory_format=torch.channels_last)

@@ -200,7 +200,7 @@ class EfficientNetLite(PooledFeatureClassifier):
         return self._units(params, x, range(self.head_only_adapt_from)).mean((2, 3))
 
     @torch.no_grad()
-    def freeze_features(self, params: dict[str, Tensor], x_support: Tensor | None = None) -> nn.Sequential:
+    def folded_features(self, params: dict[str, Tensor], x_support: Tensor | None = None) -> nn.Sequential:
         """:meth:`head_input` of images as a plain eval-mode network: each affine folded into its
         convolution's weights and bias, the "same" paddings as constants (serving and ONNX)."""
         layers: list[nn.Module] = [FrozenConv(folded(params, "stem", "stem_norm", 2, self.pads[0]), relu=True)]

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, adapts_head_only, frozen_head
+from .base import MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, adapts_head_only, folded_head
 from .efficientnet_lite import EfficientNetLite
 from .resnet12 import ResNet12
 
@@ -98,12 +98,12 @@ class FeatureEnsemble(SharedHeadClassifier):
     head_logits = PooledFeatureClassifier.head_logits  # the same head: a learned row per class, times the logit scale
 
     @torch.no_grad()
-    def freeze(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
+    def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
         """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX)."""
-        bodies = [member.freeze_features(self._member_params(params, i), x_support)
+        bodies = [member.folded_features(self._member_params(params, i), x_support)
                   for i, member in enumerate(self.members)]
-        frozen = nn.Sequential(ConcatenatedFeatures(bodies), frozen_head(params), nn.Softmax(dim=-1))
-        return frozen.eval().to(memory_format=torch.channels_last)
+        folded = nn.Sequential(ConcatenatedFeatures(bodies), folded_head(params), nn.Softmax(dim=-1))
+        return folded.eval().to(memory_format=torch.channels_last)
 
 
 def build_member(index: int, member: dict[str, Any]) -> PooledFeatureClassifier:

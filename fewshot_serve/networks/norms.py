@@ -3,7 +3,7 @@
 MAML uses BatchNorm with batch statistics and no running averages. We take those statistics from
 the *support* images only (the first ``n_ref`` rows of a batch), in meta-training and at serving
 alike. A query's prediction then never depends on the other queries it is batched with, and the
-adapted classifier freezes into a plain eval-mode network (the support statistics become its
+adapted classifier folds into a plain eval-mode network (the support statistics become its
 running statistics) that exports to ONNX.
 
 The default arithmetic is written out, because MAML differentiates its inner steps twice. Passes
@@ -26,7 +26,7 @@ BN_EPS = 1e-5
 
 
 def channel_statistics(x: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-channel mean and biased variance of ``x`` over batch and space, each ``[C]`` (what freezing folds in).
+    """Per-channel mean and biased variance of ``x`` over batch and space, each ``[C]`` (what folding bakes in).
 
     Two passes (the mean, then the mean squared deviation from it) rather than ``torch.var_mean``,
     whose reduction over dims (0, 2, 3) measured 30x slower on CPU (2.5 ms against 80 us for a

@@ -158,8 +158,8 @@ class ResNet12(PooledFeatureClassifier):
         return self._blocks(params, h, n_ref, range(self.adapt_from, len(self.blocks))).mean((2, 3))
 
     @torch.no_grad()
-    def freeze_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
-        """:meth:`head_input` of images as a plain eval-mode network (the body of :meth:`freeze`).
+    def folded_features(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
+        """:meth:`head_input` of images as a plain eval-mode network (the body of :meth:`fold`).
 
         Every norm is folded into the convolution before it: with support norm, the support
         statistics under ``params`` (measured layer by layer on ``x_support``) become constants;

@@ -8,7 +8,7 @@ An upload's path to a prediction::
                                                     loop leaves alone, in onnxruntime, once per image
       -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
     AdaptedClassifier.classify(queries)             this file: frozen part, adapted part, softmax; or
-      -> MetaNetwork.freeze                         networks/: adapted weights + norms folded in (torch, ONNX)
+      -> MetaNetwork.fold                         networks/: adapted weights + norms folded in (torch, ONNX)
 
 The meta-learned weights are read, never written: every adaptation builds its own tensors, so
 concurrent requests (threads of one server) cannot see each other's classes.
@@ -224,7 +224,7 @@ class AdaptedClassifier:
         layer the softmax): what torch classifies with and ONNX exports. Built on first use, since
         folding a backbone's weights costs about as much as the inner loop, and a model whose frozen
         part runs in onnxruntime classifies without it."""
-        return self.model.network.freeze(self.params, self.support_images)
+        return self.model.network.fold(self.params, self.support_images)
 
     def probabilities(self, x: Tensor) -> Tensor:
         """Preprocessed float input ``[n, C, S, S]`` -> class probabilities ``[n, ways]``."""

@@ -12,6 +12,7 @@ classes, since the cache holds each image once.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -23,58 +24,39 @@ from ..networks import MetaNetwork
 from ..preprocessing import Preprocessing
 
 
-class AdaptedPart(MetaNetwork):
+class AdaptedPart:
     """``network`` from its frozen part's output on: the meta-parameters are those outside the frozen part.
 
-    It shares ``network``'s parameter tensors (updating one updates the other) and computes with
-    ``network``'s own :meth:`~MetaNetwork.adapted_part`, so what is meta-learned here is exactly
-    what the whole network serves.
+    A view, not a copy: it shares ``network``'s parameter tensors (updating one updates the other)
+    and answers everything but the four methods below from ``network`` itself, so what is
+    meta-learned here is exactly what the whole network serves. Its input is the frozen part's
+    output, so its own frozen part is the identity and its forward is ``network.adapted_part``.
     """
 
     def __init__(self, network: MetaNetwork) -> None:
-        super().__init__()
-        object.__setattr__(self, "whole", network)  # not a submodule: its frozen part is not ours
-        self.task_kind, self.lr_steps, self.norm_states = network.task_kind, network.lr_steps, network.norm_states
-        self.head_keys, self.prototype_head = network.head_keys, network.prototype_head
+        self.whole = network
         self._names = [name for name, _ in network.named_parameters() if not network.in_frozen_part(name)]
 
-    def named_parameters(self, prefix: str = "", recurse: bool = True, remove_duplicate: bool = True
-                         ) -> Iterator[tuple[str, nn.Parameter]]:
-        whole = dict(self.whole.named_parameters())
-        return ((prefix + name, whole[name]) for name in self._names)
+    def __getattr__(self, name: str) -> Any:  # only called for what this class does not define
+        return getattr(self.whole, name)
 
-    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+    def named_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        whole = dict(self.whole.named_parameters())
+        return ((name, whole[name]) for name in self._names)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
         return (param for _, param in self.named_parameters())
 
-    def fast_weight_names(self) -> list[str]:
-        return self.whole.fast_weight_names()
-
-    def inner_lrs_at(self, params, step, inner_lrs, names):
-        return self.whole.inner_lrs_at(params, step, inner_lrs, names)
-
-    def at_step(self, params: dict[str, Tensor], step: int) -> dict[str, Tensor]:
-        return self.whole.at_step(params, step)
+    def frozen_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        return h
 
     def apply_params(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         return self.whole.adapted_part(params, h, n_ref)
 
-    def head_input(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.whole.head_input(params, h, n_ref)
+    adapted_part = apply_params
 
-    def head_logits(self, params: dict[str, Tensor], features: Tensor) -> Tensor:
-        return self.whole.head_logits(params, features)
-
-    def prototype_rows(self, features: Tensor, labels: Tensor, ways: int) -> dict[str, Tensor]:
-        return self.whole.prototype_rows(features, labels, ways)
-
-    def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
-        return self.whole.task_parameters(meta_params, ways)
-
-    def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
-        return self.whole.loss(outputs, targets)
-
-    def config(self):
-        return self.whole.config()
+    def in_frozen_part(self, name: str) -> bool:
+        return False
 
 
 @torch.no_grad()
