@@ -1,5 +1,5 @@
 """``fewshot-serve``: the command line (import-backbone, pretrain, train, evaluate, export-onnx, set-steps, store,
-ensemble, hash-password)."""
+ensemble, calibrate-unknown, hash-password)."""
 
 from __future__ import annotations
 
@@ -201,6 +201,19 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(their features side by side; meta-learn its head with `train --init`)")
     ensemble.add_argument("members", type=Path, nargs="+", help="pretrained .safetensors files (at least 2)")
     ensemble.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+    calibrate = commands.add_parser("calibrate-unknown", help="copy a model file with its 'none of these' threshold "
+                                    "calibrated on its training classes (predict(..., reject_unknown=True))")
+    calibrate.add_argument("model", type=Path)
+    calibrate.add_argument("--false-rejection", type=float, default=0.05,
+                           help="the share of queries of the task's own classes to reject wrongly (default 0.05)")
+    calibrate.add_argument("--ways", type=int, default=5)
+    calibrate.add_argument("--shots", type=int, nargs="+", default=[1, 5],
+                           help="shot counts to calibrate (others are interpolated; default 1 5)")
+    calibrate.add_argument("--episodes", type=int, default=300, help="episodes per shot count (default 300)")
+    calibrate.add_argument("--data-root", type=Path, default=None)
+    calibrate.add_argument("--images-per-class", type=int, default=None, metavar="N",
+                           help="decode only each training class's first N images")
+    calibrate.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
     hashing = commands.add_parser("hash-password", help="print an auth-file line with a hashed password for USER")
     hashing.add_argument("user")
     return parser
@@ -267,6 +280,16 @@ def run_ensemble(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     recipe = ensemble_models(args.members, args.out, command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), "members": len(recipe.network["members"])}))
+    return 0
+
+
+def run_calibrate_unknown(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .training.unknown_calibration import calibrate_unknown
+
+    recipe = calibrate_unknown(args.model, args.out, args.false_rejection, args.ways, tuple(args.shots),
+                               args.episodes, data_root=args.data_root, images_per_class=args.images_per_class,
+                               command="fewshot-serve " + shlex.join(argv))
+    print(json.dumps({"model": str(args.out), **recipe.unknown_calibration}))
     return 0
 
 
@@ -366,6 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_store(args, argv)
         if args.command == "ensemble":
             return run_ensemble(args, argv)
+        if args.command == "calibrate-unknown":
+            return run_calibrate_unknown(args, argv)
         if args.command == "hash-password":
             return run_hash_password(args)
         return run_evaluate(args)

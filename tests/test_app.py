@@ -41,6 +41,8 @@ def test_classify_endpoint_round_trip(server, glyph_files):
     predicted = [max(row, key=row.get) for row in result["predictions"]]
     assert predicted == ["alpha", "beta", "gamma"]
     assert all(abs(sum(row.values()) - 1) < 1e-4 for row in result["predictions"])
+    for verdict, label in zip(result["verdicts"], predicted, strict=True):  # "none of these": no label, a score
+        assert verdict["label"] == (None if verdict["unknown"] else label) and verdict["unknown_score"] >= 0
     assessment = result["assessment"]  # two folds, each holding out one image of every class: six predictions
     assert assessment["held_out"] == 6 and sum(map(sum, assessment["confusion"])) == 6
     assert assessment["summary"].startswith("About ") and len(assessment["interval"]) == 2

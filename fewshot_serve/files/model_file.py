@@ -28,6 +28,7 @@ from ..networks import MetaNetwork, build_network
 from ..networks.ensemble import MEMBER_ARCHITECTURES
 from ..networks.resnet12 import NORMS
 from ..preprocessing import Preprocessing
+from ..unknown import calibration_problems
 from .atomic import atomic_output
 from .weight_storage import decode, encode, storage_dtype
 
@@ -70,6 +71,9 @@ class Recipe:
     split_seed: int = 0
     val_metric: dict[str, float] = field(default_factory=dict)
     command: str = ""
+    #: "none of these": the score's thresholds per shot count and how they were calibrated
+    #: (:mod:`fewshot_serve.unknown`; ``fewshot-serve calibrate-unknown``); empty: not calibrated
+    unknown_calibration: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -198,7 +202,7 @@ def _is_int(value: Any, low: int, high: int) -> bool:
 
 
 def _recipe_problems(recipe: Recipe) -> list[str]:
-    problems = []
+    problems = calibration_problems(recipe.unknown_calibration)
     if not _is_int(recipe.train_steps, 0, MAX_STEPS) or not _is_int(recipe.test_steps, 0, MAX_STEPS):
         problems.append(f"step counts must be integers in [0, {MAX_STEPS}]")
     lrs = recipe.inner_lrs

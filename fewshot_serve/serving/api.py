@@ -8,7 +8,9 @@ An upload's path to a prediction::
                                                     loop leaves alone, in onnxruntime, once per image
       -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
     AdaptedClassifier.classify(queries)             this file: frozen part, adapted part, softmax; or
-      -> MetaNetwork.fold                         networks/: adapted weights + norms folded in (torch, ONNX)
+      -> MetaNetwork.fold                           networks/: adapted weights + norms folded in (torch, ONNX)
+    AdaptedClassifier.predict(queries)              this file: the top class, or "none of these"
+      -> unknown_scores                             unknown.py: distance to the nearest class mean
 
 The meta-learned weights are read, never written: every adaptation builds its own tensors, so
 concurrent requests (threads of one server) cannot see each other's classes.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -34,6 +37,7 @@ from ..files.model_file import Recipe, load_model
 from ..inner_loop import Adaptation, adapt
 from ..networks import MetaNetwork
 from ..preprocessing import ImageLike, Preprocessing, open_image
+from ..unknown import class_means, nearest_mean_distance, threshold_for
 from .assessment import Assessment, assess
 from .frozen_runtime import OnnxFrozenPart
 
@@ -155,6 +159,31 @@ class FewShotModel:
             return self.network.frozen_part(self.network.at_step(self._meta_params, 0), x).float()
 
 
+    def query_frozen_part(self, x: Tensor, support_images: Tensor) -> Tensor:
+        """The frozen part of preprocessed queries ``x``, as :meth:`_support_frozen_part` computes the
+        support's; where it normalizes with support statistics, those of ``support_images``."""
+        if self.frozen_part_runtime is not None or self.network.has_per_image_frozen_part:
+            return self._support_frozen_part(x.to(self.device))
+        both = torch.cat([support_images, x.to(self.device)])
+        with torch.no_grad():
+            return self.network.frozen_part(self.network.at_step(self._meta_params, 0), both,
+                                            n_ref=len(support_images))[len(support_images):]
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One query's verdict: its top class, or None where it is none of the support set's classes."""
+
+    label: str | None  # None: rejected as none of these (``reject_unknown=True`` only)
+    probabilities: dict[str, float]  # over the classes, in the order of ``labels``; sums to 1
+    unknown_score: float  # distance to the nearest class mean (unknown.py): larger is less like any class
+    unknown: bool  # the score is above the model file's calibrated threshold (always False without reject_unknown)
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "probabilities": self.probabilities, "unknown_score": self.unknown_score,
+                "unknown": self.unknown}
+
+
 def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
     """Check a support set's shape and names; returns the cleaned labels in order."""
     if not isinstance(support, Mapping):
@@ -243,16 +272,60 @@ class AdaptedClassifier:
 
     def classify(self, queries: Sequence[ImageLike]) -> list[dict[str, float]]:
         """Class probabilities (summing to 1) for each query image, in the order of ``labels``."""
+        rows = self.probabilities(self._prepare_queries(queries)).cpu().tolist()
+        return [dict(zip(self.labels, row)) for row in rows]
+
+    def predict(self, queries: Sequence[ImageLike], reject_unknown: bool = False) -> list[Prediction]:
+        """Each query's top class and probabilities, and its "none of these" score.
+
+        ``reject_unknown``: a query whose score is above the model file's calibrated threshold gets
+        no label (:attr:`unknown_threshold`; the rate of wrongly rejected queries it was calibrated for
+        is in the recipe and in the model card). Files without a calibration refuse it.
+        """
+        if not isinstance(reject_unknown, bool):
+            raise InputError(f"reject_unknown must be True or False, got {reject_unknown!r}")
+        if not self.model.network.head_keys:
+            raise InputError(f"a {type(self.model.network).__name__} has no class features to predict with")
+        threshold = self.unknown_threshold if reject_unknown else math.inf
+        x = self._prepare_queries(queries)
+        h_query, n_support = self.model.query_frozen_part(x, self.support_images), len(self.support_features)
+        with torch.inference_mode():
+            h = torch.cat([self.support_features, h_query])
+            features = self.model.network.head_input(self.params, h, n_ref=n_support)[n_support:]
+            probabilities = torch.softmax(self.model.network.head_logits(self.params, features), dim=-1)
+            scores = nearest_mean_distance(features, self._means)
+        predictions = []
+        for row, score in zip(probabilities.tolist(), scores.tolist()):
+            unknown = score > threshold
+            label = None if unknown else self.labels[max(range(len(row)), key=row.__getitem__)]
+            predictions.append(Prediction(label, dict(zip(self.labels, row)), score, unknown))
+        return predictions
+
+    @property
+    def unknown_threshold(self) -> float:
+        """The score above which a query is none of these classes, for this support set's shot count."""
+        calibration = self.model.recipe.unknown_calibration
+        if not calibration:
+            raise InputError("this model file has no 'none of these' calibration; calibrate a copy with "
+                             "`fewshot-serve calibrate-unknown MODEL --out FILE`, or classify without reject_unknown")
+        return threshold_for(calibration, int(torch.bincount(self.support_targets).min()))
+
+    @cached_property
+    def _means(self) -> Tensor:
+        """The support set's class means, as the "none of these" score measures from them."""
+        with torch.inference_mode():
+            return class_means(self.model.network, self.params, self.support_features, self.support_targets,
+                               len(self.labels))
+
+    def _prepare_queries(self, queries: Sequence[ImageLike]) -> Tensor:
+        """Check a query list and preprocess it into float input ``[n, C, S, S]``."""
         if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
             raise InputError("queries must be a list of images")
         if len(queries) == 0:
             raise InputError("no query images given")
         if len(queries) > MAX_QUERIES:
             raise InputError(f"{len(queries)} queries; at most {MAX_QUERIES} per request")
-        uint8 = torch.from_numpy(self.model.prepare(queries, "query"))
-        x = self.model.preprocessing.normalize(uint8)
-        rows = self.probabilities(x).cpu().tolist()
-        return [dict(zip(self.labels, row)) for row in rows]
+        return self.model.preprocessing.normalize(torch.from_numpy(self.model.prepare(queries, "query")))
 
     def export_onnx(self, path: str | os.PathLike) -> None:
         """Write this classifier as ONNX (float images ``[batch, C, S, S]`` -> probabilities).

@@ -13,7 +13,11 @@ The ``classify`` API endpoint does the whole round trip in one call for ``gradio
     result = client.predict([handle_file("a1.png"), handle_file("b1.png")], '["alpha", "beta"]',
                             [handle_file("query.png")], api_name="/classify")
     # {"labels": ["alpha", "beta"], "predictions": [{"alpha": 0.97, "beta": 0.03}], "adapt_seconds": 0.05,
+    #  "verdicts": [{"label": "alpha", "unknown_score": 0.41, "unknown": false}],
     #  "model": "omniglot-conv4", "assessment": {"accuracy": ..., "interval": ..., "summary": ...}}
+
+A verdict's label is null where the query is none of the classes (models calibrated for it:
+``fewshot-serve calibrate-unknown``; the page then captions it "none of these?").
 
 A fourth argument names the model (default: the first one served).
 """
@@ -34,7 +38,7 @@ import numpy as np
 from PIL import Image
 
 from ..preprocessing import MAX_IMAGE_PIXELS
-from .api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, load
+from .api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, Prediction, load
 from .auth import AUTH_ENV, Credentials, is_loopback
 
 UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveals more)
@@ -117,9 +121,15 @@ def loss_plot(losses: list[float]):
     return figure
 
 
-def top3_caption(row: dict[str, float]) -> str:
-    best = sorted(row.items(), key=lambda item: -item[1])[:3]
-    return " · ".join(f"{label} {100 * p:.0f}%" for label, p in best)
+def top3_caption(prediction: Prediction) -> str:
+    best = sorted(prediction.probabilities.items(), key=lambda item: -item[1])[:3]
+    text = " · ".join(f"{label} {100 * p:.0f}%" for label, p in best)
+    return f"none of these? (closest: {text})" if prediction.unknown else text
+
+
+def predictions_for(adapted: AdaptedClassifier, queries: list) -> list[Prediction]:
+    """The queries' verdicts, rejecting those that are none of the classes where the file is calibrated for it."""
+    return adapted.predict(queries, reject_unknown=bool(adapted.model.recipe.unknown_calibration))
 
 
 def describe(name: str, model: FewShotModel) -> str:
@@ -194,9 +204,9 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             queries.append(drawing)
         if photo is not None:
             queries.append(photo)
-        rows = adapted.classify(queries)
-        gallery = [(q if isinstance(q, Image.Image) else str(q), top3_caption(r)) for q, r in zip(queries, rows)]
-        return gallery, rows[-1]
+        predictions = predictions_for(adapted, queries)
+        gallery = [(q if isinstance(q, Image.Image) else str(q), top3_caption(p)) for q, p in zip(queries, predictions)]
+        return gallery, predictions[-1].probabilities
 
     @readable_errors()
     def export_classifier(adapted: AdaptedClassifier | None) -> str:
@@ -232,7 +242,9 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         for label, path in zip(labels, paths):
             support.setdefault(str(label).strip(), []).append(path)
         adapted = model.adapt(support)
-        return {"labels": adapted.labels, "predictions": adapted.classify(file_paths(query_files)),
+        predictions = predictions_for(adapted, file_paths(query_files))
+        return {"labels": adapted.labels, "predictions": [p.probabilities for p in predictions],
+                "verdicts": [{k: v for k, v in p.to_dict().items() if k != "probabilities"} for p in predictions],
                 "adapt_seconds": round(adapted.seconds, 4), "model": model_name,
                 "assessment": adapted.assessment().to_dict()}
 
