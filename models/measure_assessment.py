@@ -1,14 +1,20 @@
-"""How well a classifier's own estimate (``adapted.assessment()``) predicts its accuracy: the cards' trust figures.
+"""How far the trust features can be trusted: the cards' figures for the accuracy estimate and "none of these".
 
     python models/measure_assessment.py MODEL [--dataset folder --data-root DIR --split all] \
-        [--settings 5x5 20x5] [--episodes 600] --output results/trust-MODEL.json
+        [--settings 5x5 20x5] [--episodes 600] [--rejection] --output results/trust-MODEL.json
 
 On each episode of the scored classes (seed 0, 15 queries a class, the episodes compare_photos.py
 draws): adapt to the support with the file's inner loop, estimate from the support alone (one
 image of each class held out at a time, the same inner loop), and score the queries. Prints and
 writes, per setting: the mean estimate and query accuracy, the estimate's mean signed and absolute error against the
 query accuracy, and the share of episodes whose query accuracy lies inside the stated 90%
-interval. Settings with one shot have no estimate (nothing can be held out) and are refused.
+interval. Settings with one shot have no estimate (nothing can be held out) and are skipped.
+
+``--rejection`` also scores "none of these" (``predict(..., reject_unknown=True)``): each episode
+draws twice the classes, adapts to the first half's support and scores the queries of all, so the
+second half's are out-of-task; it prints the AUROC of out-of-task against in-task queries (pooled
+over episodes, and the mean of each episode's) and, at the file's calibrated threshold, the share
+of out-of-task queries accepted and of in-task queries rejected.
 The backbone's output is computed once per image, as serving computes it once per request.
 """
 
@@ -27,7 +33,10 @@ from fewshot_serve.data.sources import DataSpec, load_splits
 from fewshot_serve.files.atomic import atomic_write_json
 from fewshot_serve.files.model_file import load_model
 from fewshot_serve.serving.api import AdaptedClassifier, FewShotModel
+from fewshot_serve.serving.assessment import Z_90, wilson_interval
 from fewshot_serve.training.frozen_body import CachedEpisodes
+from fewshot_serve.training.unknown_calibration import ScoredEpisodes
+from fewshot_serve.unknown import threshold_for
 
 
 def episode(model: FewShotModel, batch, ways: int) -> tuple[float, object]:
@@ -44,19 +53,52 @@ def episode(model: FewShotModel, batch, ways: int) -> tuple[float, object]:
     return accuracy, adapted.assessment()
 
 
+#: Widenings of the 90% Wilson interval's z whose coverage is reported (the served one: assessment.INTERVAL_WIDENING).
+WIDENINGS = (1.0, 1.2, 1.4, 1.6, 1.8, 2.0)
+
+
 def measure(model: FewShotModel, sampler: CachedEpisodes, ways: int, episodes: int) -> dict:
     generator = torch.Generator().manual_seed(0)
-    accuracies, estimates, inside = [], [], 0
+    accuracies, estimates, inside, counts = [], [], 0, []
     for _ in range(episodes):
         accuracy, assessment = episode(model, sampler.sample(generator, 1, "cpu"), ways)
         low, high = assessment.interval
         accuracies.append(accuracy)
         estimates.append(assessment.accuracy)
+        counts.append((round(assessment.accuracy * assessment.held_out), assessment.held_out))
         inside += low <= accuracy <= high
     errors = torch.tensor(estimates) - torch.tensor(accuracies)
+    by_widening = {}
+    for widening in WIDENINGS:  # how often the interval at z times this would have held the query accuracy
+        bounds = [wilson_interval(correct, total, Z_90 * widening) for correct, total in counts]
+        by_widening[str(widening)] = sum(low <= a <= high for (low, high), a in zip(bounds, accuracies)) / episodes
     return {"episodes": episodes, "mean_query_accuracy": sum(accuracies) / episodes,
             "mean_estimate": sum(estimates) / episodes, "mean_signed_error": errors.mean().item(),
-            "mean_absolute_error": errors.abs().mean().item(), "interval_holds_accuracy": inside / episodes}
+            "mean_absolute_error": errors.abs().mean().item(), "interval_holds_accuracy": inside / episodes,
+            "interval_holds_accuracy_by_widening": by_widening}
+
+
+def auroc(out_of_task: torch.Tensor, in_task: torch.Tensor) -> float:
+    """The chance that an out-of-task query scores above an in-task one (Mann-Whitney, ties counted half)."""
+    above = (out_of_task[:, None] > in_task[None]).double().mean()
+    return (above + 0.5 * (out_of_task[:, None] == in_task[None]).double().mean()).item()
+
+
+def measure_rejection(scored: ScoredEpisodes, ways: int, episodes: int, threshold: float | None) -> dict:
+    generator = torch.Generator().manual_seed(0)
+    pooled: dict[bool, list[torch.Tensor]] = {True: [], False: []}
+    per_episode = []
+    for _ in range(episodes):
+        scores, in_task = scored.scores(scored.sample(generator), task_labels=ways)
+        pooled[True].append(scores[in_task])
+        pooled[False].append(scores[~in_task])
+        per_episode.append(auroc(scores[~in_task], scores[in_task]))
+    inside, outside = torch.cat(pooled[True]), torch.cat(pooled[False])
+    result = {"episodes": episodes, "auroc": auroc(outside, inside), "mean_episode_auroc": sum(per_episode) / episodes}
+    if threshold is not None:
+        result |= {"threshold": threshold, "false_acceptance": (outside <= threshold).double().mean().item(),
+                   "false_rejection": (inside > threshold).double().mean().item()}
+    return result
 
 
 def main() -> None:
@@ -68,11 +110,10 @@ def main() -> None:
     parser.add_argument("--data-root", type=Path, default=None)
     parser.add_argument("--split", choices=("test", "val", "all"), default="test")
     parser.add_argument("--images-per-class", type=int, default=None)
+    parser.add_argument("--rejection", action="store_true", help="also measure 'none of these'")
     parser.add_argument("--output", type=Path, required=True)
     args = parser.parse_args()
     settings = [tuple(map(int, setting.split("x"))) for setting in args.settings]
-    if any(shots < 2 for _, shots in settings):
-        parser.error("a 1-shot support set has no estimate: nothing can be held out")
     network, recipe = load_model(args.model)
     preprocessing = recipe.image_preprocessing()
     if args.split == "all":
@@ -86,11 +127,19 @@ def main() -> None:
         parser.error(f"{args.model}: only a fixed-norm file with a frozen part has a backbone to cache")
     model = FewShotModel(network, recipe, torch.device("cpu"))
     report = {"model": args.model.name, "split": args.split, "classes": classes.names}
+    calibration = recipe.unknown_calibration
     for ways, shots in settings:
-        sampler = CachedEpisodes(ImageEpisodes(classes, preprocessing, ways, shots, queries=15), table)
-        result = measure(model, sampler, ways, args.episodes)
-        report[f"{ways}-way {shots}-shot"] = result
-        print(f"{ways}-way {shots}-shot: " + json.dumps({k: round(v, 4) for k, v in result.items()}), flush=True)
+        setting, report_entry = f"{ways}-way {shots}-shot", {}
+        if shots > 1:  # a 1-shot support set has no estimate: nothing can be held out
+            sampler = CachedEpisodes(ImageEpisodes(classes, preprocessing, ways, shots, queries=15), table)
+            report_entry["assessment"] = measure(model, sampler, ways, args.episodes)
+        if args.rejection:
+            scored = ScoredEpisodes(network, recipe, classes, preprocessing, table, 2 * ways, shots, 15)
+            threshold = threshold_for(calibration, shots) if calibration else None
+            report_entry["rejection"] = measure_rejection(scored, ways, args.episodes, threshold)
+        report[setting] = report_entry
+        for part, result in report_entry.items():
+            print(f"{setting} {part}: " + json.dumps(result), flush=True)
     atomic_write_json(args.output, report)
 
 

@@ -1,5 +1,5 @@
-"""A real browser: headless Chromium fills a 3-way support set by upload, adapts, classifies a query,
-then switches to a second model and adapts again."""
+"""A real browser: headless Chromium fills a 3-way support set by upload, adapts (the estimate and its
+confusions shown), classifies a query, then switches to a second model and adapts again."""
 
 import shutil
 from pathlib import Path
@@ -43,6 +43,7 @@ def test_upload_adapt_classify_and_switch_models_in_chromium(tmp_path, colour_mo
             page.locator("#adapt").click()
             page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
             page.locator("#status").get_by_text("on images like these").wait_for(timeout=10_000)  # the estimate
+            page.locator("#confusions img").first.wait_for(timeout=30_000)  # and its confusion-matrix picture
             page.locator("#query-files input[type=file]").set_input_files([str(tmp_path / "query.png")])
             page.wait_for_timeout(1000)
             page.locator("#classify").click()

@@ -39,6 +39,7 @@ from PIL import Image
 
 from ..preprocessing import MAX_IMAGE_PIXELS
 from .api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, AdaptedClassifier, FewShotModel, Prediction, load
+from .assessment import Assessment
 from .auth import AUTH_ENV, Credentials, is_loopback
 
 UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveals more)
@@ -121,10 +122,47 @@ def loss_plot(losses: list[float]):
     return figure
 
 
+def confusion_plot(assessment: Assessment):
+    """The support set's held-out confusions as a picture: true class by row, predicted by column
+    (None when there is no estimate: every class has a single image)."""
+    if assessment.accuracy is None:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    counts, ways = assessment.confusion, len(assessment.labels)
+    side = min(8.0, 2.4 + 0.45 * ways)
+    figure, axis = plt.subplots(figsize=(side, side))
+    axis.imshow(counts, cmap="Blues")
+    ticks = [label if len(label) <= 14 else label[:13] + "…" for label in assessment.labels]
+    axis.set_xticks(range(ways), ticks, rotation=45, ha="right")
+    axis.set_yticks(range(ways), ticks)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true (held out)")
+    if ways <= 12:  # the counts, where they still fit in their cells
+        peak = max(max(row) for row in counts) or 1
+        for t, row in enumerate(counts):
+            for q, count in enumerate(row):
+                if count:
+                    axis.text(q, t, count, ha="center", va="center", color="white" if count > peak / 2 else "black")
+    figure.tight_layout()
+    plt.close(figure)
+    return figure
+
+
+#: Below this top probability the page marks a query's class as unsure.
+UNSURE_BELOW = 0.5
+
+
 def top3_caption(prediction: Prediction) -> str:
+    """The top three classes, marked "none of these?" (a rejected query) or "unsure" (top probability below half)."""
     best = sorted(prediction.probabilities.items(), key=lambda item: -item[1])[:3]
     text = " · ".join(f"{label} {100 * p:.0f}%" for label, p in best)
-    return f"none of these? (closest: {text})" if prediction.unknown else text
+    if prediction.unknown:
+        return f"none of these? (closest: {text})"
+    return f"unsure: {text}" if best[0][1] < UNSURE_BELOW else text
 
 
 def predictions_for(adapted: AdaptedClassifier, queries: list) -> list[Prediction]:
@@ -170,12 +208,12 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         return captured, captured, None
 
     @readable_errors()
-    def switch_model(name: str) -> tuple[None, str, str, None]:
+    def switch_model(name: str) -> tuple[None, str, str, None, None]:
         name, model = model_named(name)
-        return None, describe(name, model), "Model switched: press **Adapt** again.", None
+        return None, describe(name, model), "Model switched: press **Adapt** again.", None, None
 
     @readable_errors()
-    def adapt_to_support(model_name: str, *slots: Any) -> tuple[AdaptedClassifier, str, Any]:
+    def adapt_to_support(model_name: str, *slots: Any) -> tuple[AdaptedClassifier, str, Any, Any]:
         _, model = model_named(model_name)
         names, uploads, drawings = slots[:UI_CLASSES], slots[UI_CLASSES : 2 * UI_CLASSES], slots[2 * UI_CLASSES :]
         support: dict[str, list] = {}
@@ -189,10 +227,11 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
                 raise ValueError(f"class name {name.strip()!r} is used twice")
             support[name.strip()] = images
         adapted = model.adapt(support)
+        assessment = adapted.assessment()
         status = (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
                   f"({len(adapted.support_losses)} steps on {model.device.type.upper()}).\n\n"
-                  + html.escape(adapted.assessment().summary()))  # class names are the user's text
-        return adapted, status, loss_plot(adapted.support_losses)
+                  + html.escape(assessment.summary()))  # class names are the user's text
+        return adapted, status, loss_plot(adapted.support_losses), confusion_plot(assessment)
 
     @readable_errors()
     def classify_queries(adapted: AdaptedClassifier | None, files: Any, sketch: Any, photo: Any) -> tuple[list, dict]:
@@ -290,8 +329,9 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
         with gr.Row():
             status = gr.Markdown(elem_id="status")
             plot = gr.Plot(label="Support loss during adaptation")
-        adapt_button.click(adapt_to_support, [model_menu, *names, *uploads, *drawings], [adapted_state, status, plot],
-                           api_visibility="private")
+            confusions = gr.Plot(label="Held-out support images: true class by predicted class", elem_id="confusions")
+        adapt_button.click(adapt_to_support, [model_menu, *names, *uploads, *drawings],
+                           [adapted_state, status, plot, confusions], api_visibility="private")
 
         gr.Markdown("## Classify")
         with gr.Row():
@@ -310,7 +350,8 @@ def build_app(models: Mapping[str, FewShotModel]) -> gr.Blocks:
             export_button = gr.Button("Prepare ONNX download")
             download = gr.DownloadButton("Download ONNX", value=None)
         export_button.click(export_classifier, adapted_state, download, api_visibility="private")
-        model_menu.change(switch_model, model_menu, [adapted_state, model_info, status, plot], api_visibility="private")
+        model_menu.change(switch_model, model_menu, [adapted_state, model_info, status, plot, confusions],
+                          api_visibility="private")
         example_button.click(load_example, None, [model_menu, *names, *uploads, query_files, status],
                              api_visibility="private")
 
