@@ -79,9 +79,14 @@ def measure(model: FewShotModel, sampler: CachedEpisodes, ways: int, episodes: i
 
 
 def auroc(out_of_task: torch.Tensor, in_task: torch.Tensor) -> float:
-    """The chance that an out-of-task query scores above an in-task one (Mann-Whitney, ties counted half)."""
-    above = (out_of_task[:, None] > in_task[None]).double().mean()
-    return (above + 0.5 * (out_of_task[:, None] == in_task[None]).double().mean()).item()
+    """The chance that an out-of-task query scores above an in-task one (ties counted half), from ranks
+    (Mann-Whitney): pooled over 600 episodes, all pairs would be 2 billion comparisons."""
+    _, where, counts = torch.unique(torch.cat([out_of_task, in_task]).double(), return_inverse=True,
+                                         return_counts=True)
+    ends = counts.cumsum(0).double()
+    ranks = (ends - (counts - 1) / 2)[where]  # tied scores share their average rank
+    n_out, n_in = len(out_of_task), len(in_task)
+    return ((ranks[:n_out].sum() - n_out * (n_out + 1) / 2) / (n_out * n_in)).item()
 
 
 def measure_rejection(scored: ScoredEpisodes, ways: int, episodes: int, threshold: float | None) -> dict:

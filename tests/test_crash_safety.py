@@ -53,8 +53,8 @@ def test_sigkilled_run_resumes_bit_identically(tmp_path, glyph_tree):
     a = load_checkpoint(straight.with_suffix(".run") / "checkpoint.safetensors")
     b = load_checkpoint(checkpoint)
     assert b.iteration == ITERATIONS
-    for key in a.meta_params:
-        assert torch.equal(a.meta_params[key], b.meta_params[key]), key
+    for key in a.weights:
+        assert torch.equal(a.weights[key], b.weights[key]), key
     (network_a, _), (network_b, _) = load_model(straight), load_model(crashed)
     for key, value in network_a.state_dict().items():
         assert torch.equal(value, network_b.state_dict()[key]), key

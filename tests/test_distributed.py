@@ -63,7 +63,7 @@ def test_a_two_rank_training_run_matches_one_process_and_exports_a_loadable_mode
     two = load_checkpoint(tmp_path / "two.run" / "checkpoint.safetensors")
     one = load_checkpoint(tmp_path / "one.run" / "checkpoint.safetensors")
     assert two.iteration == one.iteration == 3
-    difference = torch.cat([(two.meta_params[k] - v).abs().flatten() for k, v in one.meta_params.items()])
+    difference = torch.cat([(two.weights[k] - v).abs().flatten() for k, v in one.weights.items()])
     # Float32 sums in another order differ in the last bits. Almost every weight agrees to 1e-5;
     # a few move on nothing but rounding noise (a conv bias, which BatchNorm cancels, has true
     # gradient 0), and Adam scales noise up to whole steps of at most ~meta-lr (1e-3) each.

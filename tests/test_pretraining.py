@@ -45,8 +45,8 @@ def run_straight_and_crashed_then_resumed(straight, crashed, monkeypatch) -> dic
     monkeypatch.setattr(pretraining, "cosine_lr", real)
     crashed.resume = True
     pretrain(crashed, progress=False)
-    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").meta_params
-    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").meta_params
+    resumed = load_checkpoint(crashed.run_dir / "checkpoint.safetensors").weights
+    tensors = load_checkpoint(straight.run_dir / "checkpoint.safetensors").weights
     assert set(resumed) == set(tensors)
     for key, value in tensors.items():
         assert torch.equal(resumed[key], value), key
@@ -87,8 +87,8 @@ def test_resumed_pretraining_ends_with_the_uninterrupted_weights(pretrained, tin
     resumed = load_checkpoint(config.run_dir / "checkpoint.safetensors")
     straight = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors")
     assert resumed.iteration == straight.iteration
-    for key, value in straight.meta_params.items():
-        assert torch.equal(resumed.meta_params[key], value), key
+    for key, value in straight.weights.items():
+        assert torch.equal(resumed.weights[key], value), key
     with pytest.raises(ValueError, match="different settings"):
         pretrain(config_for(tiny_imagenet_tree, tmp_path / "pre.safetensors", lr=0.05, resume=True), progress=False)
     # a checkpoint written before a setting existed resumes while this run leaves it at its default
@@ -154,14 +154,14 @@ def test_pretraining_with_a_cosine_classifier_resumes_exactly_and_keeps_its_scal
 def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pretrained, tiny_imagenet_tree, tmp_path,
                                                                               monkeypatch, capsys):
     straight_config, _ = pretrained
-    source = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors").meta_params
+    source = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors").weights
     monkeypatch.setattr(pretraining, "cosine_lr", lambda base, step, total: 0.0)  # no step moves a weight
 
     def weights_after_one_epoch(name, **changes):
         config = config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", epochs=1,
                             data=DataSpec("tiny-imagenet", tiny_imagenet_tree, image_size=24), **changes)
         pretrain(config, progress=False)
-        return load_checkpoint(config.run_dir / "checkpoint.safetensors").meta_params
+        return load_checkpoint(config.run_dir / "checkpoint.safetensors").weights
 
     started = weights_after_one_epoch("init", init=straight_config.run_dir / "checkpoint.safetensors")
     fresh = weights_after_one_epoch("fresh")
@@ -188,7 +188,7 @@ def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_lon
     ones after them, so a checkpoint of the training classes alone starts every row it knows; nothing is
     validated and the latest weights are exported. ``stop_after`` ends the run early on the longer schedule."""
     straight_config, _ = pretrained
-    source = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors").meta_params
+    source = load_checkpoint(straight_config.run_dir / "checkpoint.safetensors").weights
     seen, schedule = [], []
     real_images, real_lr = pretraining.training_images, pretraining.cosine_lr
     monkeypatch.setattr(pretraining, "training_images", lambda classes, rotate: seen.append(classes.names)
@@ -203,7 +203,7 @@ def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_lon
     assert seen == [names["train"] + names["val"]]
     steps = len(schedule)  # one epoch of 30 classes' images, on the 3-epoch schedule
     assert steps >= 1 and schedule == [(step, 3 * steps) for step in range(steps)]
-    tensors = load_checkpoint(config.run_dir / "checkpoint.safetensors").meta_params
+    tensors = load_checkpoint(config.run_dir / "checkpoint.safetensors").weights
     weight = pretraining.CLASSIFIER + "weight"
     assert tensors[weight].shape[0] == 30 and source[weight].shape[0] == 25
     network, recipe = load_model(config.out)
@@ -220,8 +220,8 @@ def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_lon
         started = config_for(tiny_imagenet_tree, tmp_path / f"{name}.safetensors", epochs=1, include_val_classes=True,
                              init=init.run_dir / "checkpoint.safetensors")
         pretrain(started, progress=False)
-        known = load_checkpoint(init.run_dir / "checkpoint.safetensors").meta_params[weight]
-        saved = load_checkpoint(started.run_dir / "checkpoint.safetensors").meta_params
+        known = load_checkpoint(init.run_dir / "checkpoint.safetensors").weights[weight]
+        saved = load_checkpoint(started.run_dir / "checkpoint.safetensors").weights
         assert torch.equal(saved[weight][:rows], known)
     with pytest.raises(ValueError, match="stop-after"):
         config_for(tiny_imagenet_tree, tmp_path / "x.safetensors", epochs=2, stop_after=3)
@@ -317,7 +317,7 @@ def test_handwriting_pretraining_learns_each_rotation_as_a_class(tmp_path):
     network, recipe = load_model(config.out)
     assert recipe.dataset == "omniglot" and recipe.ways == 3 and recipe.network["in_channels"] == 1
     assert recipe.class_counts == {"train": 15, "val": 3, "test": 6}
-    classifier = load_checkpoint(config.run_dir / "checkpoint.safetensors").meta_params["classifier.weight"]
+    classifier = load_checkpoint(config.run_dir / "checkpoint.safetensors").weights["classifier.weight"]
     assert classifier.shape == (60, network.feature_dim)
     with pytest.raises(ValueError, match="val-ways"):
         replace(config, val_ways=1)

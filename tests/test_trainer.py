@@ -89,8 +89,8 @@ def test_a_crashed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(tmp_p
 
     a = load_checkpoint(straight.model_path.with_suffix(".run") / "checkpoint.safetensors")
     b = load_checkpoint(resumed.model_path.with_suffix(".run") / "checkpoint.safetensors")
-    for key in a.meta_params:
-        assert torch.equal(a.meta_params[key], b.meta_params[key]), key
+    for key in a.weights:
+        assert torch.equal(a.weights[key], b.weights[key]), key
         assert torch.equal(a.best_params[key], b.best_params[key]), key
     assert resumed.best_score == straight.best_score
     log = [json.loads(line) for line in (crashing.run_dir / "log.jsonl").read_text().splitlines()]
@@ -152,3 +152,29 @@ def test_cli_reports_bad_arguments_without_a_traceback(tmp_path, capsys):
     assert "needs --data-root" in capsys.readouterr().err
     assert cli.main(["evaluate", str(tmp_path / "missing.safetensors")]) == 2
     assert "no such model file" in capsys.readouterr().err
+
+
+def test_a_checkpoint_written_before_the_neutral_names_still_loads(tmp_path):
+    """Checkpoints named their tensors meta/ and adam/ before both stages shared them; they still resume."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from fewshot_serve.training.checkpoint import STATE_KEY, TrainingState, save_checkpoint
+
+    weight = torch.nn.Parameter(torch.arange(4.0))
+    optimizer = torch.optim.Adam([weight])
+    weight.grad = torch.ones(4)
+    optimizer.step()
+    state = TrainingState(3, {"w": weight.detach()}, {"w": weight.detach() * 2}, 0.5, 2, optimizer.state_dict(),
+                          torch.Generator().get_state(), {"seed": 0})
+    save_checkpoint(tmp_path / "new.safetensors", state)
+    with safe_open(str(tmp_path / "new.safetensors"), framework="pt") as handle:
+        renamed = {k.replace("weights/", "meta/").replace("optimizer/", "adam/"): handle.get_tensor(k)
+                   for k in handle.keys()}
+        metadata = handle.metadata()
+    assert any(k.startswith("meta/") for k in renamed) and any(k.startswith("adam/") for k in renamed)
+    save_file(renamed, str(tmp_path / "old.safetensors"), metadata={STATE_KEY: metadata[STATE_KEY]})
+    for name in ("new", "old"):
+        loaded = load_checkpoint(tmp_path / f"{name}.safetensors")
+        assert torch.equal(loaded.weights["w"], weight.detach()) and torch.equal(loaded.best_params["w"], 2 * weight)
+        assert torch.equal(loaded.optimizer["state"][0]["exp_avg"], optimizer.state_dict()["state"][0]["exp_avg"])

@@ -1,6 +1,6 @@
 """Training checkpoints in safetensors: everything needed to resume bit-identically, no pickle.
 
-A checkpoint holds the meta-parameters, the best-so-far parameters, Adam's moments, the task
+A checkpoint holds the trained weights, the best-so-far parameters, the optimizer's state, the task
 sampler's RNG state, and (as JSON metadata) the iteration, the best validation score and the
 run's configuration, so ``--resume`` with a different configuration is refused, not silently mixed.
 """
@@ -23,25 +23,32 @@ STATE_KEY = "fewshot_serve.training.checkpoint"
 
 @dataclass
 class TrainingState:
-    iteration: int  # iterations completed
-    meta_params: dict[str, torch.Tensor]
-    best_params: dict[str, torch.Tensor]
+    """A run of either stage as a checkpoint holds it (the names say nothing of which stage)."""
+
+    iteration: int  # iterations (meta-training) or optimizer steps (pretraining) completed
+    weights: dict[str, torch.Tensor]  # what the run trains (meta-parameters; a backbone and its classifier)
+    best_params: dict[str, torch.Tensor]  # the best-validating weights, as exported
     best_score: float | None  # validation metric of best_params
     best_iteration: int
-    optimizer: dict[str, Any] | None  # torch.optim.Adam.state_dict(), or None for Reptile
+    optimizer: dict[str, Any] | None  # the optimizer's state_dict (Adam, SGD), or None (Reptile)
     rng_state: torch.Tensor  # the task sampler's torch.Generator state
     config: dict[str, Any]
 
 
+#: Tensor-name prefixes: what this version writes, and what checkpoints before it wrote (still read).
+WEIGHTS, OPTIMIZER = "weights/", "optimizer/"
+EARLIER_NAMES = {WEIGHTS: "meta/", OPTIMIZER: "adam/"}
+
+
 def save_checkpoint(path: str | os.PathLike, state: TrainingState) -> None:
-    tensors = {f"meta/{k}": v for k, v in state.meta_params.items()}
+    tensors = {f"{WEIGHTS}{k}": v for k, v in state.weights.items()}
     tensors.update({f"best/{k}": v for k, v in state.best_params.items()})
     tensors["rng"] = state.rng_state
     optimizer_groups = None
     if state.optimizer is not None:
         for index, slots in state.optimizer["state"].items():
             for slot, value in slots.items():
-                tensors[f"adam/{index}/{slot}"] = torch.as_tensor(value)
+                tensors[f"{OPTIMIZER}{index}/{slot}"] = torch.as_tensor(value)
         optimizer_groups = state.optimizer["param_groups"]
     info = {
         "iteration": state.iteration,
@@ -61,18 +68,20 @@ def load_checkpoint(path: str | os.PathLike) -> TrainingState:
         tensors = {k: handle.get_tensor(k) for k in handle.keys()}
 
     def section(prefix: str) -> dict[str, torch.Tensor]:
+        if prefix in EARLIER_NAMES and not any(k.startswith(prefix) for k in tensors):
+            prefix = EARLIER_NAMES[prefix]  # a checkpoint written before the neutral names
         return {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
 
     optimizer = None
     if info["optimizer_groups"] is not None:
         slots: dict[int, dict[str, torch.Tensor]] = {}
-        for key, value in section("adam/").items():
+        for key, value in section(OPTIMIZER).items():
             index, slot = key.split("/")
             slots.setdefault(int(index), {})[slot] = value
         optimizer = {"state": slots, "param_groups": info["optimizer_groups"]}
     return TrainingState(
         iteration=info["iteration"],
-        meta_params=section("meta/"),
+        weights=section(WEIGHTS),
         best_params=section("best/"),
         best_score=info["best_score"],
         best_iteration=info["best_iteration"],

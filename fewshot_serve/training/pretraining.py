@@ -60,14 +60,13 @@ from ..data.episodes import ImageEpisodes
 from ..data.sources import RESNET12_WIDTHS, DataSpec, load_splits, measured_preprocessing, standard_preprocessing
 from ..devices import bf16_available, pick_device
 from ..files.atomic import atomic_write_text
-from ..files.model_file import SEEN_VALIDATION, Recipe, save_model
+from ..files.model_file import SEEN_VALIDATION, Recipe
 from ..networks import ResNet12, fixed_norm_params
 from ..networks.resnet12 import RunningStatistics
-from .checkpoint import TrainingState, fingerprint, load_checkpoint, resume_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, fingerprint, load_checkpoint
 from .nearest_mean import embed_images, nearest_mean_accuracy
-from .run_log import plot_curves, read_log
+from .run_folder import VALIDATION_SEED, RunFolder, keep_if_best
 
-VALIDATION_SEED = 1234
 CLASSIFIER = "classifier."
 RUNNING = "running."
 AVERAGE = "ema."
@@ -215,10 +214,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         raise ValueError(f"{len(labels)} training images are fewer than one batch of {config.batch_size}")
     total = steps_per_epoch * config.epochs  # the cosine schedule's length
     last = total if config.stop_after is None else steps_per_epoch * config.stop_after
-    run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, log_path = run_dir / "checkpoint.safetensors", run_dir / "log.jsonl"
-    atomic_write_text(run_dir / "classes.json", json.dumps({k: v.names for k, v in splits.items()}, indent=1))
+    run = RunFolder(config.run_dir, "accuracy")
+    atomic_write_text(run.path / "classes.json", json.dumps({k: v.names for k, v in splits.items()}, indent=1))
 
     live = _checkpointed(trained, running)
     # the moving average of every live tensor, checkpointed beside them (AVERAGE + name)
@@ -246,16 +243,15 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
     exported_tensors = average or live
     state = TrainingState(0, snapshot(), export_params(exported_tensors), None, 0, None,
                           torch.zeros(1, dtype=torch.uint8), fingerprint(config))
-    log: list[dict[str, Any]] = []
-    if config.resume and checkpoint_path.exists():
-        state = resume_checkpoint(checkpoint_path, config)
+    resumed = run.resume(config) if config.resume else None
+    if resumed is not None:
+        state = resumed
         with torch.no_grad():
             for key, value in live.items():
-                value.copy_(state.meta_params[key])
+                value.copy_(state.weights[key])
             for key, value in average.items():
-                value.copy_(state.meta_params[AVERAGE + key])
+                value.copy_(state.weights[AVERAGE + key])
         optimizer.load_state_dict(state.optimizer)
-        log = [r for r in read_log(log_path) if r["iteration"] <= state.iteration]
 
     def few_shot_scores(params: dict[str, torch.Tensor]) -> dict[int, Any]:
         features = embed_images(exported, params, splits["val"].images, preprocessing.normalize, device)
@@ -270,10 +266,8 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         if average:  # what the average adds: the raw weights on the same episodes
             raw = few_shot_scores(export_params(live))
             record.update(val_raw_metric=raw[5].mean, val_raw_1shot=raw[1].mean)
-        log.append(record)
-        improved = state.best_score is None or results[5].mean > state.best_score
-        if improved:
-            state.best_score, state.best_iteration, state.best_params = results[5].mean, epoch, params
+        run.log.append(record)
+        improved = keep_if_best(state, results[5].mean, epoch, params)
         raw_scores = f" (raw weights {record['val_raw_metric']:.4f}, {record['val_raw_1shot']:.4f})" if average else ""
         bar.write(f"epoch {epoch}: validation nearest-mean {config.val_ways}-way 5-shot {results[5].mean:.4f} "
                   f"± {results[5].ci95:.4f}, 1-shot {results[1].mean:.4f}{raw_scores}"
@@ -283,18 +277,15 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
         if not validating:
             state.best_params = export_params(exported_tensors)
             state.best_iteration = state.iteration // steps_per_epoch
-        state.meta_params = snapshot()
+        state.weights = snapshot()
         state.optimizer = optimizer.state_dict()
-        save_checkpoint(checkpoint_path, state)
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
         recipe.val_metric = {} if state.best_score is None else {"nearest_mean_5shot": state.best_score}
-        save_model(config.out, exported, recipe, state.best_params)
-        plot_curves(log, run_dir / "curves.png", "accuracy")
+        run.save(state, config.out, exported, recipe, state.best_params)
 
     bar = tqdm(total=last, initial=state.iteration, desc="pretrain", disable=not progress)
     for split, classes in splits.items():
         shown = ", ".join(classes.names[:6]) + (", ..." if len(classes) > 6 else "")
-        bar.write(f"{split}: {len(classes)} classes ({shown}); all in {run_dir / 'classes.json'}")
+        bar.write(f"{split}: {len(classes)} classes ({shown}); all in {run.path / 'classes.json'}")
     if not validating:
         bar.write("training on the training and validation classes: nothing is validated; the latest weights "
                   + ("(their moving average) " if average else "") + "are exported")
@@ -324,8 +315,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                                      label_smoothing=config.label_smoothing)
             loss = mixed.kept * loss + (1 - mixed.kept) * pasted
         if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"pretraining diverged at step {step + 1} (loss {loss.item()}); lower --lr. "
-                                     f"The last checkpoint in {run_dir} and the model exported with it are kept.")
+            raise run.diverged(f"pretraining diverged at step {step + 1}", loss.item(), "lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -334,7 +324,7 @@ def pretrain(config: PretrainConfig, progress: bool = True) -> PretrainResult:
                 value.lerp_(live[key].detach(), 1 - config.ema)
         state.iteration = done = step + 1
         accuracy = (logits.argmax(1) == y).float().mean().item()
-        log.append({"iteration": done, "loss": loss.item(), "metric": accuracy})
+        run.log.append({"iteration": done, "loss": loss.item(), "metric": accuracy})
         bar.update(1)
         bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}", acc=f"{accuracy:.3f}")
         epoch_done = done % steps_per_epoch == 0
@@ -388,7 +378,7 @@ def _start_from(path: Path, targets: dict[str, torch.Tensor], new_classes: int =
     depend on it.
     """
     try:
-        source = load_checkpoint(path).meta_params
+        source = load_checkpoint(path).weights
     except (KeyError, OSError, ValueError) as error:
         raise ValueError(f"--init {path}: not a training checkpoint ({error})") from error
     missing = sorted(set(targets) - set(source))

@@ -12,7 +12,6 @@ can read, as each rank restores the checkpoint itself.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import warnings
@@ -33,21 +32,17 @@ from ..data.sources import (
     task_sampler,
 )
 from ..devices import pick_device
-from ..files.atomic import atomic_write_text
-from ..files.model_file import SEEN_VALIDATION, Recipe, load_model, save_model
+from ..files.model_file import SEEN_VALIDATION, Recipe, load_model
 from ..inner_loop import ALGORITHMS, InnerLoop
 from ..networks import MetaNetwork, PooledFeatureClassifier, build_network
 from ..preprocessing import Preprocessing
-from .checkpoint import TrainingState, fingerprint, resume_checkpoint, save_checkpoint
+from .checkpoint import TrainingState, fingerprint
 from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .evaluation import evaluate_episodes
 from .feature_centre import centre_on_training_classes
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .meta_learning import REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, MetaLearner, vmap_is_faster
-from .run_log import plot_curves, read_log
-
-#: Fixed seed of the validation episodes, so every validation scores the same tasks.
-VALIDATION_SEED = 1234
+from .run_folder import VALIDATION_SEED, RunFolder, keep_if_best
 
 
 @dataclass
@@ -276,17 +271,12 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
                           config.annealing)
     generator = torch.Generator().manual_seed(config.seed)
     higher = higher_is_better(network.task_kind)
-
-    run_dir = config.run_dir
-    if shard.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path, log_path = run_dir / "checkpoint.safetensors", run_dir / "log.jsonl"
-    log: list[dict[str, Any]] = []
+    run = RunFolder(config.run_dir, "accuracy" if higher else "mse", create=shard.is_main)
     state = TrainingState(0, {}, {k: v.detach().clone() for k, v in learner.meta_params.items()}, None, 0,
                           None, generator.get_state(), fingerprint(config))
-    if config.resume and checkpoint_path.exists():
-        state = _restore(checkpoint_path, config, learner, generator)
-        log = [r for r in read_log(log_path) if r["iteration"] <= state.iteration]
+    resumed = run.resume(config) if config.resume else None
+    if resumed is not None:
+        state = _restore(resumed, learner, generator)
 
     recipe = Recipe(
         network=network.config(),
@@ -308,17 +298,13 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         if not shard.is_main:
             return
         state.iteration = iteration
-        state.meta_params = {k: v.detach().clone() for k, v in learner.meta_params.items()}
+        state.weights = {k: v.detach().clone() for k, v in learner.meta_params.items()}
         state.optimizer = None if learner.optimizer is None else learner.optimizer.state_dict()
         state.rng_state = generator.get_state()
-        save_checkpoint(checkpoint_path, state)
-        atomic_write_text(log_path, "".join(json.dumps(r) + "\n" for r in log))
-        metric = "accuracy" if higher else "mse"
         # a backbone trained on the validation classes makes their score no held-out figure: none is recorded
         seen = SEEN_VALIDATION in recipe.class_counts
-        recipe.val_metric = {} if state.best_score is None or seen else {metric: state.best_score}
-        save_model(config.out, network, recipe, {**network.state_dict(), **state.best_params})
-        plot_curves(log, run_dir / "curves.png", metric)
+        recipe.val_metric = {} if state.best_score is None or seen else {run.metric: state.best_score}
+        run.save(state, config.out, network, recipe, {**network.state_dict(), **state.best_params})
 
     bar = tqdm(total=config.iterations, initial=state.iteration, desc=f"{config.algorithm}", disable=not progress)
     for iteration in range(state.iteration, config.iterations):
@@ -326,25 +312,20 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         batch = train_tasks.sample(generator, config.meta_batch, device)
         loss, metric = sharded_step(learner, batch, iteration, shard)
         if not math.isfinite(loss):
-            raise FloatingPointError(
-                f"meta-training diverged at iteration {iteration + 1} (query loss {loss}); lower --inner-lr or "
-                f"--meta-lr. The last checkpoint in {run_dir} and the model exported with it are kept."
-            )
+            raise run.diverged(f"meta-training diverged at iteration {iteration + 1}", loss,
+                               "lower --inner-lr or --meta-lr")
         rate = config.meta_batch / (time.perf_counter() - tic)
         done = iteration + 1
-        log.append({"iteration": done, "loss": loss, "metric": metric, "tasks_per_s": rate})
+        run.log.append({"iteration": done, "loss": loss, "metric": metric, "tasks_per_s": rate})
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}", **{"acc" if higher else "mse": f"{metric:.3f}"}, tasks_s=f"{rate:.0f}")
         if shard.is_main and (done % config.val_every == 0 or done == config.iterations):
             result = evaluate_episodes(
                 learned, val_tasks, config.inner_lrs, config.test_steps, config.val_episodes, VALIDATION_SEED, device
             )
-            log.append({"iteration": done, "val_metric": result.mean, "val_ci95": result.ci95})
-            best = state.best_score
-            improved = best is None or (result.mean > best if higher else result.mean < best)
-            if improved:
-                state.best_score, state.best_iteration = result.mean, done
-                state.best_params = {k: v.detach().clone() for k, v in learner.meta_params.items()}
+            run.log.append({"iteration": done, "val_metric": result.mean, "val_ci95": result.ci95})
+            params = {k: v.detach().clone() for k, v in learner.meta_params.items()}
+            improved = keep_if_best(state, result.mean, done, params, higher)
             bar.write(f"iteration {done}: validation {result.mean:.4f} ± {result.ci95:.4f}"
                       + (" (best)" if improved else ""))
         if done % config.checkpoint_every == 0 or done == config.iterations:
@@ -356,10 +337,10 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
     return TrainResult(model_path, state.best_score, state.best_iteration, time.perf_counter() - started)
 
 
-def _restore(path: Path, config: TrainConfig, learner: MetaLearner, generator: torch.Generator) -> TrainingState:
-    state = resume_checkpoint(path, config)
+def _restore(state: TrainingState, learner: MetaLearner, generator: torch.Generator) -> TrainingState:
+    """Put a resumed checkpoint's weights, optimizer and sampler state back into the run."""
     with torch.no_grad():
-        for key, value in state.meta_params.items():
+        for key, value in state.weights.items():
             learner.meta_params[key].copy_(value)
     if learner.optimizer is not None and state.optimizer is not None:
         learner.optimizer.load_state_dict(state.optimizer)
