@@ -9,7 +9,7 @@ import torch
 from test_frozen_runtime import saved, task
 
 import fewshot_serve
-from fewshot_serve.serving.assessment import MAX_FOLDS, folds_of, wilson_interval
+from fewshot_serve.serving.assessment import INTERVAL_WIDENING, MAX_FOLDS, Z_90, folds_of, wilson_interval
 
 
 def plain_loop(model, support: dict) -> dict[tuple[str, str], int]:
@@ -74,6 +74,12 @@ def test_each_fold_holds_out_one_image_of_every_class_and_each_image_once():
 
 
 def test_the_wilson_interval():
-    low, high = wilson_interval(8, 10)
+    low, high = wilson_interval(8, 10, Z_90)  # the textbook 90% interval
     assert low == pytest.approx(0.5408, abs=1e-3) and high == pytest.approx(0.9314, abs=1e-3)
     assert wilson_interval(10, 10)[1] == 1.0 and wilson_interval(0, 10)[0] == 0.0
+    # the served one is wider by the widening chosen on the validation sets
+    served = wilson_interval(8, 10)
+    assert INTERVAL_WIDENING > 1 and served[0] < low and served[1] > high
+    assert served == wilson_interval(8, 10, Z_90 * INTERVAL_WIDENING)
+    # all right stays exactly 1 whatever the count and z (rounding once left it a hair under)
+    assert all(wilson_interval(n, n, z)[1] == 1.0 for n in range(1, 60) for z in (1.0, 2.3, 3.1))
