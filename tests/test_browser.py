@@ -43,7 +43,8 @@ def test_upload_adapt_classify_and_switch_models_in_chromium(tmp_path, colour_mo
             page.locator("#adapt").click()
             page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
             page.locator("#status").get_by_text("on images like these").wait_for(timeout=10_000)  # the estimate
-            page.locator("#confusions img").first.wait_for(timeout=30_000)  # and its confusion-matrix picture
+            picture = page.locator("#confusions img, #confusions svg, #confusions canvas")  # the confusion matrix
+            picture.first.wait_for(timeout=30_000)
             page.locator("#query-files input[type=file]").set_input_files([str(tmp_path / "query.png")])
             page.wait_for_timeout(1000)
             page.locator("#classify").click()
