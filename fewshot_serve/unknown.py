@@ -25,34 +25,23 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .networks import MetaNetwork
+from .networks.base import class_mean_features
 
 #: What the recipe's ``unknown_calibration["score"]`` names; a file calibrated for another score is refused.
 SCORE = "distance to the nearest class mean"
 
 
-def class_means(network: MetaNetwork, params: dict[str, Tensor], h_support: Tensor, y_support: Tensor,
-                ways: int) -> Tensor:
-    """Each class's mean feature ``[ways, d]`` from the support set's frozen-part output ``h_support``."""
-    features = network.head_input(params, h_support, n_ref=len(h_support))
-    members = (y_support.unsqueeze(0) == torch.arange(ways, device=y_support.device).unsqueeze(1)).to(features.dtype)
-    return (members @ features) / members.sum(1, keepdim=True)
+def unknown_scores(features: Tensor, support_targets: Tensor, ways: int) -> Tensor:
+    """Each query's distance to the nearest class mean (``[n_query]``; larger: less like any class).
 
-
-def unknown_scores(network: MetaNetwork, params: dict[str, Tensor], h_support: Tensor, h_query: Tensor,
-                   means: Tensor) -> Tensor:
-    """Each query's distance to the nearest class mean (``[n]``; larger: less like any class).
-
-    The support's frozen part goes first so that a network normalizing with the support set's
-    statistics sees the queries as it does when it classifies them.
+    ``features``: the head's input for the support images, then the queries, from one
+    :meth:`~fewshot_serve.networks.MetaNetwork.head_input` call with the support as ``n_ref``, so that a
+    network normalizing with the support set's statistics sees the queries as it does when it
+    classifies them.
     """
-    features = network.head_input(params, torch.cat([h_support, h_query]), n_ref=len(h_support))
-    return nearest_mean_distance(features[len(h_support):], means)
-
-
-def nearest_mean_distance(features: Tensor, means: Tensor) -> Tensor:
-    """The score itself, from the head's input features ``[n, d]`` and the class means ``[ways, d]``."""
-    return torch.cdist(features, means).min(1).values
+    n_support = len(support_targets)
+    means = class_mean_features(features[:n_support], support_targets, ways)
+    return torch.cdist(features[n_support:], means).min(1).values
 
 
 def threshold_for(calibration: Mapping[str, Any], shots: int) -> float:

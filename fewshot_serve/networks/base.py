@@ -178,9 +178,7 @@ class SharedHeadClassifier(MetaNetwork):
         row alone would rank them by the dot product ``μ_c·x``, which favours classes whose
         support features agree. Differentiable in the features, so second-order MAML sees it.
         """
-        # one-hot by comparison, not F.one_hot: it also works under torch.func.vmap
-        members = (labels.unsqueeze(0) == torch.arange(ways, device=labels.device).unsqueeze(1)).to(features.dtype)
-        means = (members @ features) / members.sum(1, keepdim=True)
+        means = class_mean_features(features, labels, ways)
         return {"head.weight": 2 * means, "head.bias": -(means * means).sum(1)}
 
     def task_parameters(self, meta_params: dict[str, Tensor], ways: int) -> dict[str, Tensor]:
@@ -191,6 +189,13 @@ class SharedHeadClassifier(MetaNetwork):
 
     def loss(self, outputs: Tensor, targets: Tensor) -> Tensor:
         return F.cross_entropy(outputs, targets)
+
+
+def class_mean_features(features: Tensor, labels: Tensor, ways: int) -> Tensor:
+    """Each class's mean of ``features`` ``[n, d]`` with ``labels`` in ``range(ways)``: ``[ways, d]``."""
+    # one-hot by comparison, not F.one_hot: it also works under torch.func.vmap
+    members = (labels.unsqueeze(0) == torch.arange(ways, device=labels.device).unsqueeze(1)).to(features.dtype)
+    return (members @ features) / members.sum(1, keepdim=True)
 
 
 def adapts_head_only(network: MetaNetwork) -> bool:

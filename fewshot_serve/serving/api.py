@@ -37,7 +37,7 @@ from ..files.model_file import Recipe, load_model
 from ..inner_loop import Adaptation, adapt
 from ..networks import MetaNetwork
 from ..preprocessing import ImageLike, Preprocessing, open_image
-from ..unknown import class_means, nearest_mean_distance, threshold_for
+from ..unknown import threshold_for, unknown_scores
 from .assessment import Assessment, assess
 from .frozen_runtime import OnnxFrozenPart
 
@@ -136,7 +136,7 @@ class FewShotModel:
         steps = self.recipe.test_steps if steps is None else steps
         if not isinstance(steps, int) or not 0 <= steps <= 100:
             raise InputError(f"steps must be an integer in [0, 100], got {steps!r}")
-        h = self._support_frozen_part(x)
+        h = self._frozen_part(x)
         adaptation = self.adapt_features(x, h, y, len(labels), steps)
         losses = adaptation.support_losses.tolist()
         if not all(np.isfinite(losses)) or not all(torch.isfinite(p).all() for p in adaptation.params.values()):
@@ -149,9 +149,10 @@ class FewShotModel:
         start = self.network.task_parameters(self._meta_params, ways)
         return adapt(self.network, start, x, y, self.recipe.inner_lrs, steps, first_order=True, h_support=h)
 
-    def _support_frozen_part(self, x: Tensor) -> Tensor:
-        """The support images' frozen part, once: by onnxruntime, or in torch (under bfloat16 autocast
-        with ``bf16``), in float32 for the steps. Its weights are meta-parameters no task changes."""
+    def _frozen_part(self, x: Tensor) -> Tensor:
+        """Images' frozen part (the support's once per adaptation, the queries' per request): by
+        onnxruntime, or in torch (under bfloat16 autocast with ``bf16``), in float32 for what follows.
+        Its weights are meta-parameters no task changes."""
         if self.frozen_part_runtime is not None:
             return self.frozen_part_runtime(x)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
@@ -160,10 +161,10 @@ class FewShotModel:
 
 
     def query_frozen_part(self, x: Tensor, support_images: Tensor) -> Tensor:
-        """The frozen part of preprocessed queries ``x``, as :meth:`_support_frozen_part` computes the
-        support's; where it normalizes with support statistics, those of ``support_images``."""
+        """The frozen part of preprocessed queries ``x``, as :meth:`_frozen_part` computes the
+        support's; where it normalizes with support statistics, with those of ``support_images``."""
         if self.frozen_part_runtime is not None or self.network.has_per_image_frozen_part:
-            return self._support_frozen_part(x.to(self.device))
+            return self._frozen_part(x.to(self.device))
         both = torch.cat([support_images, x.to(self.device)])
         with torch.no_grad():
             return self.network.frozen_part(self.network.at_step(self._meta_params, 0), both,
@@ -291,9 +292,10 @@ class AdaptedClassifier:
         h_query, n_support = self.model.query_frozen_part(x, self.support_images), len(self.support_features)
         with torch.inference_mode():
             h = torch.cat([self.support_features, h_query])
-            features = self.model.network.head_input(self.params, h, n_ref=n_support)[n_support:]
-            probabilities = torch.softmax(self.model.network.head_logits(self.params, features), dim=-1)
-            scores = nearest_mean_distance(features, self._means)
+            features = self.model.network.head_input(self.params, h, n_ref=n_support)
+            logits = self.model.network.head_logits(self.params, features[n_support:])
+            probabilities = torch.softmax(logits, dim=-1)
+            scores = unknown_scores(features, self.support_targets, len(self.labels))
         predictions = []
         for row, score in zip(probabilities.tolist(), scores.tolist()):
             unknown = score > threshold
@@ -309,13 +311,6 @@ class AdaptedClassifier:
             raise InputError("this model file has no 'none of these' calibration; calibrate a copy with "
                              "`fewshot-serve calibrate-unknown MODEL --out FILE`, or classify without reject_unknown")
         return threshold_for(calibration, int(torch.bincount(self.support_targets).min()))
-
-    @cached_property
-    def _means(self) -> Tensor:
-        """The support set's class means, as the "none of these" score measures from them."""
-        with torch.inference_mode():
-            return class_means(self.model.network, self.params, self.support_features, self.support_targets,
-                               len(self.labels))
 
     def _prepare_queries(self, queries: Sequence[ImageLike]) -> Tensor:
         """Check a query list and preprocess it into float input ``[n, C, S, S]``."""

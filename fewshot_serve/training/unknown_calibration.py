@@ -24,7 +24,7 @@ from ..files.model_file import Recipe, load_model, save_model, stored_dtype
 from ..inner_loop import adapt
 from ..networks import MetaNetwork
 from ..preprocessing import Preprocessing
-from ..unknown import SCORE, class_means, unknown_scores
+from ..unknown import SCORE, unknown_scores
 from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 
 
@@ -59,9 +59,8 @@ class ScoredEpisodes:
         params = {k: v.detach() for k, v in adaptation.params.items()}
         with torch.no_grad():
             h = self.view.frozen_part(self.view.at_step(start, 0), torch.cat([xs, xq]), n_ref=len(xs))
-            h_support, h_query = h[: len(xs)], h[len(xs):]
-            means = class_means(self.view, params, h_support, ys, ways)
-            return unknown_scores(self.view, params, h_support, h_query, means), batch.y_query[0] < ways
+            features = self.view.head_input(params, h, n_ref=len(xs))
+            return unknown_scores(features, ys, ways), batch.y_query[0] < ways
 
 
 def frozen_table(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing) -> Tensor | None:
