@@ -51,7 +51,7 @@ def colour_model(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("colour")
     tree = write_class_tree(root / "classes", classes=24, per_class=4, colour=True)
     config = TrainConfig(out=root / "colour-conv4.safetensors", algorithm="fomaml",
-                         data=DataSpec("folder", tree, image_size=32), ways=3, shots=1, queries=2, inner_steps=2,
+                         data=DataSpec("folder", tree, image_size=32), ways=3, shots=1, queries=2, train_steps=2,
                          meta_batch=2, iterations=2, val_every=2, val_episodes=2)
     return train(config, progress=False).model_path
 

@@ -191,6 +191,7 @@ def test_page_handlers_escape_messages_and_api_ones_do_not():
     assert api.value.message == "class '<b>x</b>' is bad"
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_request_limits_are_enforced_with_a_clear_message(server, glyph_files):
     one = handle_file(glyph_files[0, 0])
     with pytest.raises(Exception, match="at most 100 classes"):

@@ -33,7 +33,7 @@ def as_counts(assessment) -> dict[tuple[str, str], int]:
     return {(labels[t], labels[p]): n for t, row in enumerate(assessment.confusion) for p, n in enumerate(row) if n}
 
 
-@pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("runtime", ["torch", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_the_estimate_equals_a_plain_loop_of_adaptations_without_one_image_of_each_class(tmp_path, runtime):
     model = fewshot_serve.load(saved(tmp_path, "efficientnet head only"), "cpu", runtime=runtime)
     support, _ = task(2, classes="abc", shots=3)

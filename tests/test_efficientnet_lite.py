@@ -198,6 +198,7 @@ def recipe_for(network: EfficientNetLite) -> Recipe:
                   shots=1, queries=15)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_model_file_round_trip_int8_serving_and_onnx(tmp_path):
     import fewshot_serve
     from fewshot_serve.files.model_file import store_weights
@@ -362,6 +363,7 @@ def test_an_ensemble_of_different_architectures_meta_learns_its_head_and_folds()
     assert_frozen_classifier_equals_predict(ensemble, images(WAYS * SHOTS, 2), images(4, 3), steps=2)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_fewshot_serve_ensemble_joins_an_imported_backbone_to_one_made_here(tmp_path, capsys):
     from dataclasses import replace
 
@@ -386,6 +388,7 @@ def test_fewshot_serve_ensemble_joins_an_imported_backbone_to_one_made_here(tmp_
     assert_onnx_export_agrees(adapted, queries, adapted.classify(queries), tmp_path / "task.onnx")
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_the_port_classifies_tiny_imagenet_photos_with_imagenets_own_classifier(tmp_path):
     """The port's proof in small (models/prove_imagenet_port.py; the card states the full figure): two photos
     of each of the 160 Tiny ImageNet classes through our backbone and the package's 1000-way classifier."""

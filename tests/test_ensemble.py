@@ -91,6 +91,7 @@ def two_backbones(tiny_imagenet_tree, tmp_path_factory):
     return paths
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_pretrained_files_make_an_ensemble_that_meta_learns_its_head_serves_and_exports(
         two_backbones, tiny_imagenet_tree, tmp_path, capsys):
     import fewshot_serve

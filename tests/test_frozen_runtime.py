@@ -61,6 +61,7 @@ def test_onnxruntime_serves_what_torch_serves(tmp_path, name):
     assert batches == [6, 4]  # support and queries both went through onnxruntime
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_the_export_is_cached_per_model_file_and_a_damaged_entry_is_replaced(tmp_path, monkeypatch):
     monkeypatch.setenv(frozen_runtime.CACHE_VARIABLE, str(tmp_path / "cache"))
     path = saved(tmp_path, "efficientnet head only")
@@ -77,6 +78,7 @@ def test_the_export_is_cached_per_model_file_and_a_damaged_entry_is_replaced(tmp
     assert entry.read_bytes() != b"not an onnx model"
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_a_changed_model_file_is_exported_again_and_off_keeps_the_cache_in_memory(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     monkeypatch.setenv(frozen_runtime.CACHE_VARIABLE, str(cache))

@@ -211,7 +211,7 @@ def test_serving_adapts_exactly_as_the_trainer_with_the_learned_recipe(tmp_path,
 
     config = TrainConfig(out=tmp_path / "plus.safetensors", algorithm="maml",
                          data=DataSpec("folder", glyph_tree, image_size=16, channels=1), ways=3, shots=1, queries=2,
-                         inner_steps=2, test_steps=3, inner_lrs=(0.4, 0.3), meta_batch=2, iterations=4, val_every=2,
+                         train_steps=2, test_steps=3, inner_lrs=(0.4, 0.3), meta_batch=2, iterations=4, val_every=2,
                          val_episodes=4, learned_lrs=True, per_step_norm=True, multi_step_loss=2,
                          first_order_iterations=1, cosine_meta_lr=True, meta_lr=0.01)
     result = train(config, progress=False)

@@ -19,7 +19,7 @@ from fewshot_serve.files.model_file import load_model
 from fewshot_serve.serving.api import load
 from fewshot_serve.training.trainer import TrainConfig, train
 
-TINY_RUN = dict(ways=3, shots=1, queries=2, inner_steps=2, meta_batch=2, iterations=2, val_every=2, val_episodes=4,
+TINY_RUN = dict(ways=3, shots=1, queries=2, train_steps=2, meta_batch=2, iterations=2, val_every=2, val_episodes=4,
                 learned_lrs=True, per_step_norm=True)
 
 

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: n
 def test_short_fomaml_run_beats_80_percent_on_held_out_alphabets(tmp_path, omniglot_root):
     result = train(TrainConfig(
         out=tmp_path / "omniglot.safetensors", algorithm="fomaml", data=DataSpec("omniglot-subset", omniglot_root),
-        ways=5, shots=1, queries=5, inner_steps=3, test_steps=5, inner_lrs=(0.4,), meta_lr=3e-3, meta_batch=16,
+        ways=5, shots=1, queries=5, train_steps=3, test_steps=5, inner_lrs=(0.4,), meta_lr=3e-3, meta_batch=16,
         iterations=100, val_every=100, val_episodes=50, checkpoint_every=100,
     ), progress=False)
     network, recipe = load_model(result.model_path)

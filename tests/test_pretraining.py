@@ -151,6 +151,7 @@ def test_pretraining_with_a_cosine_classifier_resumes_exactly_and_keeps_its_scal
         config("bad", cosine_scale=-1.0)
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pretrained, tiny_imagenet_tree, tmp_path,
                                                                               monkeypatch, capsys):
     straight_config, _ = pretrained
@@ -182,6 +183,7 @@ def test_pretraining_can_start_from_another_runs_checkpoint_at_a_larger_size(pre
         assert reason in capsys.readouterr().err
 
 
+@pytest.mark.slow  # over 4 s on 2 cores: the full run's, not the quick tier's
 def test_the_final_run_adds_the_validation_classes_and_can_stop_early_on_the_long_schedule(
         pretrained, tiny_imagenet_tree, tmp_path, monkeypatch):
     """``include_val_classes`` (the final run of a fixed recipe): the validation classes join the training

@@ -234,7 +234,8 @@ def recipe_for(network):
                   shots=1, queries=15)
 
 
-@pytest.mark.parametrize("centred, prototype_head", [(False, False), (True, False), (True, True)])
+@pytest.mark.parametrize("centred, prototype_head", [(False, False), pytest.param(True, False, marks=pytest.mark.slow),
+                                                     pytest.param(True, True, marks=pytest.mark.slow)])
 def test_model_file_round_trip_serving_and_onnx(tmp_path, centred, prototype_head):
     import fewshot_serve
 

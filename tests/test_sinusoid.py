@@ -45,7 +45,7 @@ def baseline_mse() -> float:
 def test_meta_learning_beats_joint_pretraining_on_sinusoids(tmp_path, baseline_mse, algorithm, inner_steps, meta_lr):
     result = train(TrainConfig(
         out=tmp_path / "sinusoid.safetensors", algorithm=algorithm, data=DataSpec("sinusoid"), ways=1, shots=SHOTS,
-        queries=10, inner_steps=inner_steps, test_steps=TEST_STEPS, inner_lrs=(LR,), meta_lr=meta_lr,
+        queries=10, train_steps=inner_steps, test_steps=TEST_STEPS, inner_lrs=(LR,), meta_lr=meta_lr,
         meta_batch=META_BATCH, iterations=ITERATIONS, val_every=ITERATIONS, val_episodes=50,
         checkpoint_every=ITERATIONS,
     ), progress=False)

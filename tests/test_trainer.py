@@ -18,7 +18,7 @@ def config(tmp_path, glyph_tree, **overrides) -> TrainConfig:
     settings = dict(
         out=tmp_path / "glyphs.safetensors", algorithm="maml",
         data=DataSpec("folder", glyph_tree, image_size=16, channels=1), ways=3, shots=1, queries=2,
-        inner_steps=1, test_steps=2, inner_lrs=(0.4,), meta_batch=4, iterations=6, val_every=3, val_episodes=10,
+        train_steps=1, test_steps=2, inner_lrs=(0.4,), meta_batch=4, iterations=6, val_every=3, val_episodes=10,
         checkpoint_every=2, seed=3,
     )
     settings.update(overrides)
@@ -51,7 +51,7 @@ def test_the_exported_model_is_the_best_validated_one(tmp_path, glyph_tree):
 
 
 def test_a_maml_plus_plus_file_continues_with_its_learned_rates_and_per_step_norms(tmp_path, glyph_tree):
-    maml_plus_plus = dict(learned_lrs=True, per_step_norm=True, inner_steps=2, iterations=3)
+    maml_plus_plus = dict(learned_lrs=True, per_step_norm=True, train_steps=2, iterations=3)
     first = train(config(tmp_path / "first", glyph_tree, **maml_plus_plus), progress=False)
     start, _ = load_model(first.model_path)
     assert not torch.allclose(start.step_lrs, torch.full_like(start.step_lrs, 0.4))  # learned, so it can tell
@@ -62,7 +62,7 @@ def test_a_maml_plus_plus_file_continues_with_its_learned_rates_and_per_step_nor
     for key, value in start.state_dict().items():
         torch.testing.assert_close(continued.state_dict()[key], value, rtol=0, atol=1e-9, msg=key)
     with pytest.raises(ValueError, match="per-step norms for 2 inner steps"):
-        train(config(tmp_path / "other", glyph_tree, init=first.model_path, **{**maml_plus_plus, "inner_steps": 3}))
+        train(config(tmp_path / "other", glyph_tree, init=first.model_path, **{**maml_plus_plus, "train_steps": 3}))
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "reptile"])
@@ -118,10 +118,24 @@ def test_a_checkpoint_from_before_a_setting_existed_resumes_while_the_setting_st
         train(config(tmp_path, glyph_tree, iterations=2, cosine_meta_lr=True, resume=True), progress=False)
 
 
+def test_a_checkpoint_from_before_a_setting_was_renamed_resumes_under_the_new_name(tmp_path, glyph_tree):
+    from fewshot_serve.training.checkpoint import save_checkpoint
+
+    train(config(tmp_path, glyph_tree, iterations=2, train_steps=2), progress=False)
+    path = tmp_path / "glyphs.run" / "checkpoint.safetensors"
+    state = load_checkpoint(path)
+    state.config["inner_steps"] = state.config.pop("train_steps")  # as checkpoints before the rename recorded it
+    save_checkpoint(path, state)
+    assert train(config(tmp_path, glyph_tree, iterations=2, train_steps=2, resume=True),
+                 progress=False).best_iteration == 2
+    with pytest.raises(ValueError, match=r"different settings \(train_steps\)"):
+        train(config(tmp_path, glyph_tree, iterations=2, train_steps=3, resume=True), progress=False)
+
+
 def test_divergence_stops_with_a_clear_error(tmp_path, glyph_tree):
     with pytest.raises(FloatingPointError, match="diverged at iteration"):
         # two steps: the first moves only the shared head row, the second the whole network by 1e30
-        train(config(tmp_path, glyph_tree, inner_lrs=(1e30,), inner_steps=2, algorithm="fomaml"), progress=False)
+        train(config(tmp_path, glyph_tree, inner_lrs=(1e30,), train_steps=2, algorithm="fomaml"), progress=False)
 
 
 def test_cli_train_then_evaluate_prints_a_json_summary(tmp_path, glyph_tree, capsys):

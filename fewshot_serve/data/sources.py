@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..config_flags import setting
 from ..networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
 from ..preprocessing import Preprocessing
 from .augmentation import augment_photos
@@ -38,14 +39,20 @@ RESNET12_WIDTHS = (64, 160, 320, 640)
 class DataSpec:
     """Which data, where, and at which image size (``None``: the dataset's standard)."""
 
-    dataset: str
-    data_root: Path | None = None
-    download: bool = False
-    image_size: int | None = None
-    channels: int | None = None
-    split_seed: int = 0
-    #: decode only each class's first this many images (by file name; Omniglot, Tiny ImageNet, folders)
-    images_per_class: int | None = None
+    dataset: str = setting(help="the dataset (folder: one sub-folder of images per class under --data-root)",
+                           choices=DATASETS, group="data")
+    data_root: Path | None = setting(
+        None, "the dataset's folder (default: omniglot/images_background (omniglot-subset: "
+              "omniglot/images_background_subset), tiny-imagenet/, cifar100/ or mini-imagenet/ in "
+              "$FEWSHOT_SERVE_DATA, else in ../shared/datasets)", group="data")
+    download: bool = setting(False, "download Omniglot's background set / CIFAR-100 with torchvision", group="data")
+    image_size: int | None = setting(None, "input side in pixels (default: the dataset's)", group="data")
+    channels: int | None = setting(None, "1 (grayscale) or 3 (colour) (default: the dataset's)", choices=(1, 3),
+                                   group="data")
+    split_seed: int = setting(0, "seed of the train/val/test class split", group="data")
+    images_per_class: int | None = setting(
+        None, "decode only each class's first N images by file name (Omniglot, Tiny ImageNet, folder; e.g. to fit "
+              "Tiny ImageNet at an ImageNet backbone's 224x224 in memory)", metavar="N", group="data")
 
 
 def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:

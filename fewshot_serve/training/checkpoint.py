@@ -107,11 +107,14 @@ def resume_checkpoint(path: str | os.PathLike, config: Any) -> TrainingState:
 
     A setting missing on either side counts as its default (:func:`setting_defaults`): a run
     checkpointed before a setting existed still resumes, as long as this run leaves that setting
-    at its default, which is what the earlier run did without knowing it.
+    at its default, which is what the earlier run did without knowing it. A setting renamed since
+    (the class's ``renamed_settings``) is compared under its new name.
     """
     state = load_checkpoint(path)
     defaults = setting_defaults(type(config))
-    made, wanted = {**defaults, **state.config}, {**defaults, **fingerprint(config)}
+    renamed = getattr(config, "renamed_settings", {})
+    earlier = {renamed.get(k, k): v for k, v in state.config.items()}
+    made, wanted = {**defaults, **earlier}, {**defaults, **fingerprint(config)}
     if made != wanted:
         differing = sorted(k for k in set(made) | set(wanted) if made.get(k) != wanted.get(k))
         raise ValueError(f"cannot resume {path}: it was made with different settings ({', '.join(differing)})")

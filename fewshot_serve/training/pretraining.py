@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from ..config_flags import WIDTHS, setting
 from ..data.augmentation import augment_characters, augment_photos, cutmix
 from ..data.datasets import OMNIGLOT_FOLDERS, ImageClasses
 from ..data.episodes import ImageEpisodes
@@ -78,34 +79,45 @@ class PretrainConfig:
     volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "out", "run_dir", "val_episodes",
                                                      "stop_after")
 
-    out: Path
+    out: Path = setting(help="the .safetensors file to write")
     data: DataSpec = field(default_factory=lambda: DataSpec("tiny-imagenet"))
-    widths: tuple[int, ...] = RESNET12_WIDTHS
-    epochs: int = 30
-    batch_size: int = 128
-    lr: float = 0.1  # SGD (Nesterov momentum 0.9), cosine-annealed to 0 over the run
-    weight_decay: float = 5e-4
+    widths: tuple[int, ...] = setting(RESNET12_WIDTHS, "ResNet-12 block widths", parse=WIDTHS)
+    epochs: int = setting(30, "epochs of the cosine learning-rate schedule")
+    batch_size: int = setting(128, "images per SGD step")
+    lr: float = setting(0.1, "SGD learning rate (Nesterov momentum 0.9), cosine-annealed to 0")
+    weight_decay: float = setting(5e-4, "SGD weight decay")
     label_smoothing: float = 0.1
-    cutmix: float = 0.0  # probability that a batch is CutMix-ed
-    cosine_scale: float = 0.0  # > 0: a cosine classifier with this logit scale (0: a linear one)
-    distortion: float = 0.0  # handwriting: strength of random affine distortions (1: Koch et al.'s ranges; 0: none)
-    ema: float = 0.0  # decay of the weights' moving average per step (0: none; e.g. 0.998)
+    cutmix: float = setting(0.0, "probability that a batch is CutMix-ed (a regularizer against overfitting)")
+    cosine_scale: float = setting(0.0, "classify the training classes by cosine similarity times SCALE (e.g. 16) "
+                                       "instead of a linear layer (0: linear)", metavar="SCALE")
+    distortion: float = setting(0.0, "handwriting: random affine distortions of training drawings, STRENGTH in "
+                                     "[0, 1] (1: rotation within ±10°, shear ±0.3, scale 0.8-1.2; 0: shifts only)",
+                                metavar="STRENGTH")
+    ema: float = setting(0.0, "validate and export a moving average of the weights with this decay per step "
+                              "(e.g. 0.998; 0: the weights themselves)")
     val_every: int = 1  # epochs
-    val_ways: int = 5
-    val_episodes: int = 200
-    checkpoint_every: int = 100  # steps
-    seed: int = 0
-    device: str | None = None
-    bf16: bool | None = None  # bfloat16 autocast; None: where the hardware supports it
+    val_ways: int = setting(5, "classes per validation episode (e.g. 20 for handwriting, where 5 is too easy to "
+                               "rank)")
+    val_episodes: int = setting(200, "validation episodes (always the same ones)")
+    checkpoint_every: int = setting(100, "steps between checkpoints")
+    seed: int = setting(0, "seed of the initialization and of the batches")
+    device: str | None = setting(None, "cpu, cuda, cuda:1 ... (default: cuda when present)")
+    bf16: bool | None = setting(None, "bfloat16 autocast (default: where the hardware supports it)")
     # the exported file's adaptation recipe (what serving and `train --init` start from)
     adapt_from: int = 4
     inner_lrs: tuple[float, ...] = (0.5,)
     test_steps: int = 10
-    run_dir: Path | None = None
-    resume: bool = False
-    init: Path | None = None  # another pretraining run's checkpoint.safetensors to start from
-    include_val_classes: bool = False  # train on training + validation classes; validate nothing, export the latest
-    stop_after: int | None = None  # end after this many of the schedule's epochs (None: all)
+    run_dir: Path | None = setting(None, "checkpoint/log/plot folder (default: OUT.run)")
+    resume: bool = setting(False, "continue from the run folder's checkpoint")
+    init: Path | None = setting(None, "start from another pretraining run's checkpoint.safetensors (network, "
+                                      "classifier, BatchNorm statistics), e.g. to fine-tune at a larger "
+                                      "--image-size with a smaller --lr")
+    include_val_classes: bool = setting(False, "the final run of a recipe fixed on validation: train on the "
+                                               "training and validation classes (test classes stay untouched), "
+                                               "validate nothing, export the latest weights")
+    stop_after: int | None = setting(None, "end after this many epochs of the --epochs cosine schedule (repeat a run "
+                                           "that validation stopped early on its exact learning-rate trajectory)",
+                                     metavar="EPOCHS")
     command: str = ""
 
     def __post_init__(self) -> None:

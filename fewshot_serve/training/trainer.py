@@ -23,7 +23,9 @@ from typing import Any, ClassVar
 import torch
 from tqdm import tqdm
 
+from ..config_flags import LEARNING_RATES, WIDTHS, setting
 from ..data.sources import (
+    ARCHITECTURES,
     DataSpec,
     load_splits,
     measured_preprocessing,
@@ -44,45 +46,64 @@ from .frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 from .meta_learning import REPTILE_REFUSES_MAML_PLUS_PLUS, Annealing, MetaLearner, vmap_is_faster
 from .run_folder import VALIDATION_SEED, RunFolder, keep_if_best
 
+MAML_PLUS_PLUS = "MAML++ (Antoniou et al. 2019; each off by default)"
+
 
 @dataclass
 class TrainConfig:
     #: What a resumed run may change (:func:`~fewshot_serve.training.checkpoint.fingerprint`).
     volatile_settings: ClassVar[tuple[str, ...]] = ("resume", "command", "device", "vectorize", "out", "run_dir")
 
-    out: Path
-    algorithm: str = "maml"
+    #: Settings renamed since checkpoints were first written: an old checkpoint's name -> today's.
+    renamed_settings: ClassVar[dict[str, str]] = {"inner_steps": "train_steps"}
+
+    out: Path = setting(help="the .safetensors file to write")
+    algorithm: str = setting("maml", "the meta-learning algorithm", choices=ALGORITHMS)
     data: DataSpec = field(default_factory=lambda: DataSpec("omniglot"))
-    ways: int = 5
-    shots: int = 1
-    queries: int = 15
-    inner_steps: int = 1
-    test_steps: int | None = None  # None: inner_steps
-    inner_lrs: tuple[float, ...] = (0.4,)
-    meta_lr: float | None = None  # None: 1e-3 (Adam) for MAML/FOMAML, 1.0 (ε) for Reptile
-    meta_batch: int = 32
-    iterations: int = 1000
-    val_every: int = 100
-    val_episodes: int = 100
-    checkpoint_every: int = 50
-    seed: int = 0
-    device: str | None = None
-    vectorize: bool | None = None  # None: whichever is faster here (see vmap_is_faster)
-    architecture: str | None = None  # None: conv4, or the --init file's
-    widths: tuple[int, ...] | None = None  # conv4: (filters,); resnet12: 4 block widths (None: the standard)
-    adapt_from: int = 0  # resnet12: the first block the inner loop adapts (4: the head only)
-    init: Path | None = None  # start from this model file's weights (e.g. `fewshot-serve pretrain`'s)
-    freeze_body: bool = False  # with init: meta-learn only the adapted part, on cached frozen-part outputs
-    centre_features: bool = False  # with a pretrained init: subtract the training classes' mean feature (CL2N)
-    prototype_head: bool = False  # with a ResNet-12 init: class head rows start at their support means (Proto-MAML)
+    init: Path | None = setting(None, "start from this model file's weights (e.g. from `fewshot-serve pretrain`); "
+                                      "its architecture, preprocessing and dataset split are used")
+    freeze_body: bool = setting(False, "with --init and --adapt-from > 0: meta-learn only the adapted blocks, head "
+                                       "and temperature, on the frozen blocks' output cached once per image (much "
+                                       "faster; no augmentation)")
+    centre_features: bool = setting(False, "with a pretrained ResNet-12 or an imported backbone as --init: subtract "
+                                           "the training classes' mean feature (measured once, stored in the model "
+                                           "file) before normalizing (SimpleShot's CL2N)")
+    prototype_head: bool = setting(False, "with a ResNet-12 or an EfficientNet-Lite as --init: each class's head row "
+                                          "starts at its support features' mean (Proto-MAML), so that zero steps "
+                                          "classify by nearest class mean and steps refine that")
+    architecture: str | None = setting(None, "network (default: conv4, or the --init file's)", choices=ARCHITECTURES)
+    widths: tuple[int, ...] | None = setting(None, "conv4: filters (default 64 grayscale, 32 colour); resnet12: 4 "
+                                                   "block widths (default 64,160,320,640)", parse=WIDTHS)
+    adapt_from: int = setting(0, "the first layer the inner loop adapts: resnet12 a block 0-4, 4 the head only "
+                                 "(ANIL-style); efficientnet_lite a unit 0-18 (0 the stem, 1-16 blocks, 17 the head "
+                                 "convolution, 18 the head only)", metavar="UNIT")
+    ways: int = setting(5, "classes per task")
+    shots: int = setting(1, "support examples per class")
+    queries: int = setting(15, "query examples per class")
+    train_steps: int = setting(1, "inner SGD steps during meta-training", aliases=("--inner-steps",))
+    test_steps: int | None = setting(None, "inner steps at test/serving time (default: --train-steps)")
+    inner_lrs: tuple[float, ...] = setting((0.4,), "inner learning rate, or one per step: 0.4,0.2",
+                                           aliases=("--inner-lr",), parse=LEARNING_RATES)
+    meta_lr: float | None = setting(None, "Adam lr (MAML/FOMAML, default 1e-3) or Reptile ε (default 1.0)")
+    meta_batch: int = setting(32, "tasks per outer update")
+    iterations: int = setting(1000, "outer updates")
+    val_every: int = setting(100, "iterations between validations")
+    val_episodes: int = setting(100, "validation episodes (always the same ones)")
+    checkpoint_every: int = setting(50, "iterations between checkpoints")
+    seed: int = setting(0, "seed of the initialization and of the task sampler")
+    device: str | None = setting(None, "cpu, cuda, cuda:1 ... (default: cuda when present)")
+    vectorize: bool | None = setting(None, "adapt a meta-batch's tasks in one vmap pass (default: where measured "
+                                           "faster, see vmap_is_faster)", flag="--vmap")
     # MAML++ (Antoniou et al. 2019), each off by default; see networks/base.py and meta_learning.Annealing
-    learned_lrs: bool = False  # learn a learning rate per fast weight and inner step (LSLR)
-    per_step_norm: bool = False  # BatchNorm weights and biases per inner-loop state (BNWB)
-    multi_step_loss: int = 0  # iterations over which the every-step query loss anneals to the last step's
-    first_order_iterations: int = 0  # MAML: first order for this many iterations, then second order
-    cosine_meta_lr: bool = False  # cosine annealing of Adam's learning rate to 1% of --meta-lr
-    run_dir: Path | None = None  # None: <out without suffix>.run
-    resume: bool = False
+    learned_lrs: bool = setting(False, "learn an inner lr per layer and step (LSLR)", group=MAML_PLUS_PLUS)
+    per_step_norm: bool = setting(False, "BatchNorm weights and biases per inner step", group=MAML_PLUS_PLUS)
+    multi_step_loss: int = setting(0, "query loss after every inner step, annealed to the last step's over "
+                                      "ITERATIONS", metavar="ITERATIONS", group=MAML_PLUS_PLUS)
+    first_order_iterations: int = setting(0, "maml: first order for the first ITERATIONS, then second order",
+                                          metavar="ITERATIONS", group=MAML_PLUS_PLUS)
+    cosine_meta_lr: bool = setting(False, "cosine-anneal the meta lr to 1% of --meta-lr", group=MAML_PLUS_PLUS)
+    run_dir: Path | None = setting(None, "checkpoint/log/plot folder (default: OUT.run)")
+    resume: bool = setting(False, "continue from the run folder's checkpoint")
     command: str = ""
 
     def __post_init__(self) -> None:
@@ -91,8 +112,8 @@ class TrainConfig:
         for name in ("meta_batch", "iterations", "val_every", "val_episodes", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1")
-        if self.inner_steps < 1:
-            raise ValueError("inner-steps must be at least 1")
+        if self.train_steps < 1:
+            raise ValueError("train-steps must be at least 1")
         if self.multi_step_loss < 0 or self.first_order_iterations < 0:
             raise ValueError("multi-step-loss and first-order-iterations must be >= 0")
         if self.freeze_body and (self.init is None or self.adapt_from == 0):
@@ -110,7 +131,7 @@ class TrainConfig:
         if self.meta_lr is None:
             self.meta_lr = 1.0 if self.algorithm == "reptile" else 1e-3
         if self.test_steps is None:
-            self.test_steps = self.inner_steps
+            self.test_steps = self.train_steps
         self.out = Path(self.out)
         self.run_dir = Path(self.run_dir) if self.run_dir else self.out.with_suffix(".run")
 
@@ -248,8 +269,8 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
     train_tasks, val_tasks = sample("train", True), sample("val", False)
 
     torch.manual_seed(config.seed)
-    norm_states = config.inner_steps + 1 if config.per_step_norm else 0
-    lr_steps = config.inner_steps if config.learned_lrs else 0
+    norm_states = config.train_steps + 1 if config.per_step_norm else 0
+    lr_steps = config.train_steps if config.learned_lrs else 0
     if initial is None:
         network = standard_network(spec, preprocessing, norm_states, lr_steps, config.architecture, config.widths,
                                    config.adapt_from)
@@ -265,7 +286,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         train_tasks, val_tasks = (CachedEpisodes(sample(split, False), cached[split]) for split in ("train", "val"))
     if config.centre_features:
         centre_on_training_classes(network, splits["train"], preprocessing, device, cached.get("train"))
-    inner = InnerLoop(config.inner_lrs, config.inner_steps, config.test_steps)
+    inner = InnerLoop(config.inner_lrs, config.train_steps, config.test_steps)
     vectorize = vmap_is_faster(network, device) if config.vectorize is None else config.vectorize
     learner = MetaLearner(learned, config.algorithm, inner, config.meta_lr, config.iterations, vectorize,
                           config.annealing)
@@ -282,7 +303,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         network=network.config(),
         preprocessing=None if preprocessing is None else preprocessing.to_dict(),
         inner_lrs=list(config.inner_lrs),
-        train_steps=config.inner_steps,
+        train_steps=config.train_steps,
         test_steps=config.test_steps,
         algorithm=config.algorithm,
         dataset=spec.dataset,
