@@ -412,3 +412,24 @@ def test_the_port_classifies_tiny_imagenet_photos_with_imagenets_own_classifier(
     result = imagenet_accuracy(tmp_path / "lite0.safetensors", "efficientnet-lite0", per_class=2)
     assert result["photos"] == 320
     assert result["top1"] > 0.15 and result["top5"] > 0.3  # chance: 0.1% and 0.5%; a broken port scores near it
+
+
+def test_each_architecture_checks_its_own_config():
+    """A network's config is its own to validate (``config_problems``): every architecture accepts what it
+    writes, and refuses a key it does not know, naming itself."""
+    from fewshot_serve.networks import ARCHITECTURES, Conv4, ResNet12, SinusoidMLP, config_problems
+
+    networks = [Conv4(1, 4, 16, norm_states=3, lr_steps=2), ResNet12(3, (3, 4, 5, 6), SIZE, lr_steps=1),
+                tiny_lite(lr_steps=2, prototype_head=True), mixed_ensemble()[0], SinusoidMLP(8)]
+    assert {n.config()["architecture"] for n in networks} == set(ARCHITECTURES)
+    for network in networks:
+        config = network.config()
+        assert config_problems(config) == [], config["architecture"]
+        refused = config_problems({**config, "depth": 12})
+        assert len(refused) == 1 and refused[0].startswith(f"{config['architecture']} needs exactly"), refused
+        assert config_problems({**config, "lr_steps": 10**9}) == [
+            "norm_states and lr_steps must be integers in [0, 101]"]
+    # sizes that decide the allocation are refused before anything is built
+    assert "filters must be in" in config_problems({**networks[0].config(), "filters": 10**6})[0]
+    assert "4 widths in" in config_problems({**networks[1].config(), "widths": [10**6] * 4})[0]
+    assert config_problems({"architecture": "resnet"}) == ["unknown architecture 'resnet'"]

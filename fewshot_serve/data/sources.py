@@ -6,6 +6,7 @@ test split the model file's recipe (dataset name and split seed) was trained bes
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,7 +15,6 @@ from ..networks import Conv4, MetaNetwork, ResNet12, SinusoidMLP
 from ..preprocessing import Preprocessing
 from .augmentation import augment_photos
 from .datasets import (
-    OMNIGLOT_FOLDERS,
     ImageClasses,
     default_data_root,
     default_omniglot_root,
@@ -29,10 +29,69 @@ from .datasets import (
 )
 from .episodes import ImageEpisodes, SinusoidTasks
 
-DATASETS = ("omniglot", "omniglot-subset", "tiny-imagenet", "cifar-fs", "mini-imagenet", "folder", "sinusoid")
 ARCHITECTURES = ("conv4", "resnet12")
 #: ResNet-12 block widths of the literature (Lee et al. 2019); narrower ones suit a CPU.
 RESNET12_WIDTHS = (64, 160, 320, 640)
+
+
+def _omniglot(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    # The dataset name, which the recipe records, says which set: a model's test alphabets are
+    # rebuilt from the same set it was trained beside.
+    root = spec.data_root or default_omniglot_root(spec.dataset)
+    if spec.download:
+        if spec.dataset != "omniglot":
+            raise ValueError(f"{spec.dataset} is this project's choice of 8 background alphabets, not a "
+                             "download; use --dataset omniglot --download for the whole background set")
+        root = download_omniglot(root)
+    return split_by_group(load_omniglot(root, preprocessing, spec.images_per_class), spec.split_seed)
+
+
+def _tiny_imagenet(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    # 160 classes -> 100 train / 20 validation / 40 test, shuffled by the split seed
+    root = spec.data_root or default_data_root() / "tiny-imagenet"
+    return split_by_group(load_tiny_imagenet(root, preprocessing, spec.images_per_class), spec.split_seed)
+
+
+def _cifar_fs(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    root = spec.data_root or default_data_root() / "cifar100"
+    return split_cifar_fs(load_cifar100(root, preprocessing, spec.download))
+
+
+def _mini_imagenet(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    if spec.download:
+        raise ValueError("miniImageNet has no downloader: point --data-root at the folder with its split CSVs")
+    return load_mini_imagenet(spec.data_root or default_data_root() / "mini-imagenet", preprocessing)
+
+
+def _folder(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
+    if spec.data_root is None:
+        raise ValueError("--dataset folder needs --data-root pointing at a folder of class folders")
+    return split_by_group(load_folder_tree(spec.data_root, preprocessing, spec.images_per_class), spec.split_seed)
+
+
+@dataclass(frozen=True)
+class ImageDataset:
+    """A dataset's standard recipe: how its images are prepared, how its classes load and split."""
+
+    image_size: int
+    channels: int
+    invert: bool  # dark strokes on white become bright on black (handwriting)
+    fit: str  # "pad" keeps the aspect ratio, "squash" resizes to a square
+    load: Callable[[DataSpec, Preprocessing], dict[str, ImageClasses]]
+    rotations: bool = False  # each training class's 90/180/270-degree rotations are classes too (Omniglot)
+
+
+#: The one table of image datasets (``sinusoid``, the regression tasks, has no images).
+IMAGE_DATASETS = {
+    "omniglot": ImageDataset(28, 1, True, "pad", _omniglot, rotations=True),
+    "omniglot-subset": ImageDataset(28, 1, True, "pad", _omniglot, rotations=True),
+    "tiny-imagenet": ImageDataset(32, 3, False, "squash", _tiny_imagenet),
+    "cifar-fs": ImageDataset(32, 3, False, "squash", _cifar_fs),
+    "mini-imagenet": ImageDataset(84, 3, False, "squash", _mini_imagenet),
+    "folder": ImageDataset(84, 3, False, "squash", _folder),
+}
+#: Every dataset name a recipe may record.
+DATASETS = (*IMAGE_DATASETS, "sinusoid")
 
 
 @dataclass(frozen=True)
@@ -55,23 +114,20 @@ class DataSpec:
               "Tiny ImageNet at an ImageNet backbone's 224x224 in memory)", metavar="N", group="data")
 
 
+def image_dataset(name: str) -> ImageDataset:
+    if name not in IMAGE_DATASETS:
+        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    return IMAGE_DATASETS[name]
+
+
 def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
     """The dataset's preprocessing before mean/std are measured on its training split."""
     if spec.dataset == "sinusoid":
         return None
-    if spec.dataset in OMNIGLOT_FOLDERS:
-        size, channels, invert, fit = 28, 1, True, "pad"
-    elif spec.dataset in ("cifar-fs", "tiny-imagenet"):
-        size, channels, invert, fit = 32, 3, False, "squash"
-    elif spec.dataset == "mini-imagenet":
-        size, channels, invert, fit = 84, 3, False, "squash"
-    elif spec.dataset == "folder":
-        size, channels, invert, fit = 84, 3, False, "squash"
-    else:
-        raise ValueError(f"unknown dataset {spec.dataset!r}; choose one of {', '.join(DATASETS)}")
-    size = spec.image_size or size
-    channels = spec.channels or channels
-    return Preprocessing(size, channels, invert, fit, (0.0,) * channels, (1.0,) * channels)
+    dataset = image_dataset(spec.dataset)
+    size = spec.image_size or dataset.image_size
+    channels = spec.channels or dataset.channels
+    return Preprocessing(size, channels, dataset.invert, dataset.fit, (0.0,) * channels, (1.0,) * channels)
 
 
 def standard_network(
@@ -103,32 +159,9 @@ def standard_network(
 
 def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
     """Decode the dataset and split its classes into disjoint train/val/test sets."""
-    if spec.dataset in OMNIGLOT_FOLDERS:
-        # The dataset name, which the recipe records, says which set: a model's test alphabets
-        # are rebuilt from the same set it was trained beside.
-        root = spec.data_root or default_omniglot_root(spec.dataset)
-        if spec.download:
-            if spec.dataset != "omniglot":
-                raise ValueError(f"{spec.dataset} is this project's choice of 8 background alphabets, not a "
-                                 "download; use --dataset omniglot --download for the whole background set")
-            root = download_omniglot(root)
-        return split_by_group(load_omniglot(root, preprocessing, spec.images_per_class), spec.split_seed)
-    if spec.dataset == "tiny-imagenet":
-        # 160 classes -> 100 train / 20 validation / 40 test, shuffled by the split seed
-        root = spec.data_root or default_data_root() / "tiny-imagenet"
-        return split_by_group(load_tiny_imagenet(root, preprocessing, spec.images_per_class), spec.split_seed)
-    if spec.dataset == "cifar-fs":
-        root = spec.data_root or default_data_root() / "cifar100"
-        return split_cifar_fs(load_cifar100(root, preprocessing, spec.download))
-    if spec.dataset == "mini-imagenet":
-        if spec.download:
-            raise ValueError("miniImageNet has no downloader: point --data-root at the folder with its split CSVs")
-        return load_mini_imagenet(spec.data_root or default_data_root() / "mini-imagenet", preprocessing)
-    if spec.dataset == "folder":
-        if spec.data_root is None:
-            raise ValueError("--dataset folder needs --data-root pointing at a folder of class folders")
-        return split_by_group(load_folder_tree(spec.data_root, preprocessing, spec.images_per_class), spec.split_seed)
-    raise ValueError(f"dataset {spec.dataset!r} has no image classes")
+    if spec.dataset == "sinusoid":
+        raise ValueError("dataset 'sinusoid' has no image classes")
+    return image_dataset(spec.dataset).load(spec, preprocessing)
 
 
 def measured_preprocessing(preprocessing: Preprocessing, train: ImageClasses) -> Preprocessing:
@@ -154,6 +187,6 @@ def task_sampler(
         return SinusoidTasks(shots, queries)
     assert split is not None and preprocessing is not None
     photos = augment and preprocessing.channels == 3
-    rotate = augment and spec.dataset in OMNIGLOT_FOLDERS
+    rotate = augment and image_dataset(spec.dataset).rotations
     return ImageEpisodes(split, preprocessing, ways, shots, queries, rotate=rotate,
                          augment=augment_photos if photos else None)

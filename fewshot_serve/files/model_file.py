@@ -24,9 +24,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..inner_loop import ALGORITHMS, InnerLoop
-from ..networks import MetaNetwork, build_network
-from ..networks.ensemble import MEMBER_ARCHITECTURES
-from ..networks.resnet12 import NORMS
+from ..networks import ARCHITECTURES, MetaNetwork, build_network, config_problems
+from ..networks.config_checks import MAX_STEPS, is_int
 from ..preprocessing import Preprocessing
 from ..unknown import calibration_problems
 from .atomic import atomic_output
@@ -35,15 +34,9 @@ from .weight_storage import decode, encode, storage_dtype
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 RECIPE_KEY = "fewshot_serve.recipe"
-MAX_STEPS = 100
-MAX_FILTERS = 1024
-MAX_MEMBERS = 8
 #: How a file's weights were made: a meta-learning algorithm, supervised pretraining alone, or
 #: imported from elsewhere (``fewshot-serve import-backbone``).
 RECIPE_ALGORITHMS = (*ALGORITHMS, "pretrain", "import")
-#: An EfficientNet-Lite's recipe entries; their values are its constructor's to check.
-EFFICIENTNET_LITE_KEYS = {"architecture", "blocks", "stem_channels", "head_channels", "image_size", "padding",
-                          "adapt_from", "lr_steps", "centred", "prototype_head"}
 #: The ``class_counts`` entry of weights trained on the training and validation classes together (a
 #: recipe's final run): their validation classes are no longer unseen.
 SEEN_VALIDATION = "train+val"
@@ -135,7 +128,7 @@ def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike
     validation classes (``fewshot-serve evaluate --split val --steps N``). ``command``, the call
     that made the change, is appended to the recipe's ``command`` so the file still says how it was made.
     """
-    if not _is_int(steps, 1, MAX_STEPS):
+    if not is_int(steps, 1, MAX_STEPS):
         raise ValueError(f"test-time steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
     network, recipe = load_model(source)
     recipe = replace(recipe, test_steps=steps, command="; ".join(filter(None, (recipe.command, command))))
@@ -197,13 +190,9 @@ def _build_network(recipe: Recipe, path: Path) -> MetaNetwork:
         raise ModelFileError(f"{path}: invalid recipe: {error}") from None
 
 
-def _is_int(value: Any, low: int, high: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
-
-
 def _recipe_problems(recipe: Recipe) -> list[str]:
     problems = calibration_problems(recipe.unknown_calibration)
-    if not _is_int(recipe.train_steps, 0, MAX_STEPS) or not _is_int(recipe.test_steps, 0, MAX_STEPS):
+    if not is_int(recipe.train_steps, 0, MAX_STEPS) or not is_int(recipe.test_steps, 0, MAX_STEPS):
         problems.append(f"step counts must be integers in [0, {MAX_STEPS}]")
     lrs = recipe.inner_lrs
     if not isinstance(lrs, list) or not 1 <= len(lrs) <= MAX_STEPS or not all(
@@ -212,74 +201,20 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
         problems.append("inner_lrs must be 1 to 100 finite non-negative numbers")
     if recipe.algorithm not in RECIPE_ALGORITHMS:
         problems.append(f"unknown algorithm {recipe.algorithm!r}")
-    network = recipe.network if isinstance(recipe.network, dict) else {}
-    architecture = network.get("architecture")
-    maml_plus_plus = {"norm_states", "lr_steps"} & set(network)
-    if not all(_is_int(network[key], 0, MAX_STEPS + 1) for key in maml_plus_plus):
-        problems.append(f"norm_states and lr_steps must be integers in [0, {MAX_STEPS + 1}]")
-    if architecture == "conv4":
-        if set(network) - maml_plus_plus != {"architecture", "in_channels", "filters", "image_size"}:
-            problems.append("conv4 needs exactly in_channels, filters and image_size (and optionally "
-                            "norm_states, lr_steps)")
-        elif not (_is_int(network["filters"], 1, MAX_FILTERS) and _is_int(network["in_channels"], 1, 3)):
-            problems.append(f"conv4 filters must be in [1, {MAX_FILTERS}] and in_channels in [1, 3]")
-        problems += _preprocessing_problems(recipe, network)
-    elif architecture == "resnet12":
-        problems += _resnet12_problems(network) + _preprocessing_problems(recipe, network)
-    elif architecture == "efficientnet_lite":
-        problems += _efficientnet_lite_problems(recipe, network, EFFICIENTNET_LITE_KEYS)
-    elif architecture == "ensemble":
-        members = network.get("members")
-        if set(network) - {"lr_steps", "prototype_head"} != {"architecture", "members"}:
-            problems.append("ensemble needs exactly members (and optionally lr_steps, prototype_head)")
-        elif not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS
-                  and all(isinstance(m, dict) and m.get("architecture") in MEMBER_ARCHITECTURES for m in members)
-                  and isinstance(network.get("prototype_head", False), bool)):
-            problems.append(f"ensemble needs 2 to {MAX_MEMBERS} members of {', '.join(MEMBER_ARCHITECTURES)} and "
-                            "prototype_head true or false")
-        else:
-            for index, member in enumerate(members):  # what a member may be, FeatureEnsemble itself checks
-                own = (_resnet12_problems(member) + _preprocessing_problems(recipe, member)
-                       if member["architecture"] == "resnet12" else
-                       _efficientnet_lite_problems(recipe, member,
-                                                   EFFICIENTNET_LITE_KEYS - {"lr_steps", "prototype_head"}))
-                problems += [f"member {index}: {problem}" for problem in own]
-    elif architecture == "mlp":
-        if set(network) - {"lr_steps"} != {"architecture", "hidden"} or not _is_int(network["hidden"], 1, 4096):
-            problems.append("mlp needs exactly one integer 'hidden' in [1, 4096] (and optionally lr_steps)")
-    else:
-        problems.append(f"unknown architecture {architecture!r}")
-    return problems
+    network_problems = config_problems(recipe.network)  # each architecture's own rules
+    if network_problems:
+        return problems + network_problems
+    shapes = ARCHITECTURES[recipe.network["architecture"]].input_shapes(recipe.network)
+    return problems + (_preprocessing_problems(recipe, shapes) if shapes else [])
 
 
-def _efficientnet_lite_problems(recipe: Recipe, network: dict[str, Any], keys: set[str]) -> list[str]:
-    """The entries an EfficientNet-Lite needs; their values are checked by its constructor, before it
-    allocates anything."""
-    if set(network) != keys:
-        return ["efficientnet_lite needs exactly " + ", ".join(sorted(keys - {"architecture"}))]
-    return _preprocessing_problems(recipe, {**network, "in_channels": 3})
-
-
-def _resnet12_problems(network: dict[str, Any]) -> list[str]:
-    widths = network.get("widths")
-    optional = {"lr_steps", "centred", "prototype_head"}
-    if set(network) - optional != {"architecture", "in_channels", "widths", "image_size", "norm", "adapt_from"}:
-        return ["resnet12 needs exactly in_channels, widths, image_size, norm and adapt_from "
-                "(and optionally lr_steps, centred, prototype_head)"]
-    if not (isinstance(widths, list) and len(widths) == 4 and all(_is_int(w, 1, MAX_FILTERS) for w in widths)
-            and _is_int(network["in_channels"], 1, 3) and _is_int(network["adapt_from"], 0, 4)
-            and network["norm"] in NORMS and isinstance(network.get("centred", False), bool)
-            and isinstance(network.get("prototype_head", False), bool)):
-        return [f"resnet12 needs 4 widths in [1, {MAX_FILTERS}], in_channels in [1, 3], adapt_from in "
-                f"[0, 4], norm in {NORMS}, and centred and prototype_head true or false"]
-    return []
-
-
-def _preprocessing_problems(recipe: Recipe, network: dict[str, Any]) -> list[str]:
+def _preprocessing_problems(recipe: Recipe, input_shapes: list[tuple[Any, Any]]) -> list[str]:
+    """The recipe's preprocessing, and that it makes the image side and channels the network takes."""
     try:
         preprocessing = Preprocessing.from_dict(recipe.preprocessing or {})
     except (TypeError, ValueError, KeyError) as error:
         return [f"bad preprocessing ({error})"]
-    if (preprocessing.image_size, preprocessing.channels) != (network.get("image_size"), network.get("in_channels")):
-        return ["preprocessing image size/channels disagree with the network"]
-    return []
+    made = (preprocessing.image_size, preprocessing.channels)
+    where = (f"member {i}: " if len(input_shapes) > 1 else "" for i in range(len(input_shapes)))  # an ensemble's
+    return [f"{at}preprocessing image size/channels disagree with the network"
+            for at, shape in zip(where, input_shapes) if shape != made]

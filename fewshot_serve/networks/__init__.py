@@ -28,7 +28,15 @@ ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "efficientnet_lite": Effi
 __all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "PooledFeatureClassifier", "Conv4", "ResNet12",
            "EfficientNetLite", "FeatureEnsemble",
            "SinusoidMLP", "ARCHITECTURES",
-           "build_network", "fixed_norm_params", "first_order_kernels", "step_lr", "support_norm"]
+           "build_network", "config_problems", "fixed_norm_params", "first_order_kernels", "step_lr", "support_norm"]
+
+
+def config_problems(config: Any) -> list[str]:
+    """What is wrong with a stored network config (a model file's: untrusted), by its architecture's own rules."""
+    architecture = config.get("architecture") if isinstance(config, dict) else None
+    if architecture not in ARCHITECTURES:
+        return [f"unknown architecture {architecture!r}"]
+    return ARCHITECTURES[architecture].config_problems(config)
 
 
 def build_network(config: dict[str, Any]) -> MetaNetwork:

@@ -63,6 +63,18 @@ class MetaNetwork(nn.Module):
     prototype_head: bool = False
     norm_states: int = 0  # per-step BatchNorm weights (MAML++ BNWB): rows per norm parameter
 
+    @classmethod
+    def config_problems(cls, config: dict[str, Any]) -> list[str]:
+        """What is wrong with ``config`` (a :meth:`config`, perhaps from an untrusted model file) as this
+        architecture's: its keys and the sizes that decide what gets allocated, checked before building.
+        Each architecture states its own rules; the constructor's checks of values still apply on top."""
+        raise NotImplementedError
+
+    @classmethod
+    def input_shapes(cls, config: dict[str, Any]) -> list[tuple[Any, Any]]:
+        """(image side, channels) of each image input ``config`` expects: what the preprocessing must make."""
+        return [(config.get("image_size"), config.get("in_channels"))]
+
     def add_step_lrs(self, steps: int) -> None:
         """Give every fast weight its own learned learning rate per inner step (call after building)."""
         self.lr_steps = steps

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
 from .base import SharedHeadClassifier
+from .config_checks import MAX_FILTERS, is_int, key_problems, step_count_problems
 from .norms import BN_EPS, SupportBatchNorm, channel_statistics, support_norm, using_first_order_kernels
 
 
@@ -59,6 +60,13 @@ class Conv4(SharedHeadClassifier):
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
         self.add_step_lrs(lr_steps)
+
+    @classmethod
+    def config_problems(cls, config: dict[str, Any]) -> list[str]:
+        problems = key_problems(config, {"in_channels", "filters", "image_size"}, {"norm_states", "lr_steps"})
+        if not problems and not (is_int(config["filters"], 1, MAX_FILTERS) and is_int(config["in_channels"], 1, 3)):
+            problems.append(f"conv4 filters must be in [1, {MAX_FILTERS}] and in_channels in [1, 3]")
+        return problems + step_count_problems(config)
 
     def config(self) -> dict[str, Any]:
         return {

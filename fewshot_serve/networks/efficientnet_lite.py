@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
 from .base import PooledFeatureClassifier
+from .config_checks import key_problems, step_count_problems
 
 #: Per block: input channels, expanded channels (= input: no expansion), output channels, kernel, stride.
 BlockSpec = tuple[int, int, int, int, int]
@@ -119,6 +120,16 @@ class EfficientNetLite(PooledFeatureClassifier):
         self.head_norm = FixedNorm(head_channels)
         self.build_head(head_channels, lr_steps, centred, prototype_head)
         self.pads = self._paddings()
+
+    @classmethod
+    def config_problems(cls, config: dict[str, Any]) -> list[str]:
+        """Its keys; their values (block shapes, sizes) the constructor checks before it allocates anything."""
+        keys = {"blocks", "stem_channels", "head_channels", "image_size", "padding", "adapt_from", "centred"}
+        return key_problems(config, keys, {"lr_steps", "prototype_head"}) + step_count_problems(config)
+
+    @classmethod
+    def input_shapes(cls, config: dict[str, Any]) -> list[tuple[Any, Any]]:
+        return [(config.get("image_size"), cls.in_channels)]
 
     @property
     def head_only_adapt_from(self) -> int:

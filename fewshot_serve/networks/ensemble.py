@@ -29,11 +29,13 @@ import torch
 from torch import Tensor, nn
 
 from .base import MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, adapts_head_only, folded_head
+from .config_checks import is_flag, key_problems, step_count_problems
 from .efficientnet_lite import EfficientNetLite
 from .resnet12 import ResNet12
 
 #: What an ensemble's member may be.
 MEMBER_ARCHITECTURES = {"resnet12": ResNet12, "efficientnet_lite": EfficientNetLite}
+MAX_MEMBERS = 8
 
 MEMBER_PREFIX = "members."
 
@@ -62,6 +64,27 @@ class FeatureEnsemble(SharedHeadClassifier):
         self.logit_scale = nn.Parameter(torch.ones(()))  # learned by the outer loop only, as ResNet-12's
         self.add_step_lrs(lr_steps)
         self.prototype_head = prototype_head
+
+    @classmethod
+    def config_problems(cls, config: dict[str, Any]) -> list[str]:
+        """Its keys and its members' own; what a member may be (a pretrained backbone) is checked as it is built."""
+        problems = key_problems(config, {"members"}, {"lr_steps", "prototype_head"})
+        if problems:
+            return problems
+        members = config["members"]
+        if not (isinstance(members, list) and 2 <= len(members) <= MAX_MEMBERS and is_flag(config, "prototype_head")
+                and all(isinstance(m, dict) and m.get("architecture") in MEMBER_ARCHITECTURES for m in members)):
+            return [f"ensemble needs 2 to {MAX_MEMBERS} members of {', '.join(MEMBER_ARCHITECTURES)} and "
+                    "prototype_head true or false"]
+        problems = step_count_problems(config)
+        for index, member in enumerate(members):
+            own = MEMBER_ARCHITECTURES[member["architecture"]].config_problems(member)
+            problems += [f"member {index}: {problem}" for problem in own]
+        return problems
+
+    @classmethod
+    def input_shapes(cls, config: dict[str, Any]) -> list[tuple[Any, Any]]:
+        return [shape for m in config["members"] for shape in MEMBER_ARCHITECTURES[m["architecture"]].input_shapes(m)]
 
     def config(self) -> dict[str, Any]:
         return {

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .base import MetaNetwork
+from .config_checks import is_int, key_problems, step_count_problems
 
 
 class SinusoidMLP(MetaNetwork):
@@ -22,6 +23,16 @@ class SinusoidMLP(MetaNetwork):
             nn.Linear(1, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
         )
         self.add_step_lrs(lr_steps)
+
+    @classmethod
+    def config_problems(cls, config: dict[str, Any]) -> list[str]:
+        if key_problems(config, {"hidden"}, {"lr_steps"}) or not is_int(config["hidden"], 1, 4096):
+            return ["mlp needs exactly one integer 'hidden' in [1, 4096] (and optionally lr_steps)"]
+        return step_count_problems(config)
+
+    @classmethod
+    def input_shapes(cls, config: dict[str, Any]) -> list[tuple[Any, Any]]:
+        return []  # one number in, no image
 
     def config(self) -> dict[str, Any]:
         return {"architecture": "mlp", "hidden": self.hidden, "lr_steps": self.lr_steps}

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from torch.nn.utils import skip_init  # frozen layers get their weights copied in: no random init
 
 from .base import PooledFeatureClassifier
+from .config_checks import MAX_FILTERS, is_flag, is_int, key_problems, step_count_problems
 from .norms import BN_EPS, SupportBatchNorm, channel_statistics, support_norm
 
 NORMS = ("support", "fixed")
@@ -89,6 +90,20 @@ class ResNet12(PooledFeatureClassifier):
         channels = [in_channels, *self.widths]
         self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in zip(channels, channels[1:]))
         self.build_head(self.widths[-1], lr_steps, centred, prototype_head)
+
+    @classmethod
+    def config_problems(cls, config: dict[str, Any]) -> list[str]:
+        optional = {"lr_steps", "centred", "prototype_head"}
+        problems = key_problems(config, {"in_channels", "widths", "image_size", "norm", "adapt_from"}, optional)
+        if problems:
+            return problems
+        widths = config["widths"]
+        if not (isinstance(widths, list) and len(widths) == 4 and all(is_int(w, 1, MAX_FILTERS) for w in widths)
+                and is_int(config["in_channels"], 1, 3) and is_int(config["adapt_from"], 0, 4)
+                and config["norm"] in NORMS and is_flag(config, "centred") and is_flag(config, "prototype_head")):
+            problems.append(f"resnet12 needs 4 widths in [1, {MAX_FILTERS}], in_channels in [1, 3], adapt_from in "
+                            f"[0, 4], norm in {NORMS}, and centred and prototype_head true or false")
+        return problems + step_count_problems(config)
 
     def config(self) -> dict[str, Any]:
         return {
