@@ -433,3 +433,9 @@ def test_each_architecture_checks_its_own_config():
     assert "filters must be in" in config_problems({**networks[0].config(), "filters": 10**6})[0]
     assert "4 widths in" in config_problems({**networks[1].config(), "widths": [10**6] * 4})[0]
     assert config_problems({"architecture": "resnet"}) == ["unknown architecture 'resnet'"]
+    # an EfficientNet-Lite names every key; as an ensemble member, none of what the ensemble owns
+    lite, ensemble = networks[2].config(), networks[3].config()
+    del lite["lr_steps"]
+    assert config_problems(lite)[0].startswith("efficientnet_lite needs exactly")
+    ensemble["members"][0] = {**ensemble["members"][0], "lr_steps": 0}
+    assert config_problems(ensemble)[0].startswith("member 0: efficientnet_lite needs exactly")

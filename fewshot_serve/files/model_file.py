@@ -215,6 +215,5 @@ def _preprocessing_problems(recipe: Recipe, input_shapes: list[tuple[Any, Any]])
     except (TypeError, ValueError, KeyError) as error:
         return [f"bad preprocessing ({error})"]
     made = (preprocessing.image_size, preprocessing.channels)
-    where = (f"member {i}: " if len(input_shapes) > 1 else "" for i in range(len(input_shapes)))  # an ensemble's
-    return [f"{at}preprocessing image size/channels disagree with the network"
-            for at, shape in zip(where, input_shapes) if shape != made]
+    return [("" if len(input_shapes) == 1 else f"member {i}: ") + "preprocessing image size/channels disagree "
+            "with the network" for i, shape in enumerate(input_shapes) if shape != made]

@@ -203,6 +203,10 @@ class SharedHeadClassifier(MetaNetwork):
         return F.cross_entropy(outputs, targets)
 
 
+#: What an ensemble member's config leaves to the ensemble: its learned rates and its head.
+ENSEMBLE_OWNED_KEYS = frozenset({"lr_steps", "prototype_head"})
+
+
 def class_mean_features(features: Tensor, labels: Tensor, ways: int) -> Tensor:
     """Each class's mean of ``features`` ``[n, d]`` with ``labels`` in ``range(ways)``: ``[ways, d]``."""
     # one-hot by comparison, not F.one_hot: it also works under torch.func.vmap
@@ -227,6 +231,12 @@ class PooledFeatureClassifier(SharedHeadClassifier):
     large common component, which on unit length without centring dominates the cosines between
     new classes. Subclasses give :meth:`pooled_features` and :meth:`folded_features`.
     """
+
+    @classmethod
+    def member_config_problems(cls, config: dict[str, Any]) -> list[str]:
+        """As :meth:`config_problems`, for an ensemble member's config, which leaves
+        :data:`ENSEMBLE_OWNED_KEYS` to the ensemble (:func:`~.ensemble.member_config`)."""
+        return cls.config_problems(config)
 
     centred: bool = False
     #: the ``adapt_from`` at which the inner loop adapts the head row alone (the frozen part is the whole backbone)

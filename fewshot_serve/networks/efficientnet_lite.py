@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import skip_init
 
-from .base import PooledFeatureClassifier
+from .base import ENSEMBLE_OWNED_KEYS, PooledFeatureClassifier
 from .config_checks import key_problems, step_count_problems
 
 #: Per block: input channels, expanded channels (= input: no expansion), output channels, kernel, stride.
@@ -121,11 +121,18 @@ class EfficientNetLite(PooledFeatureClassifier):
         self.build_head(head_channels, lr_steps, centred, prototype_head)
         self.pads = self._paddings()
 
+    #: Its config's keys (beside "architecture"); their values (block shapes, sizes) the constructor
+    #: checks before it allocates anything.
+    CONFIG_KEYS = frozenset({"blocks", "stem_channels", "head_channels", "image_size", "padding", "adapt_from",
+                             "centred", "lr_steps", "prototype_head"})
+
     @classmethod
     def config_problems(cls, config: dict[str, Any]) -> list[str]:
-        """Its keys; their values (block shapes, sizes) the constructor checks before it allocates anything."""
-        keys = {"blocks", "stem_channels", "head_channels", "image_size", "padding", "adapt_from", "centred"}
-        return key_problems(config, keys, {"lr_steps", "prototype_head"}) + step_count_problems(config)
+        return key_problems(config, set(cls.CONFIG_KEYS)) + step_count_problems(config)
+
+    @classmethod
+    def member_config_problems(cls, config: dict[str, Any]) -> list[str]:
+        return key_problems(config, set(cls.CONFIG_KEYS - ENSEMBLE_OWNED_KEYS))
 
     @classmethod
     def input_shapes(cls, config: dict[str, Any]) -> list[tuple[Any, Any]]:

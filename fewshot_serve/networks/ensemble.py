@@ -28,7 +28,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, adapts_head_only, folded_head
+from .base import (
+    ENSEMBLE_OWNED_KEYS,
+    MetaNetwork,
+    PooledFeatureClassifier,
+    SharedHeadClassifier,
+    adapts_head_only,
+    folded_head,
+)
 from .config_checks import is_flag, key_problems, step_count_problems
 from .efficientnet_lite import EfficientNetLite
 from .resnet12 import ResNet12
@@ -78,7 +85,7 @@ class FeatureEnsemble(SharedHeadClassifier):
                     "prototype_head true or false"]
         problems = step_count_problems(config)
         for index, member in enumerate(members):
-            own = MEMBER_ARCHITECTURES[member["architecture"]].config_problems(member)
+            own = MEMBER_ARCHITECTURES[member["architecture"]].member_config_problems(member)
             problems += [f"member {index}: {problem}" for problem in own]
         return problems
 
@@ -144,7 +151,7 @@ def build_member(index: int, member: dict[str, Any]) -> PooledFeatureClassifier:
 
 def member_config(network: MetaNetwork) -> dict[str, Any]:
     """A member's config without what belongs to the ensemble (learned rates, head)."""
-    return {k: v for k, v in network.config().items() if k not in ("lr_steps", "prototype_head")}
+    return {k: v for k, v in network.config().items() if k not in ENSEMBLE_OWNED_KEYS}
 
 
 class ConcatenatedFeatures(nn.Module):
