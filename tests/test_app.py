@@ -177,17 +177,19 @@ def test_html_in_class_names_stays_text(server, glyph_files, tmp_path):
     assert "&lt;" not in message and "&#x27;" not in message and " at 0x" not in message
 
 
-def test_page_handlers_escape_messages_and_api_ones_do_not():
-    from fewshot_serve.serving.web_app import readable_errors
+def test_page_handlers_show_escaped_messages_in_the_status_and_api_ones_raise_plain_text():
+    import gradio as gr
+
+    from fewshot_serve.serving.web_app.errors import api_errors, status_errors
 
     def refuse():
         raise ValueError("class '<b>x</b>' is bad")
 
-    with pytest.raises(Exception) as page:
-        readable_errors()(refuse)()
-    with pytest.raises(Exception) as api:
-        readable_errors(escape=False)(refuse)()
-    assert page.value.message == "class &#x27;&lt;b&gt;x&lt;/b&gt;&#x27; is bad"
+    status, *rest = status_errors(outputs=3)(refuse)()
+    assert "class &#x27;&lt;b&gt;x&lt;/b&gt;&#x27; is bad" in status and "<b>" not in status
+    assert len(rest) == 2 and all(isinstance(value, type(gr.skip())) for value in rest)  # the rest left alone
+    with pytest.raises(gr.Error) as api:
+        api_errors(refuse)()
     assert api.value.message == "class '<b>x</b>' is bad"
 
 
@@ -235,7 +237,10 @@ def test_the_page_cannot_make_the_server_read_arbitrary_paths(server, glyph_file
     assert "event: error" in answer
 
 
-def test_the_example_task_ships_with_the_app():
-    from fewshot_serve.serving.web_app import EXAMPLE_DIR
+def test_the_example_tasks_ship_with_the_app():
+    from fewshot_serve.serving.web_app.examples import EXAMPLES
 
-    assert len(list((EXAMPLE_DIR / "support").iterdir())) == 3 and list((EXAMPLE_DIR / "queries").glob("*.png"))
+    for example in EXAMPLES.values():
+        support = example.support()
+        assert len(support) == 3 and all(len(images) >= 2 for images in support.values()), example.folder
+        assert len(example.queries()) == 3

@@ -139,11 +139,11 @@ def test_calibration_refuses_bad_settings(colour_model, tmp_path):
         calibrate_unknown(colour_model, tmp_path / "x.safetensors", shots=(0,))
 
 
-def test_the_page_captions_a_rejected_query_none_of_these_and_a_split_one_unsure():
-    from fewshot_serve.serving.web_app import top3_caption
+def test_the_page_marks_a_rejected_query_none_of_these_and_a_split_one_unsure():
+    from fewshot_serve.serving.web_app.results_table import verdict_mark
 
     rejected = Prediction(None, {"a": 0.6, "b": 0.4}, 2.0, True)
-    assert top3_caption(rejected) == "none of these? (closest: a 60% · b 40%)"
-    assert top3_caption(dataclasses.replace(rejected, label="a", unknown=False)) == "a 60% · b 40%"
+    assert verdict_mark(rejected) == "none of these?"
+    assert verdict_mark(dataclasses.replace(rejected, label="a", unknown=False)) == ""
     split = Prediction("a", {"a": 0.45, "b": 0.35, "c": 0.2}, 0.1, False)
-    assert top3_caption(split) == "unsure: a 45% · b 35% · c 20%"
+    assert verdict_mark(split) == "unsure"

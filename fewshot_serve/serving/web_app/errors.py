@@ -1,0 +1,62 @@
+"""Bad input as a readable message, never a traceback: in the page's status area, or as the API's error.
+
+The page's messages go to its status area (the first output of every page handler), where they stay
+until the next action, unlike a toast that fades while the user is still reading it. The status is
+Markdown, so messages are escaped: a class named ``<b>x</b>`` shows as typed. API clients get the
+plain text as a ``gr.Error``.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+log = logging.getLogger(__name__)
+UNEXPECTED = "Something went wrong ({}); please try again."
+
+
+def error_status(message: str) -> str:
+    return f'<span class="fs-error">⚠ {html.escape(message)}</span>'
+
+
+def status_errors(outputs: int) -> Callable[[Callable], Callable]:
+    """For a page handler with ``outputs`` outputs, status first: on bad input show it there, change nothing else."""
+
+    def decorate(handler: Callable) -> Callable:
+        @functools.wraps(handler)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return handler(*args, **kwargs)
+            except ValueError as error:
+                message = str(error)
+            except Exception as error:  # keep serving; the details stay in the server log
+                log.exception("page handler %s failed", handler.__name__)
+                message = UNEXPECTED.format(type(error).__name__)
+            unchanged = (gr.skip(),) * (outputs - 1)
+            return (error_status(message), *unchanged) if outputs > 1 else error_status(message)
+
+        return wrapper
+
+    return decorate
+
+
+def api_errors(handler: Callable) -> Callable:
+    """For an API endpoint: bad input as a plain-text ``gr.Error``."""
+
+    @functools.wraps(handler)
+    def wrapper(*args: Any) -> Any:
+        try:
+            return handler(*args)
+        except gr.Error:
+            raise
+        except ValueError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+        except Exception as error:
+            raise gr.Error(UNEXPECTED.format(type(error).__name__)) from error
+
+    return wrapper

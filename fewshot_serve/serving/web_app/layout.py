@@ -1,0 +1,187 @@
+"""The page: its components and which handler each one calls (the handlers themselves are in handlers.py).
+
+From top to bottom: the model menu and its details line; a column per class (a name, its images
+with upload and remove, and the camera or drawing tab the model's kind calls for); Adapt with its
+status, loss curve and confusions; the queries (upload, draw, or the live camera); the results
+table; then ONNX export and the task file. The status area under Adapt holds every message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import gradio as gr
+
+from ...preprocessing import MAX_IMAGE_PIXELS
+from ..api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, FewShotModel
+from .api_endpoint import add_classify_endpoint
+from .handlers import BURST_FRAMES, LIVE_EVERY_S, UI_CLASSES, PageHandlers
+from .model_menu import HANDWRITING, PHOTOS, describe, menu_choices
+from .onnx_usage import ONNX_USAGE
+from .session_files import SessionFolders
+from .uploads import MAX_UPLOAD_BYTES
+
+SHOWN_AT_START = 5
+#: An adapted classifier, and the page's other per-session values, are dropped this long after they were
+#: set: memory stays bounded however many people visit (see tests/test_memory.py).
+SESSION_LIFETIME_S = 3600
+SKETCH = {"type": "pil", "height": 300, "canvas_size": (280, 280), "show_label": False}
+LIMITS_TEXT = (
+    f"Limits: up to {MAX_CLASSES} classes and {MAX_IMAGES_PER_CLASS} images per class, {MAX_QUERIES} queries per "
+    f"request, {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_IMAGE_PIXELS // 10**6} megapixels per image."
+)
+PAGE_CSS = """
+.fs-images .grid-container { grid-template-columns: repeat(auto-fill, minmax(56px, 1fr)) !important; }
+.fs-images .thumbnail-item { width: 100%; height: auto; aspect-ratio: 1; }
+.fs-error { color: var(--error-text-color, #b91c1c); }
+.fs-hint { font-size: 0.85rem; color: var(--body-text-color-subdued); }
+#model-info { font-size: 0.85rem; color: var(--body-text-color-subdued); }
+@media (max-width: 640px) { #model { min-width: 100%; } }
+"""
+
+#: Gradio 6 leaves one upload button named by its untranslated key ("common.upload"): screen readers
+#: read it out as such, so the page names it, now and whenever Gradio redraws it.
+PAGE_JS = """
+() => {
+  const name = () => document.querySelectorAll('[aria-label="common.upload"], [title="common.upload"]')
+    .forEach(e => ['aria-label', 'title'].forEach(key => e.setAttribute(key, 'Upload more images')));
+  new MutationObserver(name).observe(document.body, {subtree: true, childList: true, attributes: true,
+                                                     attributeFilter: ['aria-label', 'title']});
+  name();
+}
+"""
+
+#: After an export: start the download, so one click prepares and downloads (the file's row stays).
+START_DOWNLOAD = "() => { const link = document.querySelector('#export-file a[download]'); if (link) link.click(); }"
+
+
+def session_state(value=None) -> gr.State:
+    return gr.State(value, time_to_live=SESSION_LIFETIME_S)
+
+
+def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_tabs: list[bool]) -> tuple:
+    """One class's column: its name, its images (upload, remove), and its camera and drawing tabs."""
+    with gr.Column(visible=index < SHOWN_AT_START, min_width=200) as slot:
+        name = gr.Textbox(label=f"Class {index + 1} name", max_length=100, elem_id=f"class-{index}-name")
+        images = gr.Gallery(label="Images", interactive=True, file_types=["image"], columns=3, height=150,
+                            format="png", object_fit="cover", buttons=[], allow_preview=False, elem_classes="fs-images",
+                            elem_id=f"class-{index}-images")
+        images.upload(handlers.keep_distinct, images, [status, images], api_visibility="private")
+        with gr.Tabs(selected="upload") as tab_set:
+            with gr.Tab("Upload", id="upload"):
+                gr.Markdown("Drop image files on the box above, or click it.", elem_classes="fs-hint")
+            with gr.Tab("Camera", id="camera", visible=visible_tabs[0],
+                        elem_id=f"class-{index}-camera-tab") as camera_tab:
+                camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=180, show_label=False,
+                                  elem_id=f"class-{index}-camera")
+                with gr.Row():
+                    capture = gr.Button("Capture", size="sm", min_width=0, elem_id=f"class-{index}-capture")
+                    burst = gr.Button(f"Burst ×{BURST_FRAMES}", size="sm", min_width=0, elem_id=f"class-{index}-burst")
+                frames_wanted = session_state(0)
+                capture.click(lambda: 1, None, frames_wanted, api_visibility="private")
+                burst.click(lambda: BURST_FRAMES, None, frames_wanted, api_visibility="private")
+                camera.stream(handlers.camera_frame, [camera, frames_wanted, images], [frames_wanted, images],
+                              stream_every=0.2, api_visibility="private")
+            with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id=f"class-{index}-draw-tab") as draw_tab:
+                sketch = gr.Sketchpad(**SKETCH, elem_id=f"class-{index}-sketch")
+                add = gr.Button("Add drawing", size="sm", elem_id=f"class-{index}-add-drawing")
+                add.click(handlers.add_drawing, [sketch, images], [status, images, sketch], api_visibility="private")
+    return slot, name, images, [tab_set, camera_tab, draw_tab]
+
+
+def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None = None) -> gr.Blocks:
+    """The page and its handlers around the loaded models (the first is the default)."""
+    handlers = PageHandlers(models, folders or SessionFolders())
+    default = handlers.default
+    with gr.Blocks(title="fewshot-serve", delete_cache=(900, 4 * SESSION_LIFETIME_S)) as app:
+        gr.Markdown("# fewshot-serve\nName a few classes, give each one or more images, press **Adapt**, then "
+                    f"classify new images.\n\n{LIMITS_TEXT}")
+        model_menu = gr.Dropdown(menu_choices(models), value=default, label="Model", elem_id="model",
+                                 interactive=len(models) > 1)
+        model_info = gr.Markdown(describe(default, models[default]), elem_id="model-info")
+        with gr.Row():
+            examples = {kind: gr.Button(f"Example: {kind.lower()}", size="sm", elem_id=f"example-{kind.lower()}",
+                                        visible=handlers.example(kind) is not None, scale=0, min_width=150)
+                        for kind in (PHOTOS, HANDWRITING)}
+            every_input = gr.Checkbox(False, label="Show every input (camera and drawing)", elem_id="every-input",
+                                      container=False, scale=0, min_width=280)
+        visible_tabs = list(handlers.camera_and_drawing(default, False))
+        adapted = session_state()
+        status = gr.Markdown(elem_id="status", render=False)
+
+        slots, names, galleries, tabs = [], [], [], []
+        with gr.Row():
+            for index in range(UI_CLASSES):
+                slot, name, images, slot_tabs = class_slot(index, handlers, status, visible_tabs)
+                slots.append(slot)
+                names.append(name)
+                galleries.append(images)
+                tabs += slot_tabs
+        shown = gr.State(SHOWN_AT_START)
+        add_class = gr.Button("Add class", size="sm", elem_id="add-class")
+        add_class.click(lambda n: (min(n + 1, UI_CLASSES), *[gr.Column(visible=i < n + 1) for i in range(UI_CLASSES)]),
+                        shown, [shown, *slots], api_visibility="private")
+
+        adapt_button = gr.Button("Adapt", variant="primary", elem_id="adapt")
+        status.render()
+        with gr.Row():
+            plot = gr.Plot(show_label=False, elem_id="loss-plot")
+            confusions = gr.Plot(show_label=False, elem_id="confusions")
+
+        gr.Markdown("## Classify")
+        with gr.Tabs(selected="upload") as query_tab_set:
+            with gr.Tab("Upload", id="upload"):
+                query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"],
+                                      elem_id="query-files")
+            with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id="query-draw-tab") as query_draw_tab:
+                query_sketch = gr.Sketchpad(**SKETCH, elem_id="query-sketch")
+            with gr.Tab("Live camera", id="camera", visible=visible_tabs[0],
+                        elem_id="query-camera-tab") as query_camera_tab:
+                with gr.Row():
+                    live_camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=260,
+                                           show_label=False, elem_id="live-camera")
+                    live_result = gr.Label(num_top_classes=3, label="Live", elem_id="live-result")
+        tabs += [query_tab_set, query_camera_tab, query_draw_tab]
+        classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
+        results = gr.HTML(elem_id="results")
+
+        with gr.Accordion("Use it elsewhere: ONNX export and task file", open=True):
+            with gr.Row():
+                with gr.Column():
+                    export_button = gr.Button("Export ONNX", elem_id="export")
+                    export_file = gr.File(label="ONNX classifier", visible=False, interactive=False,
+                                          elem_id="export-file")
+                    gr.Markdown(ONNX_USAGE, elem_id="onnx-usage")
+                with gr.Column():
+                    save_button = gr.Button("Save task", elem_id="save-task")
+                    task_file = gr.File(label="Task file", visible=False, interactive=False, elem_id="task-file")
+                    load_button = gr.UploadButton("Load task", file_types=[".zip"], elem_id="load-task")
+                    gr.Markdown("A task file holds the classes' names and images and the model's name: load it "
+                                "here later to adapt again.")
+
+        live_throttle = session_state()
+        slot_inputs = [*names, *galleries]
+        adapt_button.click(handlers.adapt, [model_menu, *slot_inputs], [status, adapted, plot, confusions, results],
+                           api_visibility="private")
+        classify_button.click(handlers.classify, [adapted, query_files, query_sketch], [status, results],
+                              api_visibility="private")
+        live_camera.stream(handlers.live_frame, [adapted, live_camera, live_throttle], [live_result, live_throttle],
+                           stream_every=LIVE_EVERY_S, api_visibility="private")
+        # .input: a person chose another model (an example or a task file setting the menu is no reason to
+        # overwrite their message); .change: whatever set it, the details line and the tabs follow
+        model_menu.input(handlers.switch_model, model_menu, [status, adapted, results, plot, confusions],
+                         api_visibility="private")
+        for control in (model_menu, every_input):
+            control.change(handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs],
+                           api_visibility="private")
+        exported = export_button.click(handlers.export_onnx, adapted, [status, export_file], api_visibility="private")
+        exported.success(None, js=START_DOWNLOAD)
+        save_button.click(handlers.save_task, [model_menu, *slot_inputs], [status, task_file], api_visibility="private")
+        load_button.upload(handlers.load_task, load_button, [status, model_menu, adapted, *slot_inputs],
+                           api_visibility="private")
+        for kind, button in examples.items():
+            button.click(lambda kind=kind: handlers.load_example(kind), None,
+                         [status, model_menu, adapted, results, query_files, *slot_inputs], api_visibility="private")
+        app.unload(handlers.forget_session)
+        add_classify_endpoint(handlers)
+    return app

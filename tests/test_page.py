@@ -1,0 +1,256 @@
+"""The page's handlers and pieces as plain functions (no server, no browser): the results table, per-query
+errors, duplicates, the inputs each kind of model shows, the task file, the ONNX download and its snippet."""
+
+import html
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import gradio as gr
+import pytest
+from conftest import draw_glyph
+from PIL import Image
+
+import fewshot_serve
+from fewshot_serve.serving.api import Prediction
+from fewshot_serve.serving.web_app import PageHandlers, QueryResult, describe, menu_choices, results_html
+from fewshot_serve.serving.web_app.handlers import UI_CLASSES, LiveThrottle
+from fewshot_serve.serving.web_app.onnx_usage import ONNX_USAGE_CODE
+from fewshot_serve.serving.web_app.session_files import SessionFolders
+from fewshot_serve.serving.web_app.task_file import MANIFEST, read_task, write_task
+from fewshot_serve.serving.web_app.uploads import MAX_UPLOAD_BYTES
+
+MODELS = Path(__file__).resolve().parents[1] / "models"
+SKIPPED = type(gr.skip())
+
+
+class Request:
+    """What handlers read of a gr.Request."""
+
+    def __init__(self, session_hash: str) -> None:
+        self.session_hash = session_hash
+
+
+@pytest.fixture(scope="module")
+def handlers(colour_model):
+    models = {"omniglot-conv4": fewshot_serve.load(MODELS / "omniglot-conv4.safetensors"),
+              "colour-conv4": fewshot_serve.load(colour_model),
+              "omniglot-conv4-fomaml": fewshot_serve.load(MODELS / "omniglot-conv4-fomaml.safetensors")}
+    folders = SessionFolders()
+    yield PageHandlers(models, folders)
+    folders.remove_all()
+
+
+@pytest.fixture(scope="module")
+def glyphs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("page-glyphs")
+    paths = {}
+    for c in range(3):
+        for i in range(3):
+            paths[c, i] = str(folder / f"c{c}_{i}.png")
+            draw_glyph(60 + c, 10 * c + i).save(paths[c, i])
+    return paths
+
+
+def slots(support: dict) -> list:
+    names, galleries = list(support), [[(path, None) for path in paths] for paths in support.values()]
+    padding = UI_CLASSES - len(support)
+    return [*names, *[""] * padding, *galleries, *[None] * padding]
+
+
+def adapted_on(handlers, glyphs):
+    support = {name: [glyphs[c, 0], glyphs[c, 1]] for c, name in enumerate(["alpha", "beta", "gamma"])}
+    status, adapted, loss, confusions, results = handlers.adapt("omniglot-conv4", *slots(support))
+    assert status.startswith("Adapted to 3 classes") and results == "" and loss is not None
+    return adapted
+
+
+def test_menu_names_are_plain_and_the_details_line_says_the_rest(handlers):
+    assert menu_choices(handlers.models) == [("Handwriting", "omniglot-conv4"), ("Photos", "colour-conv4"),
+                                             ("Handwriting (omniglot-conv4-fomaml)", "omniglot-conv4-fomaml")]
+    line = describe("omniglot-conv4", handlers.models["omniglot-conv4"])
+    steps = handlers.models["omniglot-conv4"].recipe.test_steps
+    assert f"adapts in {steps} gradient step{'s' if steps != 1 else ''}." in line
+    model = handlers.models["omniglot-conv4"]
+    model.recipe.test_steps, saved = 1, model.recipe.test_steps
+    try:
+        assert describe("x", model).endswith("adapts in 1 gradient step.")
+    finally:
+        model.recipe.test_steps = saved
+
+
+def test_each_kind_shows_its_inputs_and_every_input_on_request(handlers):
+    assert handlers.camera_and_drawing("omniglot-conv4", False) == (False, True)
+    assert handlers.camera_and_drawing("colour-conv4", False) == (True, False)
+    assert handlers.camera_and_drawing("colour-conv4", True) == (True, True)
+    details, *tabs = handlers.details_and_tabs("colour-conv4", False)
+    assert "colour-conv4" in details and len(tabs) == 3 * (UI_CLASSES + 1)
+    assert [tab.visible for tab in tabs[1:3]] == [True, "hidden"]
+
+
+def test_the_results_table_shows_each_query_with_its_top_three_and_marks(handlers):
+    image = draw_glyph(1, 1)
+    sure = Prediction("a<b>", {"a<b>": 0.8, "b": 0.1, "c": 0.06, "d": 0.04}, 0.1, False)
+    split = Prediction("a<b>", {"a<b>": 0.4, "b": 0.35, "c": 0.25}, 0.1, False)
+    rejected = Prediction(None, {"a<b>": 0.7, "b": 0.3}, 9.0, True)
+    table = results_html([QueryResult("one.png", image, sure), QueryResult("two.png", image, split),
+                          QueryResult("<i>three</i>.png", image, rejected),
+                          QueryResult("bad.png", None, error="query #4 (bad.png): not a readable image")])
+    assert table.count('class="fs-row"') == 3 and table.count('class="fs-error"') == 1
+    assert "a<b>" not in table and "<i>" not in table and html.escape("<i>three</i>.png") in table
+    first = table.split('class="fs-row"')[1]
+    assert first.count('class="fs-bar"') == 3 and ">d<" not in first  # the top three only, best first
+    assert first.index(">80%<") < first.index(">10%<") < first.index(">6%<")
+    assert ">unsure<" in table.split('class="fs-row"')[2] and ">none of these?<" in table
+    assert "not a readable image" in table and table.count("data:image/jpeg;base64,") == 3
+    assert results_html([]) == ""
+
+
+def test_a_bad_query_gets_its_own_row_and_the_rest_are_classified(handlers, glyphs, tmp_path):
+    adapted = adapted_on(handlers, glyphs)
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    queries = [(glyphs[0, 2], None), (str(broken), None), (glyphs[2, 2], None)]
+    status, table = handlers.classify(adapted, queries, None)
+    assert status == "Classified 2 of 3 queries. 1 could not be read: see its row."
+    rows = table.split("<tr class=")[1:]
+    assert 'fs-error' in rows[1] and "broken.png" in rows[1] and "not a readable image" in rows[1]
+    assert ">alpha<" in rows[0] and ">gamma<" in rows[2]
+
+
+def test_classify_before_adapt_and_without_queries_say_what_to_do(handlers, glyphs):
+    status, rest = handlers.classify(None, [glyphs[0, 0]], None)
+    assert "press Adapt first" in status and isinstance(rest, SKIPPED)
+    status, _ = handlers.classify(adapted_on(handlers, glyphs), [], None)
+    assert "add query images" in status
+
+
+def test_bad_support_is_reported_in_the_status_and_changes_nothing(handlers, glyphs):
+    unnamed = slots({"alpha": [glyphs[0, 0]]})
+    unnamed[UI_CLASSES + 1] = [(glyphs[1, 0], None)]  # images in slot 2, no name
+    status, *rest = handlers.adapt("omniglot-conv4", *unnamed)
+    assert "every class with images needs a name" in status and all(isinstance(r, SKIPPED) for r in rest)
+    twice = slots({"alpha": [glyphs[0, 0]], "beta": [glyphs[1, 0]]})
+    twice[1] = "alpha"
+    assert "used twice" in handlers.adapt("omniglot-conv4", *twice)[0]
+
+
+def test_uploading_the_same_image_again_keeps_one_copy(handlers, glyphs, tmp_path):
+    copy = tmp_path / "renamed-copy.png"
+    copy.write_bytes(Path(glyphs[0, 0]).read_bytes())
+    status, kept = handlers.keep_distinct([(glyphs[0, 0], None), (glyphs[0, 1], None), (str(copy), None)])
+    assert kept == [glyphs[0, 0], glyphs[0, 1]] and status == "Skipped 1 image already in this class."
+    assert handlers.keep_distinct([(glyphs[0, 0], None)]) == ("", [glyphs[0, 0]])
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
+    assert "larger than 10 MB" in handlers.keep_distinct([(str(huge), None)])[0]
+
+
+def test_a_capture_adds_one_frame_and_a_burst_several(handlers, glyphs):
+    frame, gallery = Image.new("RGB", (8, 8)), [(glyphs[0, 0], None)]
+    assert all(isinstance(v, SKIPPED) for v in handlers.camera_frame(frame, 0, gallery))  # no capture pending
+    left, images = handlers.camera_frame(frame, 5, gallery)
+    assert left == 4 and images == [glyphs[0, 0], frame]
+    assert all(isinstance(v, SKIPPED) for v in handlers.camera_frame(None, 3, gallery))
+
+
+def test_live_classification_waits_at_least_as_long_as_it_took(handlers, glyphs):
+    adapted, frame = adapted_on(handlers, glyphs), Image.open(glyphs[1, 2])
+    probabilities, throttle = handlers.live_frame(adapted, frame, None)
+    assert max(probabilities, key=probabilities.get) == "beta"
+    assert not throttle.ready()  # the next frame within LIVE_EVERY_S is skipped
+    skipped, _ = handlers.live_frame(adapted, frame, throttle)
+    assert isinstance(skipped, SKIPPED)
+    slow = LiveThrottle()
+    slow.classified(time.monotonic() - 2.0)  # a frame that took 2 s: the next waits 2 s more
+    assert slow.next_at - time.monotonic() > 1.9
+    assert isinstance(handlers.live_frame(None, frame, None)[0], SKIPPED)  # not adapted: nothing to say
+
+
+def test_switching_models_drops_the_adapted_classifier_and_its_results(handlers):
+    status, adapted, results, loss, confusions = handlers.switch_model("colour-conv4")
+    assert "Switched to **Photos**" in status and (adapted, results, loss, confusions) == (None, "", None, None)
+
+
+def test_the_onnx_download_lives_in_the_session_folder_and_its_snippet_runs(handlers, glyphs, monkeypatch):
+    adapted = adapted_on(handlers, glyphs)
+    status, file = handlers.export_onnx(adapted, Request("session-a"))
+    path = Path(file.value if isinstance(file.value, str) else file.value["path"])
+    assert status.startswith("ONNX file ready: fewshot-classifier.onnx (") and " MB)" in status
+    assert path.parent == handlers.folders.folder("session-a", "export")
+    handlers.export_onnx(adapted, Request("session-a"))  # a second export replaces the first
+    assert len(list(path.parent.iterdir())) == 1
+    monkeypatch.chdir(path.parent)
+    Image.open(glyphs[2, 2]).save("photo.jpg")
+    printed = []
+    exec(ONNX_USAGE_CODE, {"print": printed.append})
+    assert printed[0] == ["alpha", "beta", "gamma"] and max(printed[1][0], key=printed[1][0].get) == "gamma"
+    handlers.forget_session(Request("session-a"))
+    assert not path.exists() and "session-a" not in handlers.folders.sessions()
+
+
+def test_session_folders_stay_under_their_root_and_go_with_it(tmp_path):
+    folders = SessionFolders()
+    escaped = folders.folder("../../etc", "export")
+    assert folders.root in escaped.parents
+    folders.remove_all()
+    assert not folders.root.exists()
+
+
+def test_a_task_saved_from_the_page_loads_back_into_it(handlers, glyphs):
+    support = {"alpha": [glyphs[0, 0], glyphs[0, 1]], "beta": [glyphs[1, 0]]}
+    status, file = handlers.save_task("colour-conv4", *slots(support), request=Request("session-b"))
+    assert status == "Task saved: 2 classes, 3 images."
+    saved = file.value if isinstance(file.value, str) else file.value["path"]
+    status, model, adapted, *values = handlers.load_task(saved, Request("session-c"))
+    assert status.startswith("Task loaded: 2 classes, 3 images, on Photos") and model == "colour-conv4"
+    names, galleries = values[:UI_CLASSES], values[UI_CLASSES:]
+    assert names[:3] == ["alpha", "beta", ""] and galleries[2] is None and adapted is None
+    assert [Path(p).read_bytes() for p in galleries[0]] == [Path(p).read_bytes() for p in support["alpha"]]
+    assert "nothing to save" in handlers.save_task("colour-conv4", *slots({}), request=Request("b"))[0]
+
+
+def hostile_zip(path: Path, manifest, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        if manifest is not None:
+            archive.writestr(MANIFEST, manifest if isinstance(manifest, str) else json.dumps(manifest))
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+@pytest.mark.parametrize("manifest, members, message", [
+    (None, {}, "does not hold it"),
+    ("{not json", {}, "not a fewshot-serve task file"),
+    ({"format": "something else"}, {}, "not a fewshot-serve task file"),
+    ({"format": "fewshot-serve task", "version": 99, "classes": []}, {}, "version 99"),
+    ({"format": "fewshot-serve task", "version": 1, "classes": [{"name": f"c{i}", "images": []} for i in range(11)]},
+     {}, "1 to 10 classes"),
+    ({"format": "fewshot-serve task", "version": 1, "classes": ["a"]}, {}, "needs a name"),
+    ({"format": "fewshot-serve task", "version": 1, "classes": [{"name": "a", "images": ["big.png"]}]},
+     {"big.png": b"\0" * (MAX_UPLOAD_BYTES + 1)}, "larger than 10 MB"),
+])
+def test_a_hostile_task_file_is_refused_with_a_reason(tmp_path, manifest, members, message):
+    with pytest.raises(ValueError, match=message):
+        read_task(hostile_zip(tmp_path / "task.zip", manifest, members), tmp_path / "out")
+
+
+def test_a_task_file_cannot_write_outside_its_folder(tmp_path):
+    manifest = {"format": "fewshot-serve task", "version": 1, "model": "m",
+                "classes": [{"name": "a", "images": ["../../evil.png"]}]}
+    path = hostile_zip(tmp_path / "task.zip", manifest, {"../../evil.png": b"data"})
+    model, support = read_task(path, tmp_path / "out")
+    assert model == "m" and Path(support["a"][0]).parent == tmp_path / "out"
+    assert not (tmp_path.parent / "evil.png").exists()
+    with pytest.raises(ValueError, match="not a zip file"):
+        read_task(Path(__file__), tmp_path / "out")
+    assert write_task(tmp_path / "again.zip", "m", support).exists()
+
+
+def test_the_examples_load_on_the_first_model_of_their_kind(handlers):
+    status, model, adapted, results, queries, *values = handlers.load_example("Handwriting")
+    assert status.startswith("Example loaded: 3 handwritten Korean characters") and model == "omniglot-conv4"
+    assert adapted is None and results == "" and len(queries) == 3 and values[0] == "korean-03"
+    status, model, *_ = handlers.load_example("Photos")
+    assert status.startswith("Example loaded: 3 kinds of patterned cloth") and model == "colour-conv4"
