@@ -15,7 +15,7 @@ from PIL import Image
 import fewshot_serve
 from fewshot_serve.serving.api import Prediction
 from fewshot_serve.serving.web_app import PageHandlers, QueryResult, describe, menu_choices, results_html
-from fewshot_serve.serving.web_app.handlers import UI_CLASSES, LiveThrottle
+from fewshot_serve.serving.web_app.handlers import UI_CLASSES, Capture, LiveThrottle
 from fewshot_serve.serving.web_app.onnx_usage import ONNX_USAGE_CODE
 from fewshot_serve.serving.web_app.session_files import SessionFolders
 from fewshot_serve.serving.web_app.task_file import MANIFEST, read_task, write_task
@@ -147,12 +147,16 @@ def test_uploading_the_same_image_again_keeps_one_copy(handlers, glyphs, tmp_pat
     assert "larger than 10 MB" in handlers.keep_distinct([(str(huge), None)])[0]
 
 
-def test_a_capture_adds_one_frame_and_a_burst_several(handlers, glyphs):
-    frame, gallery = Image.new("RGB", (8, 8)), [(glyphs[0, 0], None)]
-    assert all(isinstance(v, SKIPPED) for v in handlers.camera_frame(frame, 0, gallery))  # no capture pending
-    left, images = handlers.camera_frame(frame, 5, gallery)
-    assert left == 4 and images == [glyphs[0, 0], frame]
-    assert all(isinstance(v, SKIPPED) for v in handlers.camera_frame(None, 3, gallery))
+def test_a_capture_adds_one_frame_and_a_burst_several_at_once(handlers, glyphs):
+    frames, gallery = [Image.new("RGB", (8, 8), (i, 0, 0)) for i in range(3)], [(glyphs[0, 0], None)]
+    assert all(isinstance(v, SKIPPED) for v in handlers.camera_frame(frames[0], None, gallery))  # none pending
+    assert handlers.camera_frame(frames[0], Capture(1), gallery) == (None, [glyphs[0, 0], frames[0]])
+    pending = Capture(3)
+    for frame in frames[:2]:  # a burst: frames held until the last, the page's gallery left alone
+        pending, images = handlers.camera_frame(frame, pending, gallery)
+        assert isinstance(images, SKIPPED)
+    assert handlers.camera_frame(frames[2], pending, gallery) == (None, [glyphs[0, 0], *frames])
+    assert all(isinstance(v, SKIPPED) for v in handlers.camera_frame(None, Capture(3), gallery))
 
 
 def test_live_classification_waits_at_least_as_long_as_it_took(handlers, glyphs):

@@ -37,6 +37,14 @@ EXPORT_NAME = "fewshot-classifier.onnx"
 TASK_NAME = "fewshot-task.zip"
 
 
+@dataclass(frozen=True)
+class Capture:
+    """Camera frames asked for (1 for Capture, :data:`BURST_FRAMES` for a burst) and those taken so far."""
+
+    wanted: int
+    frames: tuple[Image.Image, ...] = ()
+
+
 @dataclass
 class LiveThrottle:
     """When the next live frame may be classified (per session)."""
@@ -117,11 +125,18 @@ class PageHandlers:
             raise ValueError("draw something on the sketchpad first")
         return "", [*file_paths(gallery), image], None
 
-    def camera_frame(self, frame: Image.Image | None, frames_wanted: int, gallery: Any) -> tuple:
-        """While a capture is pending, add the camera's frames to the class (one a click, or a burst)."""
-        if frame is None or frames_wanted <= 0:
+    def camera_frame(self, frame: Image.Image | None, capture: Capture | None, gallery: Any) -> tuple:
+        """While a capture is pending, collect the camera's frames; with the last one, add them all to the class.
+
+        All at once because the gallery a frame arrives with is the page's value when the frame was
+        sent: frames added one by one would each be overwritten by the next frame's older gallery.
+        """
+        if frame is None or capture is None:
             return gr.skip(), gr.skip()
-        return frames_wanted - 1, [*file_paths(gallery), frame]
+        frames = (*capture.frames, frame)
+        if len(frames) < capture.wanted:
+            return Capture(capture.wanted, frames), gr.skip()
+        return None, [*file_paths(gallery), *frames]
 
     # -- adapt and classify --------------------------------------------------------------------------
 

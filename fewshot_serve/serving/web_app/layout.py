@@ -15,7 +15,7 @@ import gradio as gr
 from ...preprocessing import MAX_IMAGE_PIXELS
 from ..api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, FewShotModel
 from .api_endpoint import add_classify_endpoint
-from .handlers import BURST_FRAMES, LIVE_EVERY_S, UI_CLASSES, PageHandlers
+from .handlers import BURST_FRAMES, LIVE_EVERY_S, UI_CLASSES, Capture, PageHandlers
 from .model_menu import HANDWRITING, PHOTOS, describe, menu_choices
 from .onnx_usage import ONNX_USAGE
 from .session_files import SessionFolders
@@ -77,11 +77,12 @@ def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_
                 with gr.Row():
                     capture = gr.Button("Capture", size="sm", min_width=0, elem_id=f"class-{index}-capture")
                     burst = gr.Button(f"Burst ×{BURST_FRAMES}", size="sm", min_width=0, elem_id=f"class-{index}-burst")
-                frames_wanted = session_state(0)
-                capture.click(lambda: 1, None, frames_wanted, api_visibility="private")
-                burst.click(lambda: BURST_FRAMES, None, frames_wanted, api_visibility="private")
-                camera.stream(handlers.camera_frame, [camera, frames_wanted, images], [frames_wanted, images],
-                              stream_every=0.2, api_visibility="private")
+                capture_pending = session_state()
+                capture.click(lambda: Capture(1), None, capture_pending, api_visibility="private")
+                burst.click(lambda: Capture(BURST_FRAMES), None, capture_pending, api_visibility="private")
+                # one frame at a time: two at once would both take the count and the images before either wrote
+                camera.stream(handlers.camera_frame, [camera, capture_pending, images], [capture_pending, images],
+                              stream_every=0.2, concurrency_limit=1, show_progress="hidden", api_visibility="private")
             with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id=f"class-{index}-draw-tab") as draw_tab:
                 sketch = gr.Sketchpad(**SKETCH, elem_id=f"class-{index}-sketch")
                 add = gr.Button("Add drawing", size="sm", elem_id=f"class-{index}-add-drawing")
@@ -166,7 +167,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         classify_button.click(handlers.classify, [adapted, query_files, query_sketch], [status, results],
                               api_visibility="private")
         live_camera.stream(handlers.live_frame, [adapted, live_camera, live_throttle], [live_result, live_throttle],
-                           stream_every=LIVE_EVERY_S, api_visibility="private")
+                           stream_every=LIVE_EVERY_S, show_progress="hidden", api_visibility="private")
         # .input: a person chose another model (an example or a task file setting the menu is no reason to
         # overwrite their message); .change: whatever set it, the details line and the tabs follow
         model_menu.input(handlers.switch_model, model_menu, [status, adapted, results, plot, confusions],
