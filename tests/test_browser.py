@@ -1,6 +1,9 @@
-"""A real browser: headless Chromium fills a 3-way support set by upload, adapts (the estimate and its
-confusions shown), classifies a query, then switches to a second model and adapts again."""
+"""A real browser: headless Chromium at desktop and phone sizes drives the page as a person would: uploads
+(duplicates dropped, a thumbnail removed), Adapt, a results table with a bad query on its own row, the
+model menu and the inputs each kind shows, the camera (burst capture, live classification), ONNX export
+and its download, saving and loading a task, the examples, and a login."""
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,146 +17,249 @@ pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: n
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+DESKTOP, PHONE = {"width": 1400, "height": 1000}, {"width": 390, "height": 844}
+#: Where the README's screenshot is written when FEWSHOT_SCREENSHOTS names a folder (docs/ refreshes it).
+SCREENSHOTS = os.environ.get("FEWSHOT_SCREENSHOTS")
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not Path(CHROMIUM).exists():
     pytest.skip("Chromium is not installed (apt-get install chromium)", allow_module_level=True)
 
 
-def test_upload_adapt_classify_and_switch_models_in_chromium(tmp_path, colour_model):
+@pytest.fixture(scope="module")
+def browser():
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield browser
+        browser.close()
+
+
+def open_page(browser, port: int, viewport=DESKTOP, **context):
+    page = browser.new_context(viewport=viewport, permissions=["camera"], accept_downloads=True, **context).new_page()
+    page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+    page.locator("#adapt").wait_for(timeout=60_000)
+    return page
+
+
+def status_says(page, text: str, timeout: int = 60_000) -> None:
+    page.locator("#status").get_by_text(text).first.wait_for(timeout=timeout)
+
+
+def visible_tabs(page, prefix: str) -> list[str]:
+    return [tab for tab in ("camera", "draw") if page.locator(f"#{prefix}-{tab}-tab-button").is_visible()]
+
+
+def test_upload_adapt_classify_with_a_bad_query_and_switch_models(browser, tmp_path, colour_model):
     port = free_port()
     app = launch([SHIPPED, colour_model], port=port, block=False)
     names = ["alpha", "beta", "gamma"]
     for c, name in enumerate(names):
-        for i in range(2):
+        for i in range(3):
             draw_glyph(500 + c, 10 * c + i).save(tmp_path / f"{name}{i}.png")
     draw_glyph(501, 99).save(tmp_path / "query.png")  # a new drawing of "beta"
+    (tmp_path / "broken.png").write_text("not an image")
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
-            page.locator("#adapt").wait_for(timeout=60_000)
-            for c, name in enumerate(names):
-                page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
-                page.locator(f"#class-{c}-files input[type=file]").set_input_files(
-                    [str(tmp_path / f"{name}{i}.png") for i in range(2)])
-            page.wait_for_timeout(1000)  # let the uploads land
-            page.locator("#adapt").click()
-            page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
-            page.locator("#status").get_by_text("on images like these").wait_for(timeout=10_000)  # the estimate
-            picture = page.locator("#confusions img, #confusions svg, #confusions canvas")  # the confusion matrix
-            picture.first.wait_for(timeout=30_000)
-            page.locator("#query-files input[type=file]").set_input_files([str(tmp_path / "query.png")])
-            page.wait_for_timeout(1000)
-            page.locator("#classify").click()
-            top = page.locator("#last-query h2, #last-query .output-class").first
-            top.wait_for(timeout=60_000)
-            page.wait_for_function("document.querySelector('#last-query').innerText.includes('beta')", timeout=60_000)
-            page.screenshot(path=str(tmp_path / "app.png"), full_page=True)
-            assert top.inner_text().strip() == "beta"
+        page = open_page(browser, port)
+        assert visible_tabs(page, "class-0") == ["draw"] and visible_tabs(page, "query") == ["draw"]
+        for c, name in enumerate(names):
+            page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
+            page.locator(f"#class-{c}-images input[type=file]").set_input_files(
+                [str(tmp_path / f"{name}{i}.png") for i in range(2)])
+            page.locator(f"#class-{c}-images img").nth(1).wait_for(timeout=30_000)
+        page.locator("#class-0-images input[type=file]").set_input_files(  # again, and one new image
+            [str(tmp_path / "alpha0.png"), str(tmp_path / "alpha2.png")])
+        status_says(page, "Skipped 1 image already in this class.")
+        page.wait_for_function("document.querySelectorAll('#class-0-images img').length === 3", timeout=30_000)
+        page.locator("#class-0-images img").nth(2).hover()
+        page.locator("#class-0-images .delete-button").nth(2).click()  # remove a thumbnail
+        page.wait_for_function("document.querySelectorAll('#class-0-images img').length === 2", timeout=30_000)
 
-            page.locator("#model input").click()
-            page.get_by_role("option", name="colour-conv4").click()
-            page.locator("#model-info").get_by_text("meta-trained on folder, 32×32 colour").wait_for(timeout=30_000)
-            page.locator("#status").get_by_text("Model switched").wait_for(timeout=30_000)
-            page.locator("#adapt").click()
-            page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
-            browser.close()
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 3 classes")
+        status_says(page, "on images like these", timeout=10_000)  # the estimate
+        page.locator("#confusions img").first.wait_for(timeout=30_000)  # the confusion matrix
+        page.locator("#query-files input[type=file]").set_input_files(
+            [str(tmp_path / "query.png"), str(tmp_path / "broken.png")])
+        page.wait_for_timeout(1000)
+        page.locator("#classify").click()
+        status_says(page, "Classified 1 of 2 queries. 1 could not be read: see its row.")
+        rows = page.locator("#results tbody tr")
+        assert rows.count() == 2
+        assert rows.nth(0).locator(".fs-top").inner_text().startswith("beta")
+        assert rows.nth(0).locator(".fs-bar").count() == 3 and rows.nth(0).locator("img").count() == 1
+        assert "not a readable image" in rows.nth(1).inner_text() and "broken.png" in rows.nth(1).inner_text()
+
+        page.locator("#model input").click()
+        page.get_by_role("option", name="Photos").click()
+        status_says(page, "Switched to Photos")
+        page.locator("#model-info").get_by_text("meta-trained on folder, 32×32 colour").wait_for(timeout=30_000)
+        page.wait_for_function("document.querySelector('#results').innerText.trim() === ''", timeout=30_000)
+        assert visible_tabs(page, "class-0") == ["camera"] and visible_tabs(page, "query") == ["camera"]
+        page.locator("#every-input input").check()
+        page.wait_for_timeout(1000)
+        assert visible_tabs(page, "class-0") == ["camera", "draw"]
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 3 classes")
+        assert not page.locator("[aria-label='common.upload'], [title='common.upload']").count()  # named
     finally:
         app.close()
-    assert (tmp_path / "app.png").stat().st_size > 10_000
 
 
-def test_webcam_photos_for_support_and_query_in_chromium(colour_model):
-    """Chromium's fake camera (a generated test pattern) stands in for a webcam: capture a photo per class
-    with each class's camera, adapt, capture a query, classify."""
+def test_burst_capture_for_support_and_live_classification_in_chromium(browser, colour_model):
+    """Chromium's fake camera (a moving test pattern) stands in for a webcam: a burst of frames for one class
+    and a single capture for another, adapt, then the live camera classifies what it sees."""
     port = free_port()
     app = launch([colour_model], port=port, block=False)
-    camera_flags = FLAGS + ["--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+
+    def start_camera(page, camera: str) -> None:
+        component = page.locator(f"#{camera}")
+        access = component.get_by_text("Click to Access Webcam")
+        if access.count():
+            access.first.click()
+        component.locator("button.capture-button").click(timeout=30_000)  # start streaming
+        page.wait_for_timeout(1000)
+
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=camera_flags)
-            context = browser.new_context(viewport={"width": 1600, "height": 1400}, permissions=["camera"])
-            page = context.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
-            page.locator("#adapt").wait_for(timeout=60_000)
-
-            def capture(camera: str) -> None:
-                component = page.locator(f"#{camera}")
-                access = component.get_by_text("Click to Access Webcam")
-                if access.count():
-                    access.first.click()
-                shutter = component.locator("button.capture-button")
-                shutter.wait_for(timeout=30_000)
-                page.wait_for_timeout(500)  # let the fake stream deliver frames
-                shutter.click()
-                component.locator("img").first.wait_for(timeout=30_000)
-
-            for c, name in enumerate(["red", "green"]):
-                page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
-                for _ in range(2):
-                    capture(f"class-{c}-camera")
-                    page.locator(f"#class-{c}-add-photo").click()
-                    page.wait_for_timeout(500)
-                page.locator(f"#class-{c}-captured img").nth(1).wait_for(timeout=30_000)
-            page.locator("#adapt").click()
-            page.locator("#status").get_by_text("Adapted to 2 classes").wait_for(timeout=60_000)
-            capture("query-camera")
-            page.locator("#classify").click()
-            page.wait_for_function(
-                "['red', 'green'].some(n => document.querySelector('#last-query').innerText.includes(n))",
-                timeout=60_000)
-            browser.close()
+        page = open_page(browser, port)
+        for c, (name, button, count) in enumerate([("burst", "burst", 5), ("single", "capture", 1)]):
+            page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
+            page.locator(f"#class-{c}-camera-tab-button").click()
+            start_camera(page, f"class-{c}-camera")
+            page.locator(f"#class-{c}-{button}").click()
+            page.wait_for_function(f"document.querySelectorAll('#class-{c}-images img').length === {count}",
+                                   timeout=30_000)
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 2 classes")
+        page.locator("#query-camera-tab-button").click()
+        start_camera(page, "live-camera")
+        page.wait_for_function("['burst', 'single'].some(n => document.querySelector('#live-result').innerText"
+                               ".includes(n))", timeout=60_000)
     finally:
         app.close()
 
 
-def test_login_example_button_and_literal_markup_in_chromium(tmp_path):
+def test_export_save_and_load_a_task_in_chromium(browser, colour_model, tmp_path):
+    """One click exports and downloads the ONNX file (its name and size shown); a saved task loads back."""
+    port = free_port()
+    app = launch([SHIPPED, colour_model], port=port, block=False)
+    try:
+        page = open_page(browser, port)
+        page.locator("#export").click()
+        status_says(page, "press Adapt first")
+        page.locator("#example-handwriting").click()
+        status_says(page, "Example loaded")
+        page.wait_for_timeout(1000)
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 3 classes")
+        with page.expect_download(timeout=60_000) as exported:
+            page.locator("#export").click()
+        onnx = tmp_path / "exported.onnx"
+        exported.value.save_as(onnx)
+        status_says(page, "ONNX file ready: fewshot-classifier.onnx (")
+        shown = page.locator("#export-file").inner_text().replace("\n", "")  # the name and the size
+        assert "fewshot-classifier.onnx" in shown and ("KB" in shown or "MB" in shown) and onnx.stat().st_size > 1000
+        assert "OnnxClassifier" in page.locator("#onnx-usage").inner_text()
+
+        page.locator("#save-task").click()
+        status_says(page, "Task saved: 3 classes, 6 images.")
+        with page.expect_download(timeout=30_000) as saved:
+            page.locator("#task-file a[download]").first.click()
+        task = tmp_path / "task.zip"
+        saved.value.save_as(task)
+
+        fresh = open_page(browser, port)
+        with fresh.expect_file_chooser() as chooser:
+            fresh.locator("#load-task").click()
+        chooser.value.set_files(str(task))
+        status_says(fresh, "Task loaded: 3 classes, 6 images, on Handwriting")
+        fresh.wait_for_function("document.querySelector('#class-2-name textarea, #class-2-name input')"
+                                ".value === 'korean-12'", timeout=30_000)
+        fresh.locator("#adapt").click()
+        status_says(fresh, "Adapted to 3 classes")
+    finally:
+        app.close()
+
+
+def test_the_photo_example_on_a_phone(browser, tmp_path, colour_model):
+    """At phone size: the menu, the example, and a results table that fits the screen's width."""
+    port = free_port()
+    app = launch([colour_model, SHIPPED], port=port, block=False)
+    try:
+        page = open_page(browser, port, PHONE, is_mobile=True, has_touch=True)
+        page.locator("#example-photos").click()
+        status_says(page, "Example loaded: 3 kinds of patterned cloth")
+        page.wait_for_timeout(1000)
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 3 classes")
+        page.locator("#classify").click()
+        status_says(page, "Classified 3 of 3 queries.")
+        table = page.locator("#results table")
+        assert page.locator("#results tbody tr").count() == 3
+        width = page.evaluate("document.documentElement.clientWidth")
+        assert table.bounding_box()["width"] <= width and page.evaluate(
+            "document.documentElement.scrollWidth") <= width  # nothing runs off the side
+        menu = page.locator("#model").bounding_box()
+        assert menu["width"] > 0.7 * width  # the menu has the row to itself
+        table.screenshot(path=str(tmp_path / "phone-results.png"))
+        height = page.evaluate("document.documentElement.scrollHeight")
+        assert height < 5000, f"the phone page is {height} px tall"
+        if SCREENSHOTS:
+            desktop = open_page(browser, port)
+            desktop.locator("#example-photos").click()
+            status_says(desktop, "Example loaded")
+            desktop.wait_for_timeout(1000)
+            desktop.locator("#adapt").click()
+            status_says(desktop, "Adapted to 3 classes")
+            desktop.locator("#classify").click()
+            status_says(desktop, "Classified 3 of 3 queries.")
+            desktop.locator("#results").screenshot(path=str(Path(SCREENSHOTS) / "results-table.png"))
+    finally:
+        app.close()
+
+
+def test_login_example_button_and_literal_markup_in_chromium(browser, tmp_path):
     """With a login: a wrong password is refused and the right one lets in. Then the Example button fills a
-    task that adapts and classifies; a class name with markup shows as typed in an error message."""
+    task that adapts and classifies; a class name with markup shows as typed in the status."""
     from fewshot_serve.serving.auth import Credentials, hash_password
 
     port = free_port()
     app = launch([SHIPPED], port=port, block=False, credentials=Credentials({"alice": hash_password("wonderland")}))
     (tmp_path / "fake.png").write_text("not an image")
     try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-            page = browser.new_page(viewport={"width": 1600, "height": 1400})
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
+        page = browser.new_context(viewport=DESKTOP).new_page()
+        page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
 
-            def log_in(password: str) -> None:
-                page.get_by_label("username").fill("alice")
-                page.get_by_label("password").fill(password)
-                page.get_by_role("button", name="Login").click()
+        def log_in(password: str) -> None:
+            page.get_by_label("username").fill("alice")
+            page.get_by_label("password").fill(password)
+            page.get_by_role("button", name="Login").click()
 
-            log_in("wrong")
-            page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)
-            assert page.locator("#adapt").count() == 0
-            log_in("wonderland")
-            page.locator("#adapt").wait_for(timeout=60_000)
+        log_in("wrong")
+        page.get_by_text("Incorrect Credentials").wait_for(timeout=30_000)
+        assert page.locator("#adapt").count() == 0
+        log_in("wonderland")
+        page.locator("#adapt").wait_for(timeout=60_000)
+        assert not page.locator("#example-photos").is_visible()  # no photo model served: no photo example
 
-            page.locator("#example").click()
-            page.locator("#status").get_by_text("Example loaded").wait_for(timeout=30_000)
-            page.wait_for_function("document.querySelector('#class-2-name textarea, #class-2-name input')"
-                                   ".value === 'korean-12'", timeout=30_000)
-            page.wait_for_timeout(1000)
-            page.locator("#adapt").click()
-            page.locator("#status").get_by_text("Adapted to 3 classes").wait_for(timeout=60_000)
-            page.locator("#classify").click()
-            page.wait_for_function("document.querySelector('#last-query').innerText.includes('korean-12')",
-                                   timeout=60_000)
+        page.locator("#example-handwriting").click()
+        status_says(page, "Example loaded")
+        page.wait_for_function("document.querySelector('#class-2-name textarea, #class-2-name input')"
+                               ".value === 'korean-12'", timeout=30_000)
+        page.wait_for_timeout(1000)
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 3 classes")
+        page.locator("#classify").click()
+        status_says(page, "Classified 3 of 3 queries.")
+        assert "korean-12" in page.locator("#results").inner_text()
 
-            markup = "<b>bold</b>"
-            page.locator("#class-0-name textarea, #class-0-name input").first.fill(markup)
-            page.locator("#class-0-files input[type=file]").set_input_files([str(tmp_path / "fake.png")])
-            page.wait_for_timeout(1000)
-            page.locator("#adapt").click()  # the upload joins the example's two drawings: image #3
-            # the text, not bold markup
-            page.get_by_text(f"class '{markup}' image #3 (fake.png)").first.wait_for(timeout=30_000)
-            assert page.locator(".toast-body b, [data-testid='toast-body'] b").count() == 0
-            browser.close()
+        markup = "<b>bold</b>"
+        page.locator("#class-0-name textarea, #class-0-name input").first.fill(markup)
+        page.locator("#class-0-images input[type=file]").set_input_files([str(tmp_path / "fake.png")])
+        page.wait_for_function("document.querySelectorAll('#class-0-images img').length === 3", timeout=30_000)
+        page.locator("#adapt").click()  # the upload joins the example's two drawings: image #3
+        status_says(page, f"class '{markup}' image #3 (fake.png)")  # the text, not bold markup
+        assert page.locator("#status b").count() == 0
     finally:
         app.close()

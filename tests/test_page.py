@@ -204,7 +204,7 @@ def test_session_folders_stay_under_their_root_and_go_with_it(tmp_path):
 
 def test_a_task_saved_from_the_page_loads_back_into_it(handlers, glyphs):
     support = {"alpha": [glyphs[0, 0], glyphs[0, 1]], "beta": [glyphs[1, 0]]}
-    status, file = handlers.save_task("colour-conv4", *slots(support), request=Request("session-b"))
+    status, file = handlers.save_task(Request("session-b"), "colour-conv4", *slots(support))
     assert status == "Task saved: 2 classes, 3 images."
     saved = file.value if isinstance(file.value, str) else file.value["path"]
     status, model, adapted, *values = handlers.load_task(saved, Request("session-c"))
@@ -212,7 +212,7 @@ def test_a_task_saved_from_the_page_loads_back_into_it(handlers, glyphs):
     names, galleries = values[:UI_CLASSES], values[UI_CLASSES:]
     assert names[:3] == ["alpha", "beta", ""] and galleries[2] is None and adapted is None
     assert [Path(p).read_bytes() for p in galleries[0]] == [Path(p).read_bytes() for p in support["alpha"]]
-    assert "nothing to save" in handlers.save_task("colour-conv4", *slots({}), request=Request("b"))[0]
+    assert "nothing to save" in handlers.save_task(Request("b"), "colour-conv4", *slots({}))[0]
 
 
 def hostile_zip(path: Path, manifest, members: dict[str, bytes]) -> Path:

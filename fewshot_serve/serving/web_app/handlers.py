@@ -209,7 +209,8 @@ class PageHandlers:
         return status, gr.File(value=str(path), visible=True)
 
     @status_errors(outputs=2)
-    def save_task(self, model_name: str, *slots: Any, request: gr.Request) -> tuple[str, Any]:
+    def save_task(self, request: gr.Request, model_name: str, *slots: Any) -> tuple[str, Any]:
+        # the request comes first: Gradio inserts it by position, which a parameter after *slots has not
         name, _ = self.model_named(model_name)
         support = self.support_from(slots[:UI_CLASSES], slots[UI_CLASSES:])
         if not support:

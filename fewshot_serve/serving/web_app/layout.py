@@ -161,6 +161,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
                                 "here later to adapt again.")
 
         live_throttle = session_state()
+        add_classify_endpoint(handlers)  # first, so that the name "classify" is its own, not the page's event's
         slot_inputs = [*names, *galleries]
         adapt_button.click(handlers.adapt, [model_menu, *slot_inputs], [status, adapted, plot, confusions, results],
                            api_visibility="private")
@@ -184,5 +185,4 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
             button.click(lambda kind=kind: handlers.load_example(kind), None,
                          [status, model_menu, adapted, results, query_files, *slot_inputs], api_visibility="private")
         app.unload(handlers.forget_session)
-        add_classify_endpoint(handlers)
     return app
