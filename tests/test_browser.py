@@ -47,6 +47,15 @@ def status_says(page, text: str, timeout: int = 60_000) -> None:
     page.locator("#status").get_by_text(text).first.wait_for(timeout=timeout)
 
 
+def adapt_to_example(page, kind: str, loaded: str = "Example loaded") -> None:
+    """Load the page's example task of this kind and adapt to its three classes."""
+    page.locator(f"#example-{kind}").click()
+    status_says(page, loaded)
+    page.wait_for_timeout(1000)  # let the galleries settle before Adapt reads them
+    page.locator("#adapt").click()
+    status_says(page, "Adapted to 3 classes")
+
+
 def visible_tabs(page, prefix: str) -> list[str]:
     return [tab for tab in ("camera", "draw") if page.locator(f"#{prefix}-{tab}-tab-button").is_visible()]
 
@@ -148,11 +157,7 @@ def test_export_save_and_load_a_task_in_chromium(browser, colour_model, tmp_path
         page = open_page(browser, port)
         page.locator("#export").click()
         status_says(page, "press Adapt first")
-        page.locator("#example-handwriting").click()
-        status_says(page, "Example loaded")
-        page.wait_for_timeout(1000)
-        page.locator("#adapt").click()
-        status_says(page, "Adapted to 3 classes")
+        adapt_to_example(page, "handwriting")
         with page.expect_download(timeout=60_000) as exported:
             page.locator("#export").click()
         onnx = tmp_path / "exported.onnx"
@@ -188,11 +193,7 @@ def test_the_photo_example_on_a_phone(browser, tmp_path, colour_model):
     app = launch([colour_model, SHIPPED], port=port, block=False)
     try:
         page = open_page(browser, port, PHONE, is_mobile=True, has_touch=True)
-        page.locator("#example-photos").click()
-        status_says(page, "Example loaded: 3 kinds of patterned cloth")
-        page.wait_for_timeout(1000)
-        page.locator("#adapt").click()
-        status_says(page, "Adapted to 3 classes")
+        adapt_to_example(page, "photos", "Example loaded: 3 kinds of patterned cloth")
         page.locator("#classify").click()
         status_says(page, "Classified 3 of 3 queries.")
         table = page.locator("#results table")
@@ -207,11 +208,7 @@ def test_the_photo_example_on_a_phone(browser, tmp_path, colour_model):
         assert height < 5000, f"the phone page is {height} px tall"
         if SCREENSHOTS:
             desktop = open_page(browser, port)
-            desktop.locator("#example-photos").click()
-            status_says(desktop, "Example loaded")
-            desktop.wait_for_timeout(1000)
-            desktop.locator("#adapt").click()
-            status_says(desktop, "Adapted to 3 classes")
+            adapt_to_example(desktop, "photos")
             desktop.locator("#classify").click()
             status_says(desktop, "Classified 3 of 3 queries.")
             desktop.locator("#results").screenshot(path=str(Path(SCREENSHOTS) / "results-table.png"))
