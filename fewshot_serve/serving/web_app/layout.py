@@ -23,7 +23,7 @@ from .uploads import MAX_UPLOAD_BYTES
 
 SHOWN_AT_START = 5
 #: An adapted classifier, and the page's other per-session values, are dropped this long after they were
-#: set: memory stays bounded however many people visit (see tests/test_memory.py).
+#: set, by default: memory stays bounded however many people visit (see tests/test_memory.py).
 SESSION_LIFETIME_S = 3600
 SKETCH = {"type": "pil", "height": 300, "canvas_size": (280, 280), "show_label": False}
 LIMITS_TEXT = (
@@ -55,11 +55,13 @@ PAGE_JS = """
 START_DOWNLOAD = "() => { const link = document.querySelector('#export-file a[download]'); if (link) link.click(); }"
 
 
-def session_state(value=None) -> gr.State:
-    return gr.State(value, time_to_live=SESSION_LIFETIME_S)
+def session_state(lifetime_s: float) -> gr.State:
+    """A per-session value that Gradio drops ``lifetime_s`` after it was last set."""
+    return gr.State(None, time_to_live=lifetime_s)
 
 
-def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_tabs: list[bool]) -> tuple:
+def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_tabs: list[bool],
+               lifetime_s: float) -> tuple:
     """One class's column: its name, its images (upload, remove), and its camera and drawing tabs."""
     with gr.Column(visible=index < SHOWN_AT_START, min_width=200) as slot:
         name = gr.Textbox(label=f"Class {index + 1} name", max_length=100, elem_id=f"class-{index}-name")
@@ -77,7 +79,7 @@ def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_
                 with gr.Row():
                     capture = gr.Button("Capture", size="sm", min_width=0, elem_id=f"class-{index}-capture")
                     burst = gr.Button(f"Burst ×{BURST_FRAMES}", size="sm", min_width=0, elem_id=f"class-{index}-burst")
-                capture_pending = session_state()
+                capture_pending = session_state(lifetime_s)
                 capture.click(lambda: Capture(1), None, capture_pending, api_visibility="private")
                 burst.click(lambda: Capture(BURST_FRAMES), None, capture_pending, api_visibility="private")
                 # one frame at a time: two at once would both take the count and the images before either wrote
@@ -90,11 +92,18 @@ def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_
     return slot, name, images, [tab_set, camera_tab, draw_tab]
 
 
-def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None = None) -> gr.Blocks:
-    """The page and its handlers around the loaded models (the first is the default)."""
+def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None = None,
+              session_lifetime_s: float = SESSION_LIFETIME_S) -> gr.Blocks:
+    """The page and its handlers around the loaded models (the first is the default).
+
+    ``session_lifetime_s``: how long a session's adapted classifier and other values live after they
+    were set (uploads are swept after four times that).
+    """
+    if session_lifetime_s <= 0:
+        raise ValueError(f"the session lifetime must be positive, not {session_lifetime_s}")
     handlers = PageHandlers(models, folders or SessionFolders())
     default = handlers.default
-    with gr.Blocks(title="fewshot-serve", delete_cache=(900, 4 * SESSION_LIFETIME_S)) as app:
+    with gr.Blocks(title="fewshot-serve", delete_cache=(900, 4 * session_lifetime_s)) as app:
         gr.Markdown("# fewshot-serve\nName a few classes, give each one or more images, press **Adapt**, then "
                     f"classify new images.\n\n{LIMITS_TEXT}")
         model_menu = gr.Dropdown(menu_choices(models), value=default, label="Model", elem_id="model",
@@ -107,13 +116,13 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
             every_input = gr.Checkbox(False, label="Show every input (camera and drawing)", elem_id="every-input",
                                       container=False, scale=0, min_width=280)
         visible_tabs = list(handlers.camera_and_drawing(default, False))
-        adapted = session_state()
+        adapted = session_state(session_lifetime_s)
         status = gr.Markdown(elem_id="status", render=False)
 
         slots, names, galleries, tabs = [], [], [], []
         with gr.Row():
             for index in range(UI_CLASSES):
-                slot, name, images, slot_tabs = class_slot(index, handlers, status, visible_tabs)
+                slot, name, images, slot_tabs = class_slot(index, handlers, status, visible_tabs, session_lifetime_s)
                 slots.append(slot)
                 names.append(name)
                 galleries.append(images)
@@ -160,7 +169,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
                     gr.Markdown("A task file holds the classes' names and images and the model's name: load it "
                                 "here later to adapt again.")
 
-        live_throttle = session_state()
+        live_throttle = session_state(session_lifetime_s)
         add_classify_endpoint(handlers)  # first, so that the name "classify" is its own, not the page's event's
         slot_inputs = [*names, *galleries]
         adapt_button.click(handlers.adapt, [model_menu, *slot_inputs], [status, adapted, plot, confusions, results],

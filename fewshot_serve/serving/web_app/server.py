@@ -1,6 +1,6 @@
 """Serving the page: load the model files, check the launch is safe, and run Gradio with bounded resources.
 
-Memory is bounded three ways: each session's values expire (``SESSION_LIFETIME_S``), at most
+Memory is bounded three ways: each session's values expire (``session_lifetime_s``), at most
 ``MAX_SESSIONS`` sessions are held (the oldest dropped first), and Gradio's upload cache is swept.
 """
 
@@ -15,7 +15,7 @@ import gradio as gr
 from ..api import FewShotModel, load
 from ..auth import AUTH_ENV, Credentials, is_loopback
 from .examples import EXAMPLES_DIR
-from .layout import PAGE_CSS, PAGE_JS, build_app
+from .layout import PAGE_CSS, PAGE_JS, SESSION_LIFETIME_S, build_app
 from .results_table import RESULTS_CSS
 from .task_file import MAX_TASK_BYTES
 
@@ -46,14 +46,16 @@ def load_models(paths: Sequence[str | os.PathLike], bf16: bool = False) -> dict[
 def launch(model_paths: str | os.PathLike | Sequence[str | os.PathLike], host: str = "127.0.0.1", port: int = 7860,
            share: bool = False, block: bool = True, credentials: Credentials | None = None,
            allow_anonymous: bool = False, concurrency: int = CONCURRENCY, queue_size: int = QUEUE_SIZE,
-           bf16: bool = False, max_sessions: int = MAX_SESSIONS) -> gr.Blocks:
+           bf16: bool = False, max_sessions: int = MAX_SESSIONS,
+           session_lifetime_s: float = SESSION_LIFETIME_S) -> gr.Blocks:
     """Load the model file(s) and serve the app; ``block=False`` returns once it is listening (tests).
 
     With ``credentials`` every page and API call needs a login. Serving anything but loopback (or a
     share link) without them is refused unless ``allow_anonymous``. At most ``concurrency`` requests
     per event run at once and ``queue_size`` wait; past that a request is refused at once with
     "Queue is full! Please try again." rather than waiting without bound. ``bf16``: see
-    :func:`load_models`.
+    :func:`load_models`. At most ``max_sessions`` sessions' page state is held, each value for
+    ``session_lifetime_s`` after it was set.
     """
     if credentials is None and not allow_anonymous and (share or not is_loopback(host)):
         raise ValueError(
@@ -65,7 +67,7 @@ def launch(model_paths: str | os.PathLike | Sequence[str | os.PathLike], host: s
     if isinstance(model_paths, (str, os.PathLike)):
         model_paths = [model_paths]
     models = load_models(model_paths, bf16)
-    app = build_app(models)
+    app = build_app(models, session_lifetime_s=session_lifetime_s)
     app.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     app.launch(server_name=host, server_port=port, share=share, prevent_thread_lock=True,
                max_file_size=MAX_TASK_BYTES, show_error=False, quiet=True, auth=credentials,
