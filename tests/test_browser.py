@@ -5,6 +5,7 @@ and its download, saving and loading a task, the examples, and a login."""
 
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -36,6 +37,17 @@ def browser():
         browser.close()
 
 
+@contextmanager
+def served(models, **options):
+    """The app on a free port for one test, closed however the test ends."""
+    port = free_port()
+    app = launch(models, port=port, block=False, **options)
+    try:
+        yield port
+    finally:
+        app.close()
+
+
 def open_page(browser, port: int, viewport=DESKTOP, **context):
     page = browser.new_context(viewport=viewport, permissions=["camera"], accept_downloads=True, **context).new_page()
     page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
@@ -61,15 +73,13 @@ def visible_tabs(page, prefix: str) -> list[str]:
 
 
 def test_upload_adapt_classify_with_a_bad_query_and_switch_models(browser, tmp_path, colour_model):
-    port = free_port()
-    app = launch([SHIPPED, colour_model], port=port, block=False)
     names = ["alpha", "beta", "gamma"]
     for c, name in enumerate(names):
         for i in range(3):
             draw_glyph(500 + c, 10 * c + i).save(tmp_path / f"{name}{i}.png")
     draw_glyph(501, 99).save(tmp_path / "query.png")  # a new drawing of "beta"
     (tmp_path / "broken.png").write_text("not an image")
-    try:
+    with served([SHIPPED, colour_model]) as port:
         page = open_page(browser, port)
         assert visible_tabs(page, "class-0") == ["draw"] and visible_tabs(page, "query") == ["draw"]
         for c, name in enumerate(names):
@@ -112,15 +122,11 @@ def test_upload_adapt_classify_with_a_bad_query_and_switch_models(browser, tmp_p
         page.locator("#adapt").click()
         status_says(page, "Adapted to 3 classes")
         assert not page.locator("[aria-label='common.upload'], [title='common.upload']").count()  # named
-    finally:
-        app.close()
 
 
 def test_burst_capture_for_support_and_live_classification_in_chromium(browser, colour_model):
     """Chromium's fake camera (a moving test pattern) stands in for a webcam: a burst of frames for one class
     and a single capture for another, adapt, then the live camera classifies what it sees."""
-    port = free_port()
-    app = launch([colour_model], port=port, block=False)
 
     def start_camera(page, camera: str) -> None:
         component = page.locator(f"#{camera}")
@@ -130,7 +136,7 @@ def test_burst_capture_for_support_and_live_classification_in_chromium(browser, 
         component.locator("button.capture-button").click(timeout=30_000)  # start streaming
         page.wait_for_timeout(1000)
 
-    try:
+    with served([colour_model]) as port:
         page = open_page(browser, port)
         for c, (name, button, count) in enumerate([("burst", "burst", 5), ("single", "capture", 1)]):
             page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
@@ -145,15 +151,11 @@ def test_burst_capture_for_support_and_live_classification_in_chromium(browser, 
         start_camera(page, "live-camera")
         page.wait_for_function("['burst', 'single'].some(n => document.querySelector('#live-result').innerText"
                                ".includes(n))", timeout=60_000)
-    finally:
-        app.close()
 
 
 def test_export_save_and_load_a_task_in_chromium(browser, colour_model, tmp_path):
     """One click exports and downloads the ONNX file (its name and size shown); a saved task loads back."""
-    port = free_port()
-    app = launch([SHIPPED, colour_model], port=port, block=False)
-    try:
+    with served([SHIPPED, colour_model]) as port:
         page = open_page(browser, port)
         page.locator("#export").click()
         status_says(page, "press Adapt first")
@@ -183,15 +185,11 @@ def test_export_save_and_load_a_task_in_chromium(browser, colour_model, tmp_path
                                 ".value === 'korean-12'", timeout=30_000)
         fresh.locator("#adapt").click()
         status_says(fresh, "Adapted to 3 classes")
-    finally:
-        app.close()
 
 
 def test_the_photo_example_on_a_phone(browser, tmp_path, colour_model):
     """At phone size: the menu, the example, and a results table that fits the screen's width."""
-    port = free_port()
-    app = launch([colour_model, SHIPPED], port=port, block=False)
-    try:
+    with served([colour_model, SHIPPED]) as port:
         page = open_page(browser, port, PHONE, is_mobile=True, has_touch=True)
         adapt_to_example(page, "photos", "Example loaded: 3 kinds of patterned cloth")
         page.locator("#classify").click()
@@ -212,8 +210,6 @@ def test_the_photo_example_on_a_phone(browser, tmp_path, colour_model):
             desktop.locator("#classify").click()
             status_says(desktop, "Classified 3 of 3 queries.")
             desktop.locator("#results").screenshot(path=str(Path(SCREENSHOTS) / "results-table.png"))
-    finally:
-        app.close()
 
 
 def test_login_example_button_and_literal_markup_in_chromium(browser, tmp_path):
@@ -221,10 +217,8 @@ def test_login_example_button_and_literal_markup_in_chromium(browser, tmp_path):
     task that adapts and classifies; a class name with markup shows as typed in the status."""
     from fewshot_serve.serving.auth import Credentials, hash_password
 
-    port = free_port()
-    app = launch([SHIPPED], port=port, block=False, credentials=Credentials({"alice": hash_password("wonderland")}))
     (tmp_path / "fake.png").write_text("not an image")
-    try:
+    with served([SHIPPED], credentials=Credentials({"alice": hash_password("wonderland")})) as port:
         page = browser.new_context(viewport=DESKTOP).new_page()
         page.goto(f"http://127.0.0.1:{port}/", wait_until="load")
 
@@ -258,5 +252,3 @@ def test_login_example_button_and_literal_markup_in_chromium(browser, tmp_path):
         page.locator("#adapt").click()  # the upload joins the example's two drawings: image #3
         status_says(page, f"class '{markup}' image #3 (fake.png)")  # the text, not bold markup
         assert page.locator("#status b").count() == 0
-    finally:
-        app.close()
