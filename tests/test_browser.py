@@ -16,6 +16,7 @@ from fewshot_serve.serving.web_app import launch
 pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
+SHIPPED_PHOTOS = SHIPPED.with_name("photos-efficientnet-lite0.safetensors")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -204,7 +205,8 @@ def test_the_photo_example_on_a_phone(browser, tmp_path, colour_model):
         table.screenshot(path=str(tmp_path / "phone-results.png"))
         height = page.evaluate("document.documentElement.scrollHeight")
         assert height < 5000, f"the phone page is {height} px tall"
-        if SCREENSHOTS:
+    if SCREENSHOTS:  # README's picture: the shipped photo model, on a desktop
+        with served([SHIPPED_PHOTOS]) as port:
             desktop = open_page(browser, port)
             adapt_to_example(desktop, "photos")
             desktop.locator("#classify").click()
