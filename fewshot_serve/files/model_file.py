@@ -27,6 +27,7 @@ from ..inner_loop import ALGORITHMS, InnerLoop
 from ..networks import ARCHITECTURES, MetaNetwork, build_network, config_problems
 from ..networks.config_checks import MAX_STEPS, is_int
 from ..preprocessing import Preprocessing
+from ..text_preprocessing import TextPreprocessing, is_text_recipe
 from ..unknown import calibration_problems
 from .atomic import atomic_output
 from .weight_storage import decode, encode, storage_dtype
@@ -73,10 +74,24 @@ class Recipe:
     def inner_loop(self) -> InnerLoop:
         return InnerLoop(tuple(self.inner_lrs), self.train_steps, self.test_steps)
 
+    @property
+    def input_kind(self) -> str:
+        """What the model classifies: "text" or "image" (also for a sinusoid file, which has neither)."""
+        return "text" if is_text_recipe(self.preprocessing) else "image"
+
     def image_preprocessing(self) -> Preprocessing:
-        if self.preprocessing is None:
+        if self.preprocessing is None or self.input_kind != "image":
             raise ModelFileError("this model has no image preprocessing (it is not an image model)")
         return Preprocessing.from_dict(self.preprocessing)
+
+    def text_preprocessing(self) -> TextPreprocessing:
+        if self.input_kind != "text":
+            raise ModelFileError("this model has no text preprocessing (it is not a text model)")
+        return TextPreprocessing.from_dict(self.preprocessing)
+
+    def input_preprocessing(self) -> Preprocessing | TextPreprocessing:
+        """The image or the text preprocessing, whichever the model takes."""
+        return self.text_preprocessing() if self.input_kind == "text" else self.image_preprocessing()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -204,8 +219,25 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
     network_problems = config_problems(recipe.network)  # each architecture's own rules
     if network_problems:
         return problems + network_problems
-    shapes = ARCHITECTURES[recipe.network["architecture"]].input_shapes(recipe.network)
+    architecture = ARCHITECTURES[recipe.network["architecture"]]
+    if (architecture.input_kind == "text") != (recipe.input_kind == "text"):
+        return problems + [f"a {recipe.network['architecture']} network takes {architecture.input_kind}s, "
+                           f"but the preprocessing is for {recipe.input_kind}s"]
+    if recipe.input_kind == "text":
+        return problems + _text_preprocessing_problems(recipe)
+    shapes = architecture.input_shapes(recipe.network)
     return problems + (_preprocessing_problems(recipe, shapes) if shapes else [])
+
+
+def _text_preprocessing_problems(recipe: Recipe) -> list[str]:
+    """The recipe's tokenizer loads, and its longest sequence fits the encoder's position table."""
+    try:
+        preprocessing = TextPreprocessing.from_dict(recipe.preprocessing)
+    except (TypeError, ValueError) as error:
+        return [f"bad text preprocessing ({error})"]
+    if preprocessing.max_length > recipe.network.get("max_positions", 0):
+        return ["text preprocessing's max_length exceeds the encoder's max_positions"]
+    return []
 
 
 def _preprocessing_problems(recipe: Recipe, input_shapes: list[tuple[Any, Any]]) -> list[str]:

@@ -3,6 +3,7 @@
 * :class:`Conv4` (``conv4.py``): the standard 4-block few-shot convnet, for characters.
 * :class:`ResNet12` (``resnet12.py``): the residual backbone for photos, trained here.
 * :class:`EfficientNetLite` (``efficientnet_lite.py``): the ImageNet-trained photo backbone, imported.
+* :class:`BertEncoder` (``bert.py``): the pretrained sentence encoder for texts, imported.
 * :class:`FeatureEnsemble` (``ensemble.py``): pretrained ResNet-12s side by side under one head.
 * :class:`SinusoidMLP` (``mlp.py``): the MAML paper's regression network.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import HEAD_KEYS, MetaNetwork, PooledFeatureClassifier, SharedHeadClassifier, step_lr
+from .bert import BertEncoder
 from .conv4 import Conv4
 from .efficientnet_lite import EfficientNetLite
 from .ensemble import FeatureEnsemble
@@ -23,10 +25,10 @@ from .norms import BN_EPS, first_order_kernels, support_norm
 from .resnet12 import ResNet12, fixed_norm_params
 
 ARCHITECTURES = {"conv4": Conv4, "resnet12": ResNet12, "efficientnet_lite": EfficientNetLite,
-                 "ensemble": FeatureEnsemble, "mlp": SinusoidMLP}
+                 "ensemble": FeatureEnsemble, "mlp": SinusoidMLP, "bert": BertEncoder}
 
 __all__ = ["BN_EPS", "HEAD_KEYS", "MetaNetwork", "SharedHeadClassifier", "PooledFeatureClassifier", "Conv4", "ResNet12",
-           "EfficientNetLite", "FeatureEnsemble",
+           "EfficientNetLite", "BertEncoder", "FeatureEnsemble",
            "SinusoidMLP", "ARCHITECTURES",
            "build_network", "config_problems", "fixed_norm_params", "first_order_kernels", "step_lr", "support_norm"]
 

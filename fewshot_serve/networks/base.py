@@ -57,6 +57,7 @@ class MetaNetwork(nn.Module):
     """
 
     task_kind: str  # "classification" or "regression"
+    input_kind: str = "image"  # what it classifies: "image" or "text" (token ids)
     lr_steps: int = 0  # learned per-step inner learning rates (MAML++ LSLR): how many steps
     #: Proto-MAML: each class's head row starts from its support features' mean
     #: (:meth:`SharedHeadClassifier.prototype_rows`)
@@ -136,6 +137,10 @@ class MetaNetwork(nn.Module):
     def adapted_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         """The rest of the network, from :meth:`frozen_part`'s output ``h``."""
         return self.apply_params(params, h, n_ref)
+
+    def join_frozen(self, parts: Sequence[Tensor]) -> Tensor:
+        """:meth:`frozen_part` outputs of several batches as one batch (a text encoder pads them to one length)."""
+        return torch.cat(list(parts))
 
     def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
         """The adapted classifier as a plain eval-mode network, images -> probabilities (serving, ONNX)."""
