@@ -1,8 +1,11 @@
-"""fewshot-serve: few-shot image classification from a meta-learned (MAML / FOMAML / Reptile) initialization.
+"""fewshot-serve: few-shot image and text classification from a meta-learned (MAML / FOMAML / Reptile) initialization.
 
     model = fewshot_serve.load("models/photos-resnet12.safetensors")
     adapted = model.adapt({"alpha": [img1, img2], "beta": [img3]})
     adapted.classify([query])            # [{"alpha": 0.93, "beta": 0.07}]
+
+    text = fewshot_serve.load("models/text-minilm.safetensors")   # texts instead of images
+    text.adapt({"refund": ["I want my money back"], "weather": ["will it rain today"]})
 
 Names are imported on first use, so ``OnnxClassifier`` works where torch is not installed.
 """
@@ -22,6 +25,8 @@ _EXPORTS = {
     "InputError": "serving.api",
     "ImageError": "preprocessing",
     "Preprocessing": "preprocessing",
+    "TextError": "text_preprocessing",
+    "TextPreprocessing": "text_preprocessing",
     "OnnxClassifier": "serving.onnx_classifier",
     "ModelFileError": "files.model_file",
     "Recipe": "files.model_file",
@@ -38,6 +43,8 @@ _EXPORTS = {
     "Conv4": "networks",
     "ResNet12": "networks",
     "FeatureEnsemble": "networks",
+    "EfficientNetLite": "networks",
+    "BertEncoder": "networks",
     "ensemble_models": "training.ensembling",
     "SinusoidMLP": "networks",
     "TrainConfig": "training.trainer",

@@ -12,6 +12,7 @@ from PIL import Image
 
 import fewshot_serve
 from fewshot_serve import ImageError, InputError
+from fewshot_serve.preprocessing import open_image
 from fewshot_serve.serving.api import MAX_CLASSES, MAX_IMAGES_PER_CLASS
 
 SHIPPED = Path(__file__).resolve().parents[1] / "models" / "omniglot-conv4.safetensors"
@@ -82,8 +83,9 @@ def test_exif_orientation_is_applied(model):
     exif[0x0112] = 6  # "rotate 90 CW to view": the stored pixels are the glyph turned 90 CCW
     buffer = io.BytesIO()
     rotated.convert("RGB").save(buffer, format="JPEG", exif=exif.tobytes(), quality=95)
-    prepared = model.prepare([buffer.getvalue(), glyph.convert("RGB")], "image")
-    assert np.abs(prepared[0].astype(int) - prepared[1].astype(int)).mean() < 12
+    upright, stored = (model.preprocessing.to_uint8(open_image(image)) for image in (glyph.convert("RGB"),
+                                                                                   buffer.getvalue()))
+    assert np.abs(stored.astype(int) - upright.astype(int)).mean() < 12
 
 
 def test_class_order_does_not_change_predictions(model):

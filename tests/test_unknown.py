@@ -50,7 +50,7 @@ def test_the_score_is_the_distance_to_the_nearest_class_mean(tmp_path, name):
     adapted = model.adapt(support)
     predictions = adapted.predict(queries)
     # by hand: every image through the adapted network's features, support then queries as one batch
-    network, x = model.network, model.preprocessing.normalize(torch.from_numpy(model.prepare(queries, "q")))
+    network, x = model.network, model.prepare(queries, [f"q{i}" for i in range(len(queries))])
     with torch.no_grad():
         both = torch.cat([adapted.support_images, x])
         features = network.head_input(adapted.params, network.frozen_part(adapted.params, both, n_ref=9), n_ref=9)

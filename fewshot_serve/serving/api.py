@@ -4,6 +4,7 @@ An upload's path to a prediction::
 
     FewShotModel.adapt(support)                     this file: validate the request
       -> open_image / Preprocessing.to_uint8        preprocessing.py: decode, fit, resize as trained
+         (TextPreprocessing.token_ids               text_preprocessing.py: a text model's texts -> token ids)
       -> OnnxFrozenPart                             frozen_runtime.py: on a CPU, the layers the inner
                                                     loop leaves alone, in onnxruntime, once per image
       -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
@@ -37,11 +38,16 @@ from ..files.model_file import Recipe, load_model
 from ..inner_loop import Adaptation, adapt
 from ..networks import MetaNetwork
 from ..preprocessing import ImageLike, Preprocessing, open_image
+from ..text_preprocessing import TextPreprocessing
 from ..unknown import threshold_for, unknown_scores
 from .assessment import Assessment, assess
 from .frozen_runtime import OnnxFrozenPart
 
+#: An example a model classifies: an image (a str is its path), or for a text model a string (the text).
+Example = ImageLike
+
 #: Request limits (documented in README.md); beyond them a request is refused with InputError.
+#: (Per text, at most text_preprocessing.MAX_TEXT_CHARACTERS characters.)
 MAX_CLASSES = 100
 MAX_IMAGES_PER_CLASS = 100
 MAX_SUPPORT_IMAGES = 500
@@ -76,9 +82,9 @@ def load(path: str | os.PathLike, device: str | torch.device | None = None, bf16
     device = pick_device(None if device is None else str(device))
     network, recipe = load_model(path, device)
     if network.task_kind != "classification":
-        raise InputError(f"{path} is a {network.task_kind} model; serving classifies images")
+        raise InputError(f"{path} is a {network.task_kind} model; serving classifies images and texts")
     model = FewShotModel(network, recipe, device, bf16 and bf16_available(device))
-    automatic = device.type == "cpu" and network.has_per_image_frozen_part and not bf16
+    automatic = device.type == "cpu" and network.has_per_image_frozen_part and not bf16 and not model.takes_text
     if runtime == "onnxruntime" or (runtime == "auto" and automatic):
         model.run_frozen_part_with_onnxruntime(hashlib.sha256(Path(path).read_bytes()).hexdigest())
     return model
@@ -89,7 +95,8 @@ class FewShotModel:
 
     def __init__(self, network: MetaNetwork, recipe: Recipe, device: torch.device, bf16: bool = False) -> None:
         self.network, self.recipe, self.device, self.bf16 = network, recipe, device, bf16
-        self.preprocessing: Preprocessing = recipe.image_preprocessing()
+        self.preprocessing: Preprocessing | TextPreprocessing = recipe.input_preprocessing()
+        self.takes_text = recipe.input_kind == "text"  # texts in (token ids), else images
         self._meta_params = {k: v.detach() for k, v in network.named_parameters()}
         for param in network.parameters():
             param.requires_grad_(False)
@@ -97,6 +104,8 @@ class FewShotModel:
 
     def run_frozen_part_with_onnxruntime(self, model_sha256: str) -> None:
         """Compute the frozen part of support and query images with onnxruntime from now on."""
+        if self.takes_text:
+            raise InputError("runtime='onnxruntime' is for image models; a text model runs in torch (runtime='torch')")
         if self.device.type != "cpu" or not self.network.has_per_image_frozen_part:
             raise InputError("runtime='onnxruntime' needs device 'cpu' and a model whose inner loop leaves layers "
                              "alone that compute each image on its own (a fixed-norm network with adapt_from > 0); "
@@ -106,20 +115,29 @@ class FewShotModel:
         example = torch.zeros(2, channels, size, size)
         self.frozen_part_runtime = OnnxFrozenPart(self.network, params, example, model_sha256)
 
-    def prepare(self, images: Sequence[ImageLike], what: str) -> np.ndarray:
-        """Decode and preprocess images into one uint8 ``[n, C, S, S]`` array."""
-        return np.stack([self.preprocessing.to_uint8(open_image(image, f"{what} #{i + 1}"))
-                         for i, image in enumerate(images)])
+    @property
+    def example_noun(self) -> str:
+        """What this model classifies, for messages: "text" or "image"."""
+        return "text" if self.takes_text else "image"
 
-    def adapt(self, support: Mapping[str, Sequence[ImageLike]], steps: int | None = None) -> AdaptedClassifier:
-        """Adapt to ``{label: [images...]}`` with the file's inner loop (``steps=None``: its test-time steps)."""
+    def prepare(self, examples: Sequence[Example], names: Sequence[str]) -> Tensor:
+        """The network's input for ``examples`` (``names`` label them in error messages): images decoded
+        and preprocessed into float ``[n, C, S, S]``, or texts tokenized into int64 ids ``[n, L]``."""
+        if self.takes_text:
+            return self.preprocessing.token_ids(examples, names)
+        uint8 = np.stack([self.preprocessing.to_uint8(open_image(image, name)) for image, name in zip(examples, names)])
+        return self.preprocessing.normalize(torch.from_numpy(uint8))
+
+    def adapt(self, support: Mapping[str, Sequence[Example]], steps: int | None = None) -> AdaptedClassifier:
+        """Adapt to ``{label: [images or texts...]}`` (``steps=None``: the file's test-time steps)."""
         started = time.perf_counter()
-        labels = validate_support(support)
-        arrays, targets = [], []
-        for index, (label, images) in enumerate(zip(labels, support.values())):
-            arrays.append(self.prepare(images, f"class {label!r} image"))
-            targets += [index] * len(images)
-        x = self.preprocessing.normalize(torch.from_numpy(np.concatenate(arrays)).to(self.device))
+        labels = validate_support(support, self.example_noun)
+        examples, names, targets = [], [], []
+        for index, (label, members) in enumerate(zip(labels, support.values())):
+            examples += list(members)
+            names += [f"class {label!r} {self.example_noun} #{i + 1}" for i in range(len(members))]
+            targets += [index] * len(members)
+        x = self.prepare(examples, names).to(self.device)
         adapted = self.adapt_tensors(x, torch.tensor(targets, device=self.device), labels, steps)
         adapted.seconds = time.perf_counter() - started
         return adapted
@@ -185,10 +203,10 @@ class Prediction:
                 "unknown": self.unknown}
 
 
-def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
-    """Check a support set's shape and names; returns the cleaned labels in order."""
+def validate_support(support: Mapping[str, Sequence[Example]], noun: str = "image") -> list[str]:
+    """Check a support set's shape and names (``noun``: what its examples are); returns the cleaned labels in order."""
     if not isinstance(support, Mapping):
-        raise InputError("the support set must be a mapping {label: [images, ...]}")
+        raise InputError(f"the support set must be a mapping {{label: [{noun}s, ...]}}")
     if len(support) < 2:
         raise InputError(f"at least 2 classes are needed, got {len(support)}")
     if len(support) > MAX_CLASSES:
@@ -203,15 +221,15 @@ def validate_support(support: Mapping[str, Sequence[ImageLike]]) -> list[str]:
         if label in labels:
             raise InputError(f"class name {label!r} is used twice")
         if isinstance(images, (str, bytes)) or not isinstance(images, Sequence):
-            raise InputError(f"class {label!r}: give a list of images")
+            raise InputError(f"class {label!r}: give a list of {noun}s")
         if len(images) == 0:
-            raise InputError(f"class {label!r} has no images")
+            raise InputError(f"class {label!r} has no {noun}s")
         if len(images) > MAX_IMAGES_PER_CLASS:
-            raise InputError(f"class {label!r} has {len(images)} images; at most {MAX_IMAGES_PER_CLASS} per class")
+            raise InputError(f"class {label!r} has {len(images)} {noun}s; at most {MAX_IMAGES_PER_CLASS} per class")
         labels.append(label)
         total += len(images)
     if total > MAX_SUPPORT_IMAGES:
-        raise InputError(f"{total} support images; at most {MAX_SUPPORT_IMAGES} per request")
+        raise InputError(f"{total} support {noun}s; at most {MAX_SUPPORT_IMAGES} per request")
     return labels
 
 
@@ -233,7 +251,7 @@ class AdaptedClassifier:
         """How well this classifier will do, from its support set alone: the accuracy of adaptations
         with the same inner loop, each holding out one image of every class, a 90% interval,
         per-class accuracy and the confusions (:mod:`~fewshot_serve.serving.assessment`)."""
-        return assess(self.labels, self.support_targets.cpu(), self._predict_held_out)
+        return assess(self.labels, self.support_targets.cpu(), self._predict_held_out, self.model.example_noun)
 
     def _predict_held_out(self, held: Tensor) -> Tensor:
         """Adapt without the support images ``held`` (the same steps) and predict their classes."""
@@ -257,13 +275,14 @@ class AdaptedClassifier:
         return self.model.network.fold(self.params, self.support_images)
 
     def probabilities(self, x: Tensor) -> Tensor:
-        """Preprocessed float input ``[n, C, S, S]`` -> class probabilities ``[n, ways]``."""
+        """Preprocessed input (float images ``[n, C, S, S]`` or token ids ``[n, L]``) -> ``[n, ways]``."""
         device = self.model.device
         if self.model.frozen_part_runtime is not None:  # the frozen part by onnxruntime, the rest unfolded
             h = self.model.frozen_part_runtime(x)
             with torch.inference_mode():
                 return torch.softmax(self.model.network.adapted_part(self.params, h), dim=-1)
-        x = x.to(device).contiguous(memory_format=torch.channels_last)
+        x = x.to(device)
+        x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
         with torch.inference_mode():
             if not self.model.bf16:
                 return self.network(x)
@@ -271,12 +290,12 @@ class AdaptedClassifier:
                 logits = self.network[:-1](x)
             return self.network[-1](logits.float())  # the softmax in float32: rows sum to 1
 
-    def classify(self, queries: Sequence[ImageLike]) -> list[dict[str, float]]:
-        """Class probabilities (summing to 1) for each query image, in the order of ``labels``."""
+    def classify(self, queries: Sequence[Example]) -> list[dict[str, float]]:
+        """Class probabilities (summing to 1) for each query (an image, or a text), in the order of ``labels``."""
         rows = self.probabilities(self._prepare_queries(queries)).cpu().tolist()
         return [dict(zip(self.labels, row)) for row in rows]
 
-    def predict(self, queries: Sequence[ImageLike], reject_unknown: bool = False) -> list[Prediction]:
+    def predict(self, queries: Sequence[Example], reject_unknown: bool = False) -> list[Prediction]:
         """Each query's top class and probabilities, and its "none of these" score.
 
         ``reject_unknown``: a query whose score is above the model file's calibrated threshold gets
@@ -291,7 +310,7 @@ class AdaptedClassifier:
         x = self._prepare_queries(queries)
         h_query, n_support = self.model.query_frozen_part(x, self.support_images), len(self.support_features)
         with torch.inference_mode():
-            h = torch.cat([self.support_features, h_query])
+            h = self.model.network.join_frozen([self.support_features, h_query])
             features = self.model.network.head_input(self.params, h, n_ref=n_support)
             logits = self.model.network.head_logits(self.params, features[n_support:])
             probabilities = torch.softmax(logits, dim=-1)
@@ -312,21 +331,27 @@ class AdaptedClassifier:
                              "`fewshot-serve calibrate-unknown MODEL --out FILE`, or classify without reject_unknown")
         return threshold_for(calibration, int(torch.bincount(self.support_targets).min()))
 
-    def _prepare_queries(self, queries: Sequence[ImageLike]) -> Tensor:
-        """Check a query list and preprocess it into float input ``[n, C, S, S]``."""
+    def _prepare_queries(self, queries: Sequence[Example]) -> Tensor:
+        """Check a query list and preprocess it into the network's input (:meth:`FewShotModel.prepare`)."""
+        noun = self.model.example_noun
         if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
-            raise InputError("queries must be a list of images")
+            raise InputError(f"queries must be a list of {noun}s")
         if len(queries) == 0:
-            raise InputError("no query images given")
+            raise InputError(f"no query {noun}s given")
         if len(queries) > MAX_QUERIES:
             raise InputError(f"{len(queries)} queries; at most {MAX_QUERIES} per request")
-        return self.model.preprocessing.normalize(torch.from_numpy(self.model.prepare(queries, "query")))
+        return self.model.prepare(queries, [f"query #{i + 1}" for i in range(len(queries))])
 
     def export_onnx(self, path: str | os.PathLike) -> None:
         """Write this classifier as ONNX (float images ``[batch, C, S, S]`` -> probabilities).
 
         Its metadata holds the labels and the preprocessing, which :class:`OnnxClassifier` applies.
+        Text classifiers are refused: their tokenizer has no ONNX form here, and a model taking token
+        ids would leave every user to re-implement it exactly.
         """
+        if self.model.takes_text:
+            raise InputError("ONNX export is for image classifiers; a text classifier is served by this API "
+                             "(or the app's classify endpoint), which tokenizes as the model was trained")
         from .onnx_export import export_onnx
 
         export_onnx(self.network, self.labels, self.model.preprocessing, path)

@@ -50,6 +50,7 @@ class Assessment:
     held_out: int  # held-out predictions the estimate rests on
     folds: int  # adaptations run
     seconds: float
+    noun: str = "image"  # what the examples are, for the summary: "image" or "text"
 
     @property
     def not_estimable(self) -> list[str]:
@@ -64,16 +65,17 @@ class Assessment:
     def summary(self) -> str:
         """One sentence for a person: the estimate, its margin, and what to add."""
         if self.accuracy is None:
-            return "No estimate: every class has a single image; add a second image to a class to estimate accuracy."
+            return (f"No estimate: every class has a single {self.noun}; add a second {self.noun} to a class "
+                    "to estimate accuracy.")
         low, high = self.interval
         margin = round(50 * (high - low))
-        text = f"About {round(100 * self.accuracy)}% ± {margin} on images like these"
+        text = f"About {round(100 * self.accuracy)}% ± {margin} on {self.noun}s like these"
         pairs = self.confused_pairs(1)
         if pairs:
             true, predicted, _ = pairs[0]
-            text += f"; {true!r} and {predicted!r} are often confused: add images of both"
+            text += f"; {true!r} and {predicted!r} are often confused: add {self.noun}s of both"
         if self.not_estimable:
-            text += f"; not estimable for {', '.join(map(repr, self.not_estimable))} (a single image each)"
+            text += f"; not estimable for {', '.join(map(repr, self.not_estimable))} (a single {self.noun} each)"
         return text + "."
 
     def to_dict(self) -> dict:
@@ -107,9 +109,9 @@ def wilson_interval(correct: int, total: int, z: float = Z_90 * INTERVAL_WIDENIN
     return low, 1.0 if correct == total else min(1.0, centre + half)
 
 
-def assess(labels: Sequence[str], targets: Tensor, predict_held_out) -> Assessment:
-    """Run every fold: ``predict_held_out(held)`` adapts without the images ``held`` and returns
-    their predicted classes. Builds the estimate from the predictions."""
+def assess(labels: Sequence[str], targets: Tensor, predict_held_out, noun: str = "image") -> Assessment:
+    """Run every fold: ``predict_held_out(held)`` adapts without the examples ``held`` and returns
+    their predicted classes. Builds the estimate from the predictions (``noun``: what the examples are)."""
     started = time.perf_counter()
     ways = len(labels)
     confusion = [[0] * ways for _ in range(ways)]
@@ -123,4 +125,4 @@ def assess(labels: Sequence[str], targets: Tensor, predict_held_out) -> Assessme
                  for c, label in enumerate(labels)}
     return Assessment(list(labels), correct / held_out if held_out else None,
                       wilson_interval(correct, held_out) if held_out else None, per_class, confusion,
-                      held_out, len(folds), time.perf_counter() - started)
+                      held_out, len(folds), time.perf_counter() - started, noun)
