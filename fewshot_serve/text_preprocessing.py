@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-#: Texts longer than this many characters are refused (a support example or query is a message or a review).
-MAX_TEXT_CHARACTERS = 5000
+#: Texts longer than this many characters are refused (only the first max_length tokens are read anyway).
+MAX_TEXT_CHARACTERS = 20_000
 #: The longest token sequence a recipe may ask for (positions beyond the encoder's table are refused too).
 MAX_TOKENS = 512
 

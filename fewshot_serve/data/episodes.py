@@ -1,4 +1,4 @@
-"""Task samplers: N-way K-shot image episodes and the sinusoid regression tasks of MAML.
+"""Task samplers: N-way K-shot episodes (of images, or of texts' cached features) and MAML's sinusoid tasks.
 
 Both turn a ``torch.Generator`` into a :class:`TaskBatch` on the compute device, so a seeded run
 draws the same tasks every time, and resuming restores the generator's state.
@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..preprocessing import Preprocessing
 from .datasets import ImageClasses
+from .text_datasets import TextClasses
 
 
 class TaskBatch(NamedTuple):
@@ -34,17 +35,23 @@ class ImageEpisodes:
     ``rotate``, each class also appears rotated by 90, 180 and 270 degrees as three new classes
     (the Omniglot augmentation of Santoro et al. 2016). ``augment`` transforms each episode's uint8
     images with the sampler's generator (photo augmentation of training classes).
+
+    With ``within_group``, an episode's classes all come from one group, drawn uniformly among the
+    groups with ``ways`` classes of ``shots + queries`` examples (ARSC: a group is one binary
+    sentiment task); smaller classes are left out rather than refused. ``classes`` may hold texts
+    (:class:`~.text_datasets.TextClasses`) when only indices are drawn (the frozen-body cache).
     """
 
     def __init__(
         self,
-        classes: ImageClasses,
-        preprocessing: Preprocessing,
+        classes: ImageClasses | TextClasses,
+        preprocessing: Preprocessing | None,
         ways: int,
         shots: int,
         queries: int,
         rotate: bool = False,
         augment: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+        within_group: bool = False,
     ) -> None:
         if ways < 2 or shots < 1 or queries < 1:
             raise ValueError(f"need ways >= 2, shots >= 1, queries >= 1 (got {ways}, {shots}, {queries})")
@@ -52,12 +59,15 @@ class ImageEpisodes:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.rotations = 4 if rotate else 1
         self.augment = augment
+        self.groups = eligible_groups(classes, ways, shots + queries) if within_group else None
+        if self.groups is not None:
+            return
         if len(classes) * self.rotations < ways:
             raise ValueError(f"{ways}-way episodes need {ways} classes; this split has {len(classes) * self.rotations}")
         fewest = int(classes.counts().min())
         if fewest < shots + queries:
             raise ValueError(
-                f"{shots} shots + {queries} queries need {shots + queries} images per class; "
+                f"{shots} shots + {queries} queries need {shots + queries} examples per class; "
                 f"a class in this split has only {fewest}"
             )
 
@@ -67,8 +77,12 @@ class ImageEpisodes:
         Everything random about an episode is drawn here, so any two consumers of the same seed
         (the inner loop's evaluation, the nearest-mean baseline) score the very same episodes.
         """
-        n_virtual = len(self.classes) * self.rotations
-        chosen = torch.randperm(n_virtual, generator=generator)[: self.ways]
+        if self.groups is None:
+            n_virtual = len(self.classes) * self.rotations
+            chosen = torch.randperm(n_virtual, generator=generator)[: self.ways]
+        else:
+            members = self.groups[int(torch.randint(len(self.groups), (), generator=generator))]
+            chosen = members[torch.randperm(len(members), generator=generator)[: self.ways]]
         picks = []
         for virtual in chosen.tolist():
             cls, turns = divmod(virtual, self.rotations)
@@ -97,6 +111,18 @@ class ImageEpisodes:
         xs, ys, xq, yq = (torch.stack(part).to(device) for part in zip(*episodes))
         normalize = self.preprocessing.normalize
         return TaskBatch(normalize(xs), ys, normalize(xq), yq, self.ways)
+
+
+def eligible_groups(classes: ImageClasses | TextClasses, ways: int, needed: int) -> list[Tensor]:
+    """Per group with at least ``ways`` classes of ``needed`` examples, those classes' indices."""
+    members: dict[str, list[int]] = {}
+    for index, (group, count) in enumerate(zip(classes.groups, classes.counts().tolist())):
+        if count >= needed:
+            members.setdefault(group, []).append(index)
+    groups = [torch.tensor(found) for _, found in sorted(members.items()) if len(found) >= ways]
+    if not groups:
+        raise ValueError(f"no group of this split has {ways} classes of {needed} examples")
+    return groups
 
 
 class SinusoidTasks:

@@ -28,6 +28,7 @@ from .datasets import (
     split_cifar_fs,
 )
 from .episodes import ImageEpisodes, SinusoidTasks
+from .text_datasets import TextClasses, load_arsc, load_clinc150
 
 ARCHITECTURES = ("conv4", "resnet12")
 #: ResNet-12 block widths of the literature (Lee et al. 2019); narrower ones suit a CPU.
@@ -90,8 +91,24 @@ IMAGE_DATASETS = {
     "mini-imagenet": ImageDataset(84, 3, False, "squash", _mini_imagenet),
     "folder": ImageDataset(84, 3, False, "squash", _folder),
 }
+
+
+def _clinc150(spec: DataSpec) -> dict[str, TextClasses]:
+    # 150 intents -> 93 train / 19 validation / 38 test, shuffled by the split seed
+    root = spec.data_root or default_data_root() / "text" / "clinc150"
+    return split_by_group(load_clinc150(root, spec.images_per_class), spec.split_seed)
+
+
+def _arsc(spec: DataSpec) -> dict[str, TextClasses]:
+    if spec.split_seed != 0:
+        raise ValueError("ARSC's split is fixed (its four test domains): drop --split-seed")
+    return load_arsc(spec.data_root or default_data_root() / "text" / "arsc", spec.images_per_class)
+
+
+#: The text datasets: each loads its splits; ``within_group`` episodes draw all classes from one group.
+TEXT_DATASETS = {"clinc150": (_clinc150, False), "arsc": (_arsc, True)}
 #: Every dataset name a recipe may record.
-DATASETS = (*IMAGE_DATASETS, "sinusoid")
+DATASETS = (*IMAGE_DATASETS, *TEXT_DATASETS, "sinusoid")
 
 
 @dataclass(frozen=True)
@@ -102,7 +119,8 @@ class DataSpec:
                            choices=DATASETS, group="data")
     data_root: Path | None = setting(
         None, "the dataset's folder (default: omniglot/images_background (omniglot-subset: "
-              "omniglot/images_background_subset), tiny-imagenet/, cifar100/ or mini-imagenet/ in "
+              "omniglot/images_background_subset), tiny-imagenet/, cifar100/, mini-imagenet/, text/clinc150/ or "
+              "text/arsc/ in "
               "$FEWSHOT_SERVE_DATA, else in ../shared/datasets)", group="data")
     download: bool = setting(False, "download Omniglot's background set / CIFAR-100 with torchvision", group="data")
     image_size: int | None = setting(None, "input side in pixels (default: the dataset's)", group="data")
@@ -111,7 +129,8 @@ class DataSpec:
     split_seed: int = setting(0, "seed of the train/val/test class split", group="data")
     images_per_class: int | None = setting(
         None, "decode only each class's first N images by file name (Omniglot, Tiny ImageNet, folder; e.g. to fit "
-              "Tiny ImageNet at an ImageNet backbone's 224x224 in memory)", metavar="N", group="data")
+              "Tiny ImageNet at an ImageNet backbone's 224x224 in memory), or keep its first N texts (CLINC150, ARSC)",
+        metavar="N", group="data")
 
 
 def image_dataset(name: str) -> ImageDataset:
@@ -124,6 +143,9 @@ def standard_preprocessing(spec: DataSpec) -> Preprocessing | None:
     """The dataset's preprocessing before mean/std are measured on its training split."""
     if spec.dataset == "sinusoid":
         return None
+    if spec.dataset in TEXT_DATASETS:
+        raise ValueError(f"{spec.dataset} is text: meta-learn on an imported encoder, --init FILE from "
+                         "`fewshot-serve import-text-encoder`, with --freeze-body")
     dataset = image_dataset(spec.dataset)
     size = spec.image_size or dataset.image_size
     channels = spec.channels or dataset.channels
@@ -157,10 +179,12 @@ def standard_network(
                     adapt_from=adapt_from, lr_steps=lr_steps)
 
 
-def load_splits(spec: DataSpec, preprocessing: Preprocessing) -> dict[str, ImageClasses]:
-    """Decode the dataset and split its classes into disjoint train/val/test sets."""
+def load_splits(spec: DataSpec, preprocessing: Preprocessing | None) -> dict[str, ImageClasses | TextClasses]:
+    """Decode the dataset (texts are kept as text) and split its classes into disjoint train/val/test sets."""
     if spec.dataset == "sinusoid":
         raise ValueError("dataset 'sinusoid' has no image classes")
+    if spec.dataset in TEXT_DATASETS:
+        return TEXT_DATASETS[spec.dataset][0](spec)
     return image_dataset(spec.dataset).load(spec, preprocessing)
 
 
@@ -174,7 +198,7 @@ def measured_preprocessing(preprocessing: Preprocessing, train: ImageClasses) ->
 
 def task_sampler(
     spec: DataSpec,
-    split: ImageClasses | None,
+    split: ImageClasses | TextClasses | None,
     preprocessing: Preprocessing | None,
     ways: int,
     shots: int,
@@ -185,6 +209,8 @@ def task_sampler(
     classes, or for colour photos random crops, flips and colour jitter."""
     if spec.dataset == "sinusoid":
         return SinusoidTasks(shots, queries)
+    if spec.dataset in TEXT_DATASETS:  # drawn as indices into the frozen-body cache
+        return ImageEpisodes(split, None, ways, shots, queries, within_group=TEXT_DATASETS[spec.dataset][1])
     assert split is not None and preprocessing is not None
     photos = augment and preprocessing.channels == 3
     rotate = augment and image_dataset(spec.dataset).rotations

@@ -20,8 +20,10 @@ from tqdm import tqdm
 
 from ..data.datasets import ImageClasses
 from ..data.episodes import ImageEpisodes, TaskBatch
+from ..data.text_datasets import TextClasses
 from ..networks import MetaNetwork
 from ..preprocessing import Preprocessing
+from ..text_preprocessing import TextPreprocessing
 
 
 class AdaptedPart:
@@ -79,11 +81,16 @@ def per_image(compute: Callable[[Tensor], Tensor], network: MetaNetwork, images:
     return torch.cat(parts)
 
 
-def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing: Preprocessing,
-                      device: torch.device, bf16: bool = False) -> Tensor:
-    """The frozen part's output for every image of ``classes`` (what ``--freeze-body`` meta-learns on);
-    ``bf16``: computed under bfloat16 autocast, as ``load(..., bf16=True)`` serves it, kept in float32."""
+def cache_frozen_part(network: MetaNetwork, classes: ImageClasses | TextClasses,
+                      preprocessing: Preprocessing | TextPreprocessing, device: torch.device,
+                      bf16: bool = False) -> Tensor:
+    """The frozen part's output for every image (or text) of ``classes`` (what ``--freeze-body``
+    meta-learns on); ``bf16``: computed under bfloat16 autocast, as ``load(..., bf16=True)`` serves
+    it, kept in float32."""
     params = network.at_step(dict(network.named_parameters()), 0)
+    if isinstance(classes, TextClasses):
+        return per_text(lambda ids: network.frozen_part(params, ids.to(device)).float().cpu(), network, classes.texts,
+                        preprocessing, "caching the frozen part")
 
     def frozen_part(x: Tensor) -> Tensor:
         if not bf16:
@@ -92,6 +99,19 @@ def cache_frozen_part(network: MetaNetwork, classes: ImageClasses, preprocessing
             return network.frozen_part(params, x).float()
 
     return per_image(frozen_part, network, classes.images, preprocessing.normalize, device, "caching the frozen part")
+
+
+@torch.no_grad()
+def per_text(compute: Callable[[Tensor], Tensor], network: MetaNetwork, texts: list[str],
+             preprocessing: TextPreprocessing, description: str, batch_size: int = 64) -> Tensor:
+    """``compute`` over the token ids of ``texts``, in batches of similar length (padding costs
+    attention on every layer), with a progress bar; rows in the order of ``texts``, per-token outputs
+    padded to one length (:meth:`~fewshot_serve.networks.MetaNetwork.join_frozen`)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    parts = [compute(preprocessing.token_ids([texts[i] for i in order[start : start + batch_size]]))
+             for start in tqdm(range(0, len(texts), batch_size), desc=description, leave=False)]
+    joined = network.join_frozen(parts)
+    return joined[torch.argsort(torch.tensor(order))]
 
 
 class CachedEpisodes:

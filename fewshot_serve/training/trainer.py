@@ -26,6 +26,7 @@ from tqdm import tqdm
 from ..config_flags import LEARNING_RATES, WIDTHS, setting
 from ..data.sources import (
     ARCHITECTURES,
+    TEXT_DATASETS,
     DataSpec,
     load_splits,
     measured_preprocessing,
@@ -38,6 +39,7 @@ from ..files.model_file import SEEN_VALIDATION, Recipe, load_model
 from ..inner_loop import ALGORITHMS, InnerLoop
 from ..networks import MetaNetwork, PooledFeatureClassifier, build_network
 from ..preprocessing import Preprocessing
+from ..text_preprocessing import TextPreprocessing
 from .checkpoint import TrainingState, fingerprint
 from .distributed import Shard, join_from_environment, leave_process_group, sharded_step
 from .evaluation import evaluate_episodes
@@ -76,7 +78,8 @@ class TrainConfig:
                                                    "block widths (default 64,160,320,640)", parse=WIDTHS)
     adapt_from: int = setting(0, "the first layer the inner loop adapts: resnet12 a block 0-4, 4 the head only "
                                  "(ANIL-style); efficientnet_lite a unit 0-18 (0 the stem, 1-16 blocks, 17 the head "
-                                 "convolution, 18 the head only)", metavar="UNIT")
+                                 "convolution, 18 the head only); bert a layer 1-7 (MiniLM: 6 the last transformer "
+                                 "layer, 7 the head only)", metavar="UNIT")
     ways: int = setting(5, "classes per task")
     shots: int = setting(1, "support examples per class")
     queries: int = setting(15, "query examples per class")
@@ -116,6 +119,9 @@ class TrainConfig:
             raise ValueError("train-steps must be at least 1")
         if self.multi_step_loss < 0 or self.first_order_iterations < 0:
             raise ValueError("multi-step-loss and first-order-iterations must be >= 0")
+        if self.data.dataset in TEXT_DATASETS and not self.freeze_body:
+            raise ValueError(f"{self.data.dataset} is text: meta-learn with --init FILE (from `fewshot-serve "
+                             "import-text-encoder`) and --freeze-body, on the encoder's cached output")
         if self.freeze_body and (self.init is None or self.adapt_from == 0):
             raise ValueError("--freeze-body needs --init and --adapt-from > 0 (the frozen part must exist)")
         if self.centre_features and self.init is None:
@@ -153,7 +159,7 @@ class TrainResult:
     seconds: float
 
 
-def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recipe) -> Preprocessing:
+def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recipe) -> Preprocessing | TextPreprocessing:
     """The ``--init`` file's preprocessing, after checking it was made on this run's training classes.
 
     An imported backbone (``fewshot-serve import-backbone``) was trained on ImageNet's classes, which
@@ -171,7 +177,11 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
         warnings.warn(f"{config.init} was trained on the validation classes too: validation here measures "
                       "classes it has seen, so fix the iterations in advance rather than pick them by it",
                       stacklevel=3)
-    return recipe.image_preprocessing()
+    wanted = "text" if config.data.dataset in TEXT_DATASETS else "image"
+    if recipe.input_kind != wanted:
+        raise ValueError(f"{config.init} is a{'n' * (recipe.input_kind == 'image')} {recipe.input_kind} model; "
+                         f"{config.data.dataset} needs a{'n' * (wanted == 'image')} {wanted} model")
+    return recipe.input_preprocessing()
 
 
 def _network_from(
@@ -204,8 +214,9 @@ def _network_from(
                              "pretrain`) or an imported backbone as --init")
         settings["centred"] = True
     if prototype_head:
-        if settings.get("architecture") not in ("resnet12", "efficientnet_lite", "ensemble"):
-            raise ValueError("--prototype-head needs a ResNet-12, an EfficientNet-Lite or an ensemble as --init")
+        if settings.get("architecture") not in ("resnet12", "efficientnet_lite", "ensemble", "bert"):
+            raise ValueError("--prototype-head needs a ResNet-12, an EfficientNet-Lite, an ensemble or a text "
+                             "encoder as --init")
         settings["prototype_head"] = True
     inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})
