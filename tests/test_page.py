@@ -56,7 +56,7 @@ def glyphs(tmp_path_factory):
 def slots(support: dict) -> list:
     names, galleries = list(support), [[(path, None) for path in paths] for paths in support.values()]
     padding = UI_CLASSES - len(support)
-    return [*names, *[""] * padding, *galleries, *[None] * padding]
+    return [*names, *[""] * padding, *galleries, *[None] * padding, *[""] * UI_CLASSES]
 
 
 def adapted_on(handlers, glyphs):
@@ -112,7 +112,7 @@ def test_a_bad_query_gets_its_own_row_and_the_rest_are_classified(handlers, glyp
     broken = tmp_path / "broken.png"
     broken.write_text("not an image")
     queries = [(glyphs[0, 2], None), (str(broken), None), (glyphs[2, 2], None)]
-    status, table = handlers.classify(adapted, queries, None)
+    status, table = handlers.classify(adapted, queries, None, "")
     assert status == "Classified 2 of 3 queries. 1 could not be read: see its row."
     rows = table.split("<tr class=")[1:]
     assert 'fs-error' in rows[1] and "broken.png" in rows[1] and "not a readable image" in rows[1]
@@ -120,9 +120,9 @@ def test_a_bad_query_gets_its_own_row_and_the_rest_are_classified(handlers, glyp
 
 
 def test_classify_before_adapt_and_without_queries_say_what_to_do(handlers, glyphs):
-    status, rest = handlers.classify(None, [glyphs[0, 0]], None)
+    status, rest = handlers.classify(None, [glyphs[0, 0]], None, "")
     assert "press Adapt first" in status and isinstance(rest, SKIPPED)
-    status, _ = handlers.classify(adapted_on(handlers, glyphs), [], None)
+    status, _ = handlers.classify(adapted_on(handlers, glyphs), [], None, "")
     assert "add query images" in status
 
 
@@ -209,7 +209,7 @@ def test_a_task_saved_from_the_page_loads_back_into_it(handlers, glyphs):
     saved = file.value if isinstance(file.value, str) else file.value["path"]
     status, model, adapted, *values = handlers.load_task(saved, Request("session-c"))
     assert status.startswith("Task loaded: 2 classes, 3 images, on Photos") and model == "colour-conv4"
-    names, galleries = values[:UI_CLASSES], values[UI_CLASSES:]
+    names, galleries = values[:UI_CLASSES], values[UI_CLASSES : 2 * UI_CLASSES]
     assert names[:3] == ["alpha", "beta", ""] and galleries[2] is None and adapted is None
     assert [Path(p).read_bytes() for p in galleries[0]] == [Path(p).read_bytes() for p in support["alpha"]]
     assert "nothing to save" in handlers.save_task(Request("b"), "colour-conv4", *slots({}))[0]
@@ -244,8 +244,8 @@ def test_a_task_file_cannot_write_outside_its_folder(tmp_path):
     manifest = {"format": "fewshot-serve task", "version": 1, "model": "m",
                 "classes": [{"name": "a", "images": ["../../evil.png"]}]}
     path = hostile_zip(tmp_path / "task.zip", manifest, {"../../evil.png": b"data"})
-    model, support = read_task(path, tmp_path / "out")
-    assert model == "m" and Path(support["a"][0]).parent == tmp_path / "out"
+    model, support, text = read_task(path, tmp_path / "out")
+    assert model == "m" and Path(support["a"][0]).parent == tmp_path / "out" and not text
     assert not (tmp_path.parent / "evil.png").exists()
     with pytest.raises(ValueError, match="not a zip file"):
         read_task(Path(__file__), tmp_path / "out")
@@ -253,8 +253,8 @@ def test_a_task_file_cannot_write_outside_its_folder(tmp_path):
 
 
 def test_the_examples_load_on_the_first_model_of_their_kind(handlers):
-    status, model, adapted, results, queries, *values = handlers.load_example("Handwriting")
+    status, model, adapted, results, queries, query_texts, *values = handlers.load_example("Handwriting")
     assert status.startswith("Example loaded: 3 handwritten Korean characters") and model == "omniglot-conv4"
-    assert adapted is None and results == "" and len(queries) == 3 and values[0] == "korean-03"
+    assert adapted is None and results == "" and len(queries) == 3 and values[0] == "korean-03" and query_texts == ""
     status, model, *_ = handlers.load_example("Photos")
     assert status.startswith("Example loaded: 3 kinds of patterned cloth") and model == "colour-conv4"

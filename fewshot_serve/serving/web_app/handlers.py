@@ -1,5 +1,8 @@
 """What the page's buttons do: plain functions of the page's values, wired to components in layout.py.
 
+A class slot's values come as three runs of :data:`UI_CLASSES`: the names, the image galleries, and
+the text boxes (one example a line); a model uses the galleries or the text boxes, by its kind.
+
 Every handler puts its message first (the status area; see errors.py) and leaves the rest of the
 page alone when the input is bad. The adapted classifier lives in the session's ``gr.State``; the
 loaded models are shared and never modified, so sessions do not see each other's classes.
@@ -10,7 +13,7 @@ from __future__ import annotations
 import html
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +21,11 @@ import gradio as gr
 from PIL import Image
 
 from ...preprocessing import ImageError, open_image
+from ...text_preprocessing import TextError, check_text
 from ..api import MAX_QUERIES, AdaptedClassifier, FewShotModel
 from .errors import status_errors
 from .examples import EXAMPLES, Example
-from .model_menu import INPUTS_FOR_KIND, describe, kind_of
+from .model_menu import INPUTS_FOR_KIND, TEXT, describe, kind_of
 from .plots import confusion_plot, loss_plot
 from .results_table import QueryResult, results_html
 from .session_files import SessionFolders
@@ -81,6 +85,9 @@ class PageHandlers:
     def first_of_kind(self, kind: str) -> str | None:
         return next((name for name, model in self.models.items() if kind_of(model) == kind), None)
 
+    def takes_text(self, model_name: str | None) -> bool:
+        return self.model_named(model_name)[1].takes_text
+
     # -- the inputs shown --------------------------------------------------------------------------
 
     def camera_and_drawing(self, model_name: str | None, show_every_input: bool) -> tuple[bool, bool]:
@@ -95,6 +102,11 @@ class PageHandlers:
         camera, draw = self.camera_and_drawing(model_name, show_every_input)
         group = [gr.Tabs(selected="upload"), gr.Tab(visible=camera or "hidden"), gr.Tab(visible=draw or "hidden")]
         return [describe(*self.model_named(model_name)), *group * (UI_CLASSES + 1)]
+
+    def images_or_texts(self, model_name: str | None) -> list[Any]:
+        """For each class and the queries: the image inputs shown and the text box hidden, or the reverse."""
+        text = self.takes_text(model_name)
+        return [gr.Column(visible=not text), gr.Textbox(visible=text)] * (UI_CLASSES + 1)
 
     @status_errors(outputs=5)
     def switch_model(self, model_name: str) -> tuple:
@@ -140,24 +152,27 @@ class PageHandlers:
 
     # -- adapt and classify --------------------------------------------------------------------------
 
-    def support_from(self, names: Sequence[str | None], galleries: Sequence[Any]) -> dict[str, list[str]]:
-        """``{class name: image paths}`` from the class slots, skipping the empty ones."""
+    def support_from(self, slots: Sequence[Any], text: bool) -> dict[str, list[str]]:
+        """``{class name: image paths}``, or with ``text`` ``{class name: texts}``, from the class slots'
+        values (names, galleries, text boxes), skipping the empty ones."""
+        names, galleries, text_boxes = (slots[i * UI_CLASSES : (i + 1) * UI_CLASSES] for i in range(3))
+        noun = "texts" if text else "images"
         support: dict[str, list[str]] = {}
-        for name, gallery in zip(names, galleries):
-            label, images = (name or "").strip(), file_paths(gallery)
-            if not label and not images:
+        for name, gallery, box in zip(names, galleries, text_boxes):
+            label, examples = (name or "").strip(), lines_of(box) if text else file_paths(gallery)
+            if not label and not examples:
                 continue  # an unused slot
             if not label:
-                raise ValueError("every class with images needs a name")
+                raise ValueError(f"every class with {noun} needs a name")
             if label in support:
                 raise ValueError(f"class name {label!r} is used twice")
-            support[label] = images
+            support[label] = examples
         return support
 
     @status_errors(outputs=5)
     def adapt(self, model_name: str, *slots: Any) -> tuple:
         _, model = self.model_named(model_name)
-        adapted = model.adapt(self.support_from(slots[:UI_CLASSES], slots[UI_CLASSES:]))
+        adapted = model.adapt(self.support_from(slots, model.takes_text))
         assessment = adapted.assessment()
         steps = len(adapted.support_losses)
         status = (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
@@ -166,16 +181,21 @@ class PageHandlers:
         return status, adapted, loss_plot(adapted.support_losses), confusion_plot(assessment), ""
 
     @status_errors(outputs=2)
-    def classify(self, adapted: AdaptedClassifier | None, files: Any, sketch: Any) -> tuple[str, str]:
+    def classify(self, adapted: AdaptedClassifier | None, files: Any, sketch: Any,
+                 texts: str | None) -> tuple[str, str]:
         """Each query on its own row; one that cannot be read is reported there and the rest are classified."""
         if adapted is None:
             raise ValueError("press Adapt first")
-        named: list[tuple[str, Any]] = [(Path(path).name, path) for path in file_paths(files)]
-        drawing = drawn_image(sketch)
-        if drawing is not None:
-            named.append(("drawing", drawing))
+        if adapted.model.takes_text:
+            named: list[tuple[str, Any]] = [(text, text) for text in lines_of(texts)]
+        else:
+            named = [(Path(path).name, path) for path in file_paths(files)]
+            drawing = drawn_image(sketch)
+            if drawing is not None:
+                named.append(("drawing", drawing))
         if not named:
-            raise ValueError("add query images (upload or draw) first")
+            raise ValueError("write query texts, one a line, first" if adapted.model.takes_text
+                             else "add query images (upload or draw) first")
         if len(named) > MAX_QUERIES:
             raise ValueError(f"{len(named)} queries; at most {MAX_QUERIES} per request")
         results = classified(adapted, named)
@@ -183,7 +203,7 @@ class PageHandlers:
         status = f"Classified {len(results) - failed} of {len(results)} queries."
         if failed:
             status += f" {failed} could not be read: see {'its row' if failed == 1 else 'their rows'}."
-        return status, results_html(results)
+        return status, results_html(results, "text" if adapted.model.takes_text else "file")
 
     def live_frame(self, adapted: AdaptedClassifier | None, frame: Image.Image | None,
                    throttle: LiveThrottle | None) -> tuple:
@@ -211,47 +231,63 @@ class PageHandlers:
     @status_errors(outputs=2)
     def save_task(self, request: gr.Request, model_name: str, *slots: Any) -> tuple[str, Any]:
         # the request comes first: Gradio inserts it by position, which a parameter after *slots has not
-        name, _ = self.model_named(model_name)
-        support = self.support_from(slots[:UI_CLASSES], slots[UI_CLASSES:])
+        name, model = self.model_named(model_name)
+        support = self.support_from(slots, model.takes_text)
+        noun = "texts" if model.takes_text else "images"
         if not support:
-            raise ValueError("nothing to save: name a class and give it images first")
-        path = write_task(self.folders.folder(session_of(request), "task") / TASK_NAME, name, support)
+            raise ValueError(f"nothing to save: name a class and give it {noun} first")
+        path = write_task(self.folders.folder(session_of(request), "task") / TASK_NAME, name, support,
+                          model.takes_text)
         count = sum(map(len, support.values()))
-        return f"Task saved: {len(support)} classes, {count} images.", gr.File(value=str(path), visible=True)
+        return f"Task saved: {len(support)} classes, {count} {noun}.", gr.File(value=str(path), visible=True)
 
-    @status_errors(outputs=3 + 2 * UI_CLASSES)
+    @status_errors(outputs=3 + 3 * UI_CLASSES)
     def load_task(self, upload: Any, request: gr.Request) -> tuple:
         if upload is None:
             raise ValueError("choose a task file (.zip) to load")
         into = self.folders.folder(session_of(request), "loaded", f"{time.time_ns()}")
-        model_name, support = read_task(file_paths([upload])[0], into)
-        if model_name not in self.models:
-            model_name = self.default
-        status = (f"Task loaded: {len(support)} classes, {sum(map(len, support.values()))} images, on "
-                  f"{html.escape(kind_of(self.models[model_name]))}. Press **Adapt**.")
-        return (status, model_name, None, *slot_values(support))
+        model_name, support, text = read_task(file_paths([upload])[0], into)
+        if model_name not in self.models or self.models[model_name].takes_text != text:
+            model_name = self.first_of_kind(TEXT) if text else next(
+                (name for name, model in self.models.items() if not model.takes_text), None)
+        if model_name is None:
+            raise ValueError(f"this task holds {'texts' if text else 'images'}, and no model served here takes them")
+        status = (f"Task loaded: {len(support)} classes, {sum(map(len, support.values()))} "
+                  f"{'texts' if text else 'images'}, on {html.escape(kind_of(self.models[model_name]))}. "
+                  "Press **Adapt**.")
+        return (status, model_name, None, *slot_values(support, text))
 
     def example(self, kind: str) -> Example | None:
         example = EXAMPLES.get(kind)
         return example if example is not None and example.available() and self.first_of_kind(kind) else None
 
-    @status_errors(outputs=5 + 2 * UI_CLASSES)
+    @status_errors(outputs=6 + 3 * UI_CLASSES)
     def load_example(self, kind: str) -> tuple:
         """An example task in the class slots and the queries, on the first model of its kind; adapt afresh."""
         example = self.example(kind)
         if example is None:
             raise ValueError(f"no {kind.lower()} example here")
-        support = example.support()
+        support, queries, text = example.support(), example.queries(), kind == TEXT
         status = f"Example loaded: {example.description} Press **Adapt**, then **Classify**."
-        return (status, self.first_of_kind(kind), None, "", example.queries(), *slot_values(support))
+        return (status, self.first_of_kind(kind), None, "", None if text else queries,
+                "\n".join(queries) if text else "", *slot_values(support, text))
 
 
-def slot_values(support: Mapping[str, list[str]]) -> list[Any]:
-    """The class slots' names, then their galleries, for ``support`` (unused slots emptied)."""
+def lines_of(box: str | None) -> list[str]:
+    """A text box's non-empty lines, stripped: one example (or query) a line."""
+    return [line.strip() for line in (box or "").splitlines() if line.strip()]
+
+
+def slot_values(support: Mapping[str, list[str]], text: bool = False) -> list[Any]:
+    """The class slots' names, galleries and text boxes for ``support`` (image paths, or with ``text``
+    texts), the unused ones emptied."""
     if len(support) > UI_CLASSES:
         raise ValueError(f"the page holds {UI_CLASSES} classes; this task has {len(support)}")
-    padding = UI_CLASSES - len(support)
-    return [*support, *[""] * padding, *support.values(), *[None] * padding]
+    padding = [None] * (UI_CLASSES - len(support))
+    names = [*support, *[""] * len(padding)]
+    galleries = [None] * UI_CLASSES if text else [*support.values(), *padding]
+    boxes = [*("\n".join(texts) for texts in support.values()), *[""] * len(padding)] if text else [""] * UI_CLASSES
+    return [*names, *galleries, *boxes]
 
 
 def predictions_for(adapted: AdaptedClassifier, queries: list) -> list:
@@ -260,18 +296,23 @@ def predictions_for(adapted: AdaptedClassifier, queries: list) -> list:
 
 
 def classified(adapted: AdaptedClassifier, named: list[tuple[str, Any]]) -> list[QueryResult]:
-    """``(name, image)`` queries as table rows: decoded one by one, the readable ones classified together."""
+    """``(name, image or text)`` queries as table rows: checked one by one (images decoded), the usable
+    ones classified together."""
     results: list[QueryResult] = []
     readable = []
     for index, (name, query) in enumerate(named):
         try:
-            image = open_image(query, f"query #{index + 1} ({name})")
-        except ImageError as error:
+            if adapted.model.takes_text:
+                check_text(query, f"query #{index + 1}")
+                image = None
+            else:
+                image = open_image(query, f"query #{index + 1} ({name})")
+        except (ImageError, TextError) as error:
             results.append(QueryResult(name, None, error=str(error)))
             continue
-        results.append(QueryResult(name, image))
+        results.append(QueryResult(name, image, text=query if adapted.model.takes_text else None))
         readable.append(index)
-    predictions = predictions_for(adapted, [results[i].image for i in readable]) if readable else []
+    predictions = predictions_for(adapted, [results[i].query for i in readable]) if readable else []
     for index, prediction in zip(readable, predictions):
-        results[index] = QueryResult(results[index].name, results[index].image, prediction)
+        results[index] = replace(results[index], prediction=prediction)
     return results

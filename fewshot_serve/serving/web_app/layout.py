@@ -1,9 +1,10 @@
 """The page: its components and which handler each one calls (the handlers themselves are in handlers.py).
 
 From top to bottom: the model menu and its details line; a column per class (a name, its images
-with upload and remove, and the camera or drawing tab the model's kind calls for); Adapt with its
-status, loss curve and confusions; the queries (upload, draw, or the live camera); the results
-table; then ONNX export and the task file. The status area under Adapt holds every message.
+with upload and remove, and the camera or drawing tab the model's kind calls for; for a text model,
+a box of example texts instead); Adapt with its status, loss curve and confusions; the queries
+(upload, draw, or the live camera; or a box of texts); the results table; then ONNX export and the
+task file. The status area under Adapt holds every message.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from ...preprocessing import MAX_IMAGE_PIXELS
 from ..api import MAX_CLASSES, MAX_IMAGES_PER_CLASS, MAX_QUERIES, FewShotModel
 from .api_endpoint import add_classify_endpoint
 from .handlers import BURST_FRAMES, LIVE_EVERY_S, UI_CLASSES, Capture, PageHandlers
-from .model_menu import HANDWRITING, PHOTOS, describe, menu_choices
+from .model_menu import HANDWRITING, PHOTOS, TEXT, describe, menu_choices
 from .onnx_usage import ONNX_USAGE
 from .session_files import SessionFolders
 from .uploads import MAX_UPLOAD_BYTES
@@ -61,35 +62,61 @@ def session_state(lifetime_s: float) -> gr.State:
 
 
 def class_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_tabs: list[bool],
-               lifetime_s: float) -> tuple:
-    """One class's column: its name, its images (upload, remove), and its camera and drawing tabs."""
+               lifetime_s: float, text: bool) -> tuple:
+    """One class's column: its name, its images (upload, remove) with its camera and drawing tabs, and
+    its box of texts; ``text``: the texts show, not the images (a text model)."""
     with gr.Column(visible=index < SHOWN_AT_START, min_width=200) as slot:
         name = gr.Textbox(label=f"Class {index + 1} name", max_length=100, elem_id=f"class-{index}-name")
-        images = gr.Gallery(label="Images", interactive=True, file_types=["image"], columns=3, height=150,
-                            format="png", object_fit="cover", buttons=[], allow_preview=False, elem_classes="fs-images",
-                            elem_id=f"class-{index}-images")
-        images.upload(handlers.keep_distinct, images, [status, images], api_visibility="private")
-        with gr.Tabs(selected="upload") as tab_set:
-            with gr.Tab("Upload", id="upload"):
-                gr.Markdown("Drop image files on the box above, or click it.", elem_classes="fs-hint")
-            with gr.Tab("Camera", id="camera", visible=visible_tabs[0],
-                        elem_id=f"class-{index}-camera-tab") as camera_tab:
-                camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=180, show_label=False,
-                                  elem_id=f"class-{index}-camera")
-                with gr.Row():
-                    capture = gr.Button("Capture", size="sm", min_width=0, elem_id=f"class-{index}-capture")
-                    burst = gr.Button(f"Burst ×{BURST_FRAMES}", size="sm", min_width=0, elem_id=f"class-{index}-burst")
-                capture_pending = session_state(lifetime_s)
-                capture.click(lambda: Capture(1), None, capture_pending, api_visibility="private")
-                burst.click(lambda: Capture(BURST_FRAMES), None, capture_pending, api_visibility="private")
-                # one frame at a time: two at once would both take the count and the images before either wrote
-                camera.stream(handlers.camera_frame, [camera, capture_pending, images], [capture_pending, images],
-                              stream_every=0.2, concurrency_limit=1, show_progress="hidden", api_visibility="private")
-            with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id=f"class-{index}-draw-tab") as draw_tab:
-                sketch = gr.Sketchpad(**SKETCH, elem_id=f"class-{index}-sketch")
-                add = gr.Button("Add drawing", size="sm", elem_id=f"class-{index}-add-drawing")
-                add.click(handlers.add_drawing, [sketch, images], [status, images, sketch], api_visibility="private")
-    return slot, name, images, [tab_set, camera_tab, draw_tab]
+        texts = gr.Textbox(label="Examples, one a line", lines=4, visible=text, elem_id=f"class-{index}-texts")
+        with gr.Column(visible=not text, elem_id=f"class-{index}-image-inputs") as image_inputs:
+            images, tabs = image_slot(index, handlers, status, visible_tabs, lifetime_s)
+    return slot, name, images, texts, tabs, [image_inputs, texts]
+
+
+def image_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_tabs: list[bool],
+               lifetime_s: float) -> tuple:
+    """A class's images (upload, remove), and its camera and drawing tabs."""
+    images = gr.Gallery(label="Images", interactive=True, file_types=["image"], columns=3, height=150,
+                        format="png", object_fit="cover", buttons=[], allow_preview=False, elem_classes="fs-images",
+                        elem_id=f"class-{index}-images")
+    images.upload(handlers.keep_distinct, images, [status, images], api_visibility="private")
+    with gr.Tabs(selected="upload") as tab_set:
+        with gr.Tab("Upload", id="upload"):
+            gr.Markdown("Drop image files on the box above, or click it.", elem_classes="fs-hint")
+        with gr.Tab("Camera", id="camera", visible=visible_tabs[0],
+                    elem_id=f"class-{index}-camera-tab") as camera_tab:
+            camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=180, show_label=False,
+                              elem_id=f"class-{index}-camera")
+            with gr.Row():
+                capture = gr.Button("Capture", size="sm", min_width=0, elem_id=f"class-{index}-capture")
+                burst = gr.Button(f"Burst ×{BURST_FRAMES}", size="sm", min_width=0, elem_id=f"class-{index}-burst")
+            capture_pending = session_state(lifetime_s)
+            capture.click(lambda: Capture(1), None, capture_pending, api_visibility="private")
+            burst.click(lambda: Capture(BURST_FRAMES), None, capture_pending, api_visibility="private")
+            # one frame at a time: two at once would both take the count and the images before either wrote
+            camera.stream(handlers.camera_frame, [camera, capture_pending, images], [capture_pending, images],
+                          stream_every=0.2, concurrency_limit=1, show_progress="hidden", api_visibility="private")
+        with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id=f"class-{index}-draw-tab") as draw_tab:
+            sketch = gr.Sketchpad(**SKETCH, elem_id=f"class-{index}-sketch")
+            add = gr.Button("Add drawing", size="sm", elem_id=f"class-{index}-add-drawing")
+            add.click(handlers.add_drawing, [sketch, images], [status, images, sketch], api_visibility="private")
+    return images, [tab_set, camera_tab, draw_tab]
+
+
+def query_slot(visible_tabs: list[bool]) -> tuple:
+    """The query images: upload, draw, or the live camera with its verdict."""
+    with gr.Tabs(selected="upload") as query_tab_set:
+        with gr.Tab("Upload", id="upload"):
+            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"],
+                                  elem_id="query-files")
+        with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id="query-draw-tab") as query_draw_tab:
+            query_sketch = gr.Sketchpad(**SKETCH, elem_id="query-sketch")
+        with gr.Tab("Live camera", id="camera", visible=visible_tabs[0], elem_id="query-camera-tab") as camera_tab:
+            with gr.Row():
+                live_camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=260,
+                                       show_label=False, elem_id="live-camera")
+                live_result = gr.Label(num_top_classes=3, label="Live", elem_id="live-result")
+    return query_files, query_sketch, live_camera, live_result, [query_tab_set, camera_tab, query_draw_tab]
 
 
 def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None = None,
@@ -104,29 +131,33 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
     handlers = PageHandlers(models, folders or SessionFolders())
     default = handlers.default
     with gr.Blocks(title="fewshot-serve", delete_cache=(900, 4 * session_lifetime_s)) as app:
-        gr.Markdown("# fewshot-serve\nName a few classes, give each one or more images, press **Adapt**, then "
-                    f"classify new images.\n\n{LIMITS_TEXT}")
+        gr.Markdown("# fewshot-serve\nName a few classes, give each one or more images (or texts), press "
+                    f"**Adapt**, then classify new ones.\n\n{LIMITS_TEXT}")
         model_menu = gr.Dropdown(menu_choices(models), value=default, label="Model", elem_id="model",
                                  interactive=len(models) > 1)
         model_info = gr.Markdown(describe(default, models[default]), elem_id="model-info")
         with gr.Row():
             examples = {kind: gr.Button(f"Example: {kind.lower()}", size="sm", elem_id=f"example-{kind.lower()}",
                                         visible=handlers.example(kind) is not None, scale=0, min_width=150)
-                        for kind in (PHOTOS, HANDWRITING)}
+                        for kind in (PHOTOS, HANDWRITING, TEXT)}
             every_input = gr.Checkbox(False, label="Show every input (camera and drawing)", elem_id="every-input",
                                       container=False, scale=0, min_width=280)
         visible_tabs = list(handlers.camera_and_drawing(default, False))
+        text = handlers.takes_text(default)
         adapted = session_state(session_lifetime_s)
         status = gr.Markdown(elem_id="status", render=False)
 
-        slots, names, galleries, tabs = [], [], [], []
+        slots, names, galleries, text_boxes, tabs, inputs = [], [], [], [], [], []
         with gr.Row():
             for index in range(UI_CLASSES):
-                slot, name, images, slot_tabs = class_slot(index, handlers, status, visible_tabs, session_lifetime_s)
+                slot, name, images, texts, slot_tabs, slot_inputs = class_slot(index, handlers, status, visible_tabs,
+                                                                               session_lifetime_s, text)
                 slots.append(slot)
                 names.append(name)
                 galleries.append(images)
+                text_boxes.append(texts)
                 tabs += slot_tabs
+                inputs += slot_inputs
         shown = gr.State(SHOWN_AT_START)
         add_class = gr.Button("Add class", size="sm", elem_id="add-class")
         add_class.click(lambda n: (min(n + 1, UI_CLASSES), *[gr.Column(visible=i < n + 1) for i in range(UI_CLASSES)]),
@@ -139,21 +170,14 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
             confusions = gr.Plot(show_label=False, elem_id="confusions")
 
         gr.Markdown("## Classify")
-        with gr.Tabs(selected="upload") as query_tab_set:
-            with gr.Tab("Upload", id="upload"):
-                query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"],
-                                      elem_id="query-files")
-            with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id="query-draw-tab") as query_draw_tab:
-                query_sketch = gr.Sketchpad(**SKETCH, elem_id="query-sketch")
-            with gr.Tab("Live camera", id="camera", visible=visible_tabs[0],
-                        elem_id="query-camera-tab") as query_camera_tab:
-                with gr.Row():
-                    live_camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=260,
-                                           show_label=False, elem_id="live-camera")
-                    live_result = gr.Label(num_top_classes=3, label="Live", elem_id="live-result")
-        tabs += [query_tab_set, query_camera_tab, query_draw_tab]
+        query_texts = gr.Textbox(label="Query texts, one a line", lines=5, visible=text, elem_id="query-texts")
+        with gr.Column(visible=not text, elem_id="query-image-inputs") as query_image_inputs:
+            query_files, query_sketch, live_camera, live_result, query_tabs = query_slot(visible_tabs)
+        tabs += query_tabs
+        inputs += [query_image_inputs, query_texts]
         classify_button = gr.Button("Classify", variant="primary", elem_id="classify")
         results = gr.HTML(elem_id="results")
+
 
         with gr.Accordion("Use it elsewhere: ONNX export and task file", open=True):
             with gr.Row():
@@ -171,10 +195,10 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
 
         live_throttle = session_state(session_lifetime_s)
         add_classify_endpoint(handlers)  # first, so that the name "classify" is its own, not the page's event's
-        slot_inputs = [*names, *galleries]
+        slot_inputs = [*names, *galleries, *text_boxes]
         adapt_button.click(handlers.adapt, [model_menu, *slot_inputs], [status, adapted, plot, confusions, results],
                            api_visibility="private")
-        classify_button.click(handlers.classify, [adapted, query_files, query_sketch], [status, results],
+        classify_button.click(handlers.classify, [adapted, query_files, query_sketch, query_texts], [status, results],
                               api_visibility="private")
         live_camera.stream(handlers.live_frame, [adapted, live_camera, live_throttle], [live_result, live_throttle],
                            stream_every=LIVE_EVERY_S, show_progress="hidden", api_visibility="private")
@@ -185,6 +209,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         for control in (model_menu, every_input):
             control.change(handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs],
                            api_visibility="private")
+        model_menu.change(handlers.images_or_texts, model_menu, inputs, api_visibility="private")
         exported = export_button.click(handlers.export_onnx, adapted, [status, export_file], api_visibility="private")
         exported.success(None, js=START_DOWNLOAD)
         save_button.click(handlers.save_task, [model_menu, *slot_inputs], [status, task_file], api_visibility="private")
@@ -192,6 +217,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
                            api_visibility="private")
         for kind, button in examples.items():
             button.click(lambda kind=kind: handlers.load_example(kind), None,
-                         [status, model_menu, adapted, results, query_files, *slot_inputs], api_visibility="private")
+                         [status, model_menu, adapted, results, query_files, query_texts, *slot_inputs],
+                         api_visibility="private")
         app.unload(handlers.forget_session)
     return app

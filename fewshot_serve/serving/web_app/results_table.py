@@ -1,4 +1,5 @@
-"""The page's query results as one HTML table: thumbnail, file name, verdict and the top three classes.
+"""The page's query results as one HTML table: thumbnail, file name, verdict and the top three classes
+(for a text model: the text, verdict and top three).
 
 A gallery caption cuts "Indigo Bunting 87%" to "Indigo Bu…"; a table row keeps every query's image,
 name, top class and how sure the model is side by side, and a query that could not be read gets its
@@ -45,18 +46,27 @@ RESULTS_CSS = """
     border-bottom: 1px solid var(--border-color-primary); }
   #results .fs-results td { border: none; padding: 0; }
   #results .fs-results td.fs-bars { grid-column: 1 / -1; }
+  #results .fs-results.fs-texts tr { grid-template-columns: 1fr auto; }
 }
+#results .fs-texts .fs-name { max-width: 28rem; color: var(--body-text-color); }
 """
 
 
 @dataclass(frozen=True)
 class QueryResult:
-    """One query's row: its image (None when it could not be read), its name, and its verdict or error."""
+    """One query's row: its image (None when it could not be read, or for a text), its name (a file
+    name, or the text itself), the text for a text model, and its verdict or error."""
 
     name: str
     image: Image.Image | None
     prediction: Prediction | None = None
     error: str | None = None
+    text: str | None = None
+
+    @property
+    def query(self) -> Image.Image | str | None:
+        """What the model classifies: the text, or the image."""
+        return self.text if self.text is not None else self.image
 
 
 def verdict_mark(prediction: Prediction) -> str:
@@ -89,24 +99,27 @@ def _bars(prediction: Prediction) -> str:
     return "".join(rows)
 
 
-def _row(result: QueryResult) -> str:
+def _row(result: QueryResult, pictures: bool) -> str:
     picture = f'<img src="{thumbnail_uri(result.image)}" alt="">' if result.image is not None else ""
-    name = f'<td class="fs-name">{html.escape(result.name)}</td>'
+    cells = (f"<td>{picture}</td>" if pictures else "") + f'<td class="fs-name">{html.escape(result.name)}</td>'
     if result.prediction is None:
         reason = html.escape(result.error or "")
-        return (f'<tr class="fs-error"><td>{picture}</td>{name}'
+        return (f'<tr class="fs-error">{cells}'
                 f'<td class="fs-top">not classified</td><td class="fs-bars">{reason}</td></tr>')
     mark = verdict_mark(result.prediction)
     best = top_classes(result.prediction, 1)[0][0]
     badge = f'<span class="fs-mark{" fs-none" if result.prediction.unknown else ""}">{mark}</span>' if mark else ""
-    return (f'<tr class="fs-row"><td>{picture}</td>{name}<td class="fs-top">{html.escape(best)}{badge}</td>'
+    return (f'<tr class="fs-row">{cells}<td class="fs-top">{html.escape(best)}{badge}</td>'
             f'<td class="fs-bars">{_bars(result.prediction)}</td></tr>')
 
 
-def results_html(results: list[QueryResult]) -> str:
-    """The table for ``results``, in the order the queries were given."""
+def results_html(results: list[QueryResult], named_by: str = "file") -> str:
+    """The table for ``results``, in the order the queries were given; ``named_by``: the name column's
+    heading, "file" (with thumbnails) or "text" (texts, no thumbnails)."""
     if not results:
         return ""
-    body = "".join(_row(result) for result in results)
-    return ('<table class="fs-results"><thead><tr><th></th><th>file</th><th>top class</th>'
+    pictures = named_by != "text"
+    body = "".join(_row(result, pictures) for result in results)
+    head = ("<th></th>" if pictures else "") + f"<th>{html.escape(named_by)}</th>"
+    return (f'<table class="fs-results{"" if pictures else " fs-texts"}"><thead><tr>{head}<th>top class</th>'
             f"<th>top {TOP_CLASSES}</th></tr></thead><tbody>{body}</tbody></table>")

@@ -1,4 +1,5 @@
-"""A task as one file: the support images, their class names and the model, in a zip to download and load back.
+"""A task as one file: the support images (or texts), their class names and the model, in a zip to download and
+load back. A text task's texts live in its ``task.json`` (a class holds ``texts`` instead of ``images``).
 
 Loading treats the zip as untrusted: only ``task.json`` and the images it names are read, each read
 stops at the per-image size limit whatever the zip's header claims (a zip bomb cannot fill the disk),
@@ -20,15 +21,19 @@ TASK_VERSION = 1
 MANIFEST = "task.json"
 MAX_TASK_BYTES = 100 * 2**20  # a whole task file
 MAX_TASK_CLASSES = 10  # the page's class slots
-MAX_TASK_IMAGES = 100  # per class, as the API allows
+MAX_TASK_IMAGES = 100  # per class, as the API allows (texts too)
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
 
 
-def write_task(path: str | Path, model: str, support: Mapping[str, Sequence[str]]) -> Path:
-    """Write ``{class name: [image paths]}`` and the model's name to ``path`` (a zip, written atomically)."""
+def write_task(path: str | Path, model: str, support: Mapping[str, Sequence[str]], text: bool = False) -> Path:
+    """Write ``{class name: [image paths]}`` (with ``text``: ``{class name: [texts]}``) and the model's name
+    to ``path`` (a zip, written atomically)."""
     classes = []
     with atomic_output(path) as temporary, zipfile.ZipFile(temporary, "w", zipfile.ZIP_STORED) as archive:
         for c, (name, images) in enumerate(support.items()):
+            if text:
+                classes.append({"name": name, "texts": list(images)})
+                continue
             members = []
             for i, image in enumerate(images):
                 member = f"images/{c:02d}/{i:03d}{Path(image).suffix.lower() or '.png'}"
@@ -66,14 +71,17 @@ def _manifest(archive: zipfile.ZipFile) -> dict:
         raise ValueError(f"a task file holds 1 to {MAX_TASK_CLASSES} classes")
     for entry in classes:
         entry = entry if isinstance(entry, dict) else {}
-        images = entry.get("images")
+        images = entry.get("texts" if "texts" in entry else "images")
         if not isinstance(entry.get("name"), str) or not isinstance(images, list) or len(images) > MAX_TASK_IMAGES:
-            raise ValueError(f"each class in a task file needs a name and at most {MAX_TASK_IMAGES} images")
+            raise ValueError(f"each class in a task file needs a name and at most {MAX_TASK_IMAGES} images or texts")
+    if len({"texts" in entry for entry in classes}) > 1:
+        raise ValueError("a task file holds images or texts, not both")
     return manifest
 
 
-def read_task(path: str | Path, into: Path) -> tuple[str, dict[str, list[str]]]:
-    """The model name and ``{class name: [image paths]}`` of a task file, its images written under ``into``."""
+def read_task(path: str | Path, into: Path) -> tuple[str, dict[str, list[str]], bool]:
+    """The model name, ``{class name: [image paths]}`` (its images written under ``into``) or, for a text
+    task, ``{class name: [texts]}``, and whether it is a text task."""
     if Path(path).stat().st_size > MAX_TASK_BYTES:
         raise ValueError(f"the task file is larger than {MAX_TASK_BYTES // 2**20} MB")
     try:
@@ -82,6 +90,9 @@ def read_task(path: str | Path, into: Path) -> tuple[str, dict[str, list[str]]]:
         raise ValueError("not a fewshot-serve task file (not a zip file)") from None
     with archive:
         manifest = _manifest(archive)
+        model = str(manifest.get("model") or "")
+        if "texts" in manifest["classes"][0]:  # checked by the texts' own rules when adapted
+            return model, {entry["name"]: [str(text) for text in entry["texts"]] for entry in manifest["classes"]}, True
         into.mkdir(parents=True, exist_ok=True)
         support: dict[str, list[str]] = {}
         for c, entry in enumerate(manifest["classes"]):
@@ -91,4 +102,4 @@ def read_task(path: str | Path, into: Path) -> tuple[str, dict[str, list[str]]]:
                 target = into / f"{c:02d}-{i:03d}{suffix if suffix in IMAGE_SUFFIXES else '.img'}"
                 target.write_bytes(_read_member(archive, member))
                 images.append(str(target))
-    return str(manifest.get("model") or ""), support
+    return model, support, False
