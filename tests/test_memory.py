@@ -56,8 +56,8 @@ def press_adapt(http: httpx.Client, fn_index: int, session: str, model: str, gal
     """Join the queue as the page does and read the event stream to its end; the completion message."""
     names = ["a", "b"] + [""] * (UI_CLASSES - 2)
     galleries = galleries + [[] for _ in range(UI_CLASSES - len(galleries))]
-    texts = [""] * UI_CLASSES
-    joined = http.post("/gradio_api/queue/join", json={"data": [model, *names, *galleries, *texts], "fn_index": fn_index,
+    data = [model, *names, *galleries, *[""] * UI_CLASSES]  # the slots' names, galleries and (unused) text boxes
+    joined = http.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
                                                        "session_hash": session, "event_data": None})
     joined.raise_for_status()
     with http.stream("GET", "/gradio_api/queue/data", params={"session_hash": session}) as stream:
