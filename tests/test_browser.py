@@ -254,3 +254,46 @@ def test_login_example_button_and_literal_markup_in_chromium(browser, tmp_path):
         page.locator("#adapt").click()  # the upload joins the example's two drawings: image #3
         status_says(page, f"class '{markup}' image #3 (fake.png)")  # the text, not bold markup
         assert page.locator("#status b").count() == 0
+
+
+@pytest.fixture(scope="module")
+def tiny_text_model(tmp_path_factory):
+    pytest.importorskip("tokenizers", reason="the tokenizers library is not installed")
+    import torch
+    from test_text import text_recipe, tiny_encoder
+
+    from fewshot_serve.files.model_file import save_model
+
+    network = tiny_encoder(torch.float32, prototype_head=True)
+    path = tmp_path_factory.mktemp("browser-text") / "tiny-text.safetensors"
+    save_model(path, network, text_recipe(network))
+    return path
+
+
+def test_a_text_task_typed_in_then_the_text_example_and_back_to_images(browser, tiny_text_model, colour_model):
+    """A text model shows a box of lines per class and one of queries, no image inputs; its results rows are the
+    texts; the text example fills the boxes; an image model brings the images back."""
+    with served([tiny_text_model, colour_model]) as port:
+        page = open_page(browser, port)
+        assert page.locator("#class-0-texts").is_visible() and not page.locator("#class-0-images").is_visible()
+        assert page.locator("#query-texts").is_visible() and not page.locator("#query-files").is_visible()
+        for c, (name, texts) in enumerate({"refund": ["I want my money back", "please refund my order"],
+                                           "weather": ["will it rain today", "how hot is it"]}.items()):
+            page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
+            page.locator(f"#class-{c}-texts textarea").fill("\n".join(texts))
+        page.locator("#adapt").click()
+        status_says(page, "Adapted to 2 classes")
+        status_says(page, "on texts like these", timeout=10_000)
+        page.locator("#query-texts textarea").fill("refund please\nis it hot\n\nrain today")
+        page.locator("#classify").click()
+        status_says(page, "Classified 3 of 3 queries.")
+        rows = page.locator("#results tbody tr")
+        assert rows.count() == 3 and rows.nth(0).locator(".fs-name").inner_text() == "refund please"
+        assert rows.nth(0).locator("img").count() == 0 and rows.nth(0).locator(".fs-bar").count() == 2
+        page.locator("#example-text").click()
+        status_says(page, "Example loaded: 3 kinds of customer-support message")
+        assert page.locator("#class-2-texts textarea").input_value().count("\n") == 2
+        page.locator("#model input").click()
+        page.get_by_role("option", name="Photos").click()
+        page.locator("#class-0-images").wait_for(state="visible", timeout=30_000)
+        assert not page.locator("#class-0-texts").is_visible() and not page.locator("#query-texts").is_visible()
