@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--episodes", type=int, default=600)
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--device", default=None)
+    evaluate.add_argument("--fixed-tasks", action="store_true",
+                          help="arsc: the standard protocol, its 12 test tasks with their fixed 5-shot support sets "
+                               "(--ways, --shots, --episodes and --split do not apply)")
     export = commands.add_parser("export-onnx", help="adapt to a support folder and write the classifier as ONNX")
     export.add_argument("model", type=Path)
     export.add_argument("--support", type=Path, required=True, help="folder with one sub-folder of images per class")
@@ -235,6 +238,8 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .files.model_file import load_model
     from .training.evaluation import evaluate_episodes
 
+    if args.fixed_tasks:
+        return run_fixed_tasks(args)
     device = pick_device(args.device)
     network, recipe = load_model(args.model, device)
     spec = DataSpec(args.dataset or recipe.dataset, args.data_root, args.download, split_seed=recipe.split_seed,
@@ -257,6 +262,23 @@ def run_evaluate(args: argparse.Namespace) -> int:
           f"{label} {scale * result.mean:.2f}{unit} ± {scale * result.ci95:.2f}{unit} (95% CI)")
     print(json.dumps({result.metric: round(result.mean, 5), "ci95": round(result.ci95, 5), "ways": args.ways,
                       "shots": args.shots, "steps": steps, "episodes": result.episodes, "split": args.split}))
+    return 0
+
+
+def run_fixed_tasks(args: argparse.Namespace) -> int:
+    from .data.datasets import default_data_root
+    from .data.text_datasets import arsc_test_tasks
+    from .serving.api import load
+    from .training.evaluation import evaluate_fixed_tasks
+
+    if (args.dataset or "arsc") != "arsc":
+        raise ValueError("--fixed-tasks is ARSC's standard protocol: --dataset arsc")
+    tasks = arsc_test_tasks(args.data_root or default_data_root() / "text" / "arsc")
+    result = evaluate_fixed_tasks(load(args.model, args.device), tasks, args.test_steps, progress=True)
+    print(f"arsc, the {len(tasks)} standard test tasks (fixed 5-shot supports): accuracy {100 * result.mean:.2f}% "
+          f"(per task: {', '.join(f'{100 * score:.1f}' for score in result.scores)})")
+    print(json.dumps({"accuracy": round(result.mean, 5), "tasks": len(tasks),
+                      "per_task": dict(zip((task.name for task in tasks), (round(s, 5) for s in result.scores)))}))
     return 0
 
 

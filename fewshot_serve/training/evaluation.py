@@ -9,7 +9,9 @@ import torch
 from tqdm import tqdm
 
 from ..data.episodes import ImageEpisodes, SinusoidTasks
+from ..data.text_datasets import FixedTask
 from ..networks import MetaNetwork
+from ..serving.api import MAX_QUERIES, FewShotModel
 from .meta_learning import adapted_metrics, vmap_is_faster
 
 
@@ -71,3 +73,16 @@ def evaluate_episodes(
             scores.extend(adapted_metrics(network, meta_params, batch, inner_lrs, steps, vectorize).tolist())
             bar.update(tasks)
     return EvaluationResult.of_scores("accuracy" if network.task_kind == "classification" else "mse", scores)
+
+
+def evaluate_fixed_tasks(model: FewShotModel, tasks: list[FixedTask], steps: int | None = None,
+                         progress: bool = False) -> EvaluationResult:
+    """Accuracy on tasks whose support sets are fixed (ARSC's standard protocol): each task adapted once,
+    through the serving API, and its queries classified; the mean is over tasks, as the literature reports."""
+    scores = []
+    for task in tqdm(tasks, desc="fixed tasks", disable=not progress, leave=False):
+        adapted = model.adapt(task.support, steps)
+        predicted = [max(row, key=row.get) for start in range(0, len(task.queries), MAX_QUERIES)
+                     for row in adapted.classify(task.queries[start : start + MAX_QUERIES])]
+        scores.append(sum(p == t for p, t in zip(predicted, task.query_labels)) / len(task.queries))
+    return EvaluationResult.of_scores("accuracy", scores)

@@ -165,6 +165,10 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
     An imported backbone (``fewshot-serve import-backbone``) was trained on ImageNet's classes, which
     no split here holds out: any dataset may meta-learn on it (model cards say which test photos
     ImageNet itself contains, as Tiny ImageNet's do)."""
+    wanted = "text" if config.data.dataset in TEXT_DATASETS else "image"
+    if recipe.input_kind != wanted:
+        raise ValueError(f"{config.init} is a{'n' * (recipe.input_kind == 'image')} {recipe.input_kind} model; "
+                         f"{config.data.dataset} needs a{'n' * (wanted == 'image')} {wanted} model")
     if recipe.algorithm != "import" and (recipe.dataset, recipe.split_seed) != (config.data.dataset,
                                                                                 config.data.split_seed):
         raise ValueError(
@@ -177,10 +181,6 @@ def _init_preprocessing(config: TrainConfig, network: MetaNetwork, recipe: Recip
         warnings.warn(f"{config.init} was trained on the validation classes too: validation here measures "
                       "classes it has seen, so fix the iterations in advance rather than pick them by it",
                       stacklevel=3)
-    wanted = "text" if config.data.dataset in TEXT_DATASETS else "image"
-    if recipe.input_kind != wanted:
-        raise ValueError(f"{config.init} is a{'n' * (recipe.input_kind == 'image')} {recipe.input_kind} model; "
-                         f"{config.data.dataset} needs a{'n' * (wanted == 'image')} {wanted} model")
     return recipe.input_preprocessing()
 
 
