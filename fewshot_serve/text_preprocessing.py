@@ -87,6 +87,18 @@ class TextPreprocessing:
         return ids
 
 
+def length_batches(ids: Tensor, size: int = 64) -> list[tuple[Tensor, Tensor]]:
+    """Rows of padded token ids ``[n, L]`` as ``(row indices, ids)`` batches of up to ``size`` rows of
+    similar length, each cut to its own longest text: attention costs every layer the square of the
+    padded length, so a batch padded to one long review would cost a short text as much as that review."""
+    lengths = (ids != 0).sum(1)
+    order = torch.argsort(lengths, stable=True)
+    batches = []
+    for rows in order.split(size):
+        batches.append((rows, ids[rows, : int(lengths[rows].max())]))
+    return batches
+
+
 def check_text(text: Any, name: str) -> None:
     """Raise :class:`TextError` unless ``text`` is a non-empty string of at most :data:`MAX_TEXT_CHARACTERS`."""
     if not isinstance(text, str):

@@ -38,7 +38,7 @@ from ..files.model_file import Recipe, load_model
 from ..inner_loop import Adaptation, adapt
 from ..networks import MetaNetwork
 from ..preprocessing import ImageLike, Preprocessing, open_image
-from ..text_preprocessing import TextPreprocessing
+from ..text_preprocessing import TextPreprocessing, length_batches
 from ..unknown import threshold_for, unknown_scores
 from .assessment import Assessment, assess
 from .frozen_runtime import OnnxFrozenPart
@@ -174,8 +174,13 @@ class FewShotModel:
         if self.frozen_part_runtime is not None:
             return self.frozen_part_runtime(x)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16) if self.bf16 else contextlib.nullcontext()
+        params = self.network.at_step(self._meta_params, 0)
         with torch.no_grad(), autocast:  # never differentiated: the inner loop adapts what comes after it
-            return self.network.frozen_part(self.network.at_step(self._meta_params, 0), x).float()
+            if not self.takes_text:
+                return self.network.frozen_part(params, x).float()
+            rows, parts = zip(*[(rows, self.network.frozen_part(params, ids).float())
+                                for rows, ids in length_batches(x)])
+            return self.network.join_frozen(parts)[torch.argsort(torch.cat(rows))]
 
 
     def query_frozen_part(self, x: Tensor, support_images: Tensor) -> Tensor:
@@ -277,8 +282,9 @@ class AdaptedClassifier:
     def probabilities(self, x: Tensor) -> Tensor:
         """Preprocessed input (float images ``[n, C, S, S]`` or token ids ``[n, L]``) -> ``[n, ways]``."""
         device = self.model.device
-        if self.model.frozen_part_runtime is not None:  # the frozen part by onnxruntime, the rest unfolded
-            h = self.model.frozen_part_runtime(x)
+        if self.model.frozen_part_runtime is not None or self.model.takes_text:
+            # the frozen part by onnxruntime (or a text's in batches of similar length), the rest unfolded
+            h = self.model._frozen_part(x.to(device))
             with torch.inference_mode():
                 return torch.softmax(self.model.network.adapted_part(self.params, h), dim=-1)
         x = x.to(device)
