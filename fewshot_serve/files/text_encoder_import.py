@@ -78,6 +78,12 @@ EMBEDDING_NAMES = {"words.weight": "embeddings.word_embeddings.weight",
                    "positions.weight": "embeddings.position_embeddings.weight",
                    "embedding_norm.weight": "embeddings.LayerNorm.weight",
                    "embedding_norm.bias": "embeddings.LayerNorm.bias"}
+#: The head's starting temperature. Between unit-length sentence embeddings, nearest-mean logits
+#: (``2 μ·x - |μ|²``) differ by a few tenths from class to class: at the image backbones' start of 1
+#: every text would get near-uniform probabilities, and meta-learning, which moves the temperature by
+#: about its learning rate a step, would spend its run getting away from there. 10 is a starting point
+#: (the probabilities it gives are sure, not certain), not a measured optimum: meta-learning tunes it.
+INITIAL_LOGIT_SCALE = 10.0
 #: What the package's file holds that a mean-pooled encoder does not use.
 UNUSED = ("pooler.dense.weight", "pooler.dense.bias", "embeddings.position_ids")
 TOKEN_TYPES = "embeddings.token_type_embeddings.weight"
@@ -121,7 +127,7 @@ def convert(state: dict[str, Tensor], config: dict) -> BertEncoder:
     unexpected = sorted(set(state) - used)
     if unexpected:
         raise ValueError(f"unexpected tensors in the weights: {', '.join(unexpected[:5])}")
-    network.load_state_dict({**ours, **converted})
+    network.load_state_dict({**ours, **converted, "logit_scale": torch.tensor(INITIAL_LOGIT_SCALE)})
     return network
 
 
