@@ -86,12 +86,12 @@ def sentence_transformers_peer(support: dict[str, list[str]], queries: list[str]
     return work
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=ROOT / "models" / "text-minilm.safetensors")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "text_latency.json")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     model = fewshot_serve.load(args.model, "cpu")
     support, queries, source = task_texts()
@@ -112,6 +112,7 @@ def main() -> None:
         ratio = report["adapt + classify"]["p50_ms"] / report["sentence-transformers encode + nearest mean"]["p50_ms"]
         print(f"  ours / sentence-transformers (p50): {ratio:.2f}")
     atomic_write_json(args.out, report)
+    return report
 
 
 if __name__ == "__main__":

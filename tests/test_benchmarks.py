@@ -17,6 +17,7 @@ import frozen_part_runtimes  # noqa: E402
 import inplace_activations  # noqa: E402
 import pool_order  # noqa: E402
 import serve_throughput  # noqa: E402
+import text_latency  # noqa: E402
 import train_throughput  # noqa: E402
 
 pytestmark = pytest.mark.slow  # servers, browsers, subprocesses or real data: not in the quick tier
@@ -171,3 +172,18 @@ def test_frozen_part_runtimes_smoke(tmp_path):
     # onnxruntime's features are checked against torch's inside
     report = frozen_part_runtimes.run(tmp_path / "lite.safetensors", repeats=1, batches=(3,))
     assert {"torch float32", "onnxruntime float32"} <= set(report["batches"]["3"])
+
+
+def test_text_latency_smoke(tmp_path, capsys):
+    pytest.importorskip("tokenizers")
+    from test_text import text_recipe, tiny_encoder
+
+    from fewshot_serve.files.model_file import save_model
+
+    network = tiny_encoder(torch.float32, prototype_head=True)
+    save_model(tmp_path / "tiny-text.safetensors", network, text_recipe(network))
+    report = text_latency.main(["--model", str(tmp_path / "tiny-text.safetensors"), "--repeats", "2",
+                                "--out", str(tmp_path / "text.json")])
+    assert {"adapt + classify", "adapt", "classify"} <= set(report)
+    assert json.loads((tmp_path / "text.json").read_text())["setting"] == "5-way 5-shot, 75 queries"
+    assert "adapt + classify" in capsys.readouterr().out
