@@ -83,8 +83,9 @@ def test_classify_endpoint_reports_bad_input_and_keeps_serving(server, glyph_fil
     assert result["labels"] == ["a", "b"]
 
 
-def test_only_the_classify_endpoint_is_public(server):
-    assert list(server.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/classify"]
+def test_only_the_classify_endpoints_are_public(server):
+    assert list(server.view_api(print_info=False, return_format="dict")["named_endpoints"]) == ["/classify",
+                                                                                             "/classify_texts"]
 
 
 def test_blank_sketchpad_counts_as_no_drawing():

@@ -315,3 +315,27 @@ def test_the_page_adapts_to_texts_classifies_lines_and_saves_the_task(page):
     assert values[0] == "delivery" and values[2 * UI_CLASSES].count("\n") == 2
     assert "ONNX export is for image classifiers" in page.export_onnx(adapted or page.adapt(
         "tiny-text", *text_slots(SUPPORT))[1], Session())[0]
+
+
+@pytest.mark.slow
+def test_the_classify_texts_endpoint_adapts_and_classifies_and_refuses_the_wrong_kind(text_model, colour_model):
+    from conftest import free_port
+    from gradio_client import Client
+
+    from fewshot_serve.serving.web_app import launch
+
+    port = free_port()
+    app = launch([colour_model, text_model], port=port, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        result = client.predict(json.dumps(SUPPORT), json.dumps(["refund my order", "play jazz"]),
+                                api_name="/classify_texts")  # the first text model served, by default
+        assert result["model"] == "tiny-text" and result["labels"] == list(SUPPORT)
+        assert len(result["predictions"]) == 2 and "texts like these" in result["assessment"]["summary"]
+        for arguments, message in (((json.dumps(SUPPORT), "[]", "colour-conv4"), "classifies images: call /classify"),
+                                   (("[1, 2]", "[]", ""), "must be a JSON object"),
+                                   ((json.dumps({"a": ["x"], "b": [7]}), '["q"]', ""), "expected a string")):
+            with pytest.raises(Exception, match=message):
+                client.predict(*arguments, api_name="/classify_texts")
+    finally:
+        app.close()

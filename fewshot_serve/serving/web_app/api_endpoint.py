@@ -1,4 +1,4 @@
-"""The public ``classify`` endpoint: adapt and classify in one call, for ``gradio_client``::
+"""The public ``classify`` endpoints: adapt and classify in one call, for ``gradio_client``::
 
     from gradio_client import Client, handle_file
     client = Client("http://127.0.0.1:7860/")
@@ -10,12 +10,14 @@
 
 A verdict's label is null where the query is none of the classes (models calibrated for it:
 ``fewshot-serve calibrate-unknown``). A fourth argument names the model (default: the first one served).
-A text model takes texts instead of files, as JSON lists in the fifth and sixth arguments::
+A text model's twin, ``classify_texts``, takes the support set as a JSON object of texts and the
+queries as a JSON list (a separate endpoint, so that ``classify``'s four arguments stay as they were
+for clients that send them over plain HTTP)::
 
-    client.predict([], '["refund", "weather"]', [], "text-minilm", '["I want my money back", "will it rain"]',
-                   '["refund me please"]', api_name="/classify")
+    client.predict('{"refund": ["I want my money back"], "weather": ["will it rain"]}', '["refund me please"]',
+                   "text-minilm", api_name="/classify_texts")
 
-It is the only endpoint clients may call; the page's own events are private.
+They are the only endpoints clients may call; the page's own events are private.
 """
 
 from __future__ import annotations
@@ -41,39 +43,64 @@ def json_list(value: str, what: str) -> list:
     return found
 
 
-def labelled_support(examples: list, labels_json: str, noun: str = "file") -> dict[str, list]:
-    """Support examples (file paths, or texts) with one label each (a JSON list) as ``{label: [examples]}``."""
-    labels = json_list(labels_json, f"labels (one class name per support {noun})")
-    if len(labels) != len(examples):
-        raise ValueError(f"got {len(examples)} support {noun}s but {len(labels)} labels")
-    support: dict[str, list] = {}
-    for label, example in zip(labels, examples):
-        support.setdefault(str(label).strip(), []).append(example)
+def labelled_support(paths: list[str], labels_json: str) -> dict[str, list[str]]:
+    """Support files with one label each (a JSON list) as ``{label: [paths]}``."""
+    labels = json_list(labels_json, "labels (one class name per support file)")
+    if len(labels) != len(paths):
+        raise ValueError(f"got {len(paths)} support files but {len(labels)} labels")
+    support: dict[str, list[str]] = {}
+    for label, path in zip(labels, paths):
+        support.setdefault(str(label).strip(), []).append(path)
     return support
+
+
+def text_support(support_json: str) -> dict[str, list]:
+    """``{"label": ["text", ...], ...}`` from JSON (the texts themselves are checked when adapted)."""
+    try:
+        support = json.loads(support_json)
+    except (TypeError, json.JSONDecodeError):
+        support = None
+    if not isinstance(support, dict):
+        raise ValueError('the support set must be a JSON object {"label": ["text", ...], ...}')
+    return support
+
+
+def result_of(model_name: str, adapted: Any, queries: list) -> dict[str, Any]:
+    """The endpoints' answer: probabilities, verdicts, the adaptation's time and the support set's own estimate."""
+    predictions = predictions_for(adapted, queries)
+    return {"labels": adapted.labels, "predictions": [p.probabilities for p in predictions],
+            "verdicts": [{k: v for k, v in p.to_dict().items() if k != "probabilities"} for p in predictions],
+            "adapt_seconds": round(adapted.seconds, 4), "model": model_name,
+            "assessment": adapted.assessment().to_dict()}
 
 
 def add_classify_endpoint(handlers: PageHandlers) -> None:
     """Hidden components and the ``/classify`` event, inside the page's ``gr.Blocks``."""
 
+    def model_for(model_name: str, texts: bool) -> tuple[str, Any]:
+        name, model = handlers.model_named(model_name)
+        if model.takes_text != texts:
+            right = "/classify_texts" if model.takes_text else "/classify"
+            raise ValueError(f"{name} classifies {'texts' if model.takes_text else 'images'}: call {right}")
+        return name, model
+
     @api_errors
-    def classify(support_files: Any, labels_json: str, query_files: Any, model_name: str = "",
-                 support_texts: str = "", query_texts: str = "") -> dict[str, Any]:
-        """One-call API: support files (or, for a text model, texts as a JSON list) with one label each
-        (a JSON list), query files (or texts), optionally a model name."""
-        model_name, model = handlers.model_named(model_name)
-        if model.takes_text:
-            support = labelled_support(json_list(support_texts or "[]", "support texts"), labels_json, "text")
-            queries = json_list(query_texts or "[]", "query texts")
-        else:
-            support, queries = labelled_support(file_paths(support_files), labels_json), file_paths(query_files)
-        adapted = model.adapt(support)
-        predictions = predictions_for(adapted, queries)
-        return {"labels": adapted.labels, "predictions": [p.probabilities for p in predictions],
-                "verdicts": [{k: v for k, v in p.to_dict().items() if k != "probabilities"} for p in predictions],
-                "adapt_seconds": round(adapted.seconds, 4), "model": model_name,
-                "assessment": adapted.assessment().to_dict()}
+    def classify(support_files: Any, labels_json: str, query_files: Any, model_name: str = "") -> dict[str, Any]:
+        """One-call API: support files with one label each (a JSON list), query files, optionally a model name."""
+        model_name, model = model_for(model_name or handlers.first_for(texts=False), texts=False)
+        adapted = model.adapt(labelled_support(file_paths(support_files), labels_json))
+        return result_of(model_name, adapted, file_paths(query_files))
+
+    @api_errors
+    def classify_texts(support_json: str, queries_json: str, model_name: str = "") -> dict[str, Any]:
+        """One-call API for a text model: ``{"label": [texts]}`` and a list of query texts (JSON), optionally
+        a model name (default: the first text model served)."""
+        model_name, model = model_for(model_name or handlers.first_for(texts=True), texts=True)
+        adapted = model.adapt(text_support(support_json))
+        return result_of(model_name, adapted, json_list(queries_json, "the queries (a list of texts)"))
 
     inputs = [gr.File(file_count="multiple", visible=False), gr.Textbox(visible=False),
-              gr.File(file_count="multiple", visible=False), gr.Textbox(value="", visible=False),
-              gr.Textbox(value="", visible=False), gr.Textbox(value="", visible=False)]
+              gr.File(file_count="multiple", visible=False), gr.Textbox(value="", visible=False)]
     gr.Button(visible=False).click(classify, inputs, gr.JSON(visible=False), api_name="classify")
+    text_inputs = [gr.Textbox(visible=False), gr.Textbox(visible=False), gr.Textbox(value="", visible=False)]
+    gr.Button(visible=False).click(classify_texts, text_inputs, gr.JSON(visible=False), api_name="classify_texts")

@@ -85,6 +85,10 @@ class PageHandlers:
     def first_of_kind(self, kind: str) -> str | None:
         return next((name for name, model in self.models.items() if kind_of(model) == kind), None)
 
+    def first_for(self, texts: bool) -> str:
+        """The first model served that takes texts (or images); the default where there is none."""
+        return next((name for name, model in self.models.items() if model.takes_text == texts), self.default)
+
     def takes_text(self, model_name: str | None) -> bool:
         return self.model_named(model_name)[1].takes_text
 
@@ -248,9 +252,8 @@ class PageHandlers:
         into = self.folders.folder(session_of(request), "loaded", f"{time.time_ns()}")
         model_name, support, text = read_task(file_paths([upload])[0], into)
         if model_name not in self.models or self.models[model_name].takes_text != text:
-            model_name = self.first_of_kind(TEXT) if text else next(
-                (name for name, model in self.models.items() if not model.takes_text), None)
-        if model_name is None:
+            model_name = self.first_for(texts=text)
+        if self.models[model_name].takes_text != text:
             raise ValueError(f"this task holds {'texts' if text else 'images'}, and no model served here takes them")
         status = (f"Task loaded: {len(support)} classes, {sum(map(len, support.values()))} "
                   f"{'texts' if text else 'images'}, on {html.escape(kind_of(self.models[model_name]))}. "
