@@ -82,6 +82,7 @@ def test_upload_adapt_classify_with_a_bad_query_and_switch_models(browser, tmp_p
     (tmp_path / "broken.png").write_text("not an image")
     with served([SHIPPED, colour_model]) as port:
         page = open_page(browser, port)
+        page.locator("#query-draw-tab-button").wait_for(timeout=30_000)  # the tabs are drawn
         assert visible_tabs(page, "class-0") == ["draw"] and visible_tabs(page, "query") == ["draw"]
         for c, name in enumerate(names):
             page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)

@@ -206,10 +206,11 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         # overwrite their message); .change: whatever set it, the details line and the tabs follow
         model_menu.input(handlers.switch_model, model_menu, [status, adapted, results, plot, confusions],
                          api_visibility="private")
-        for control in (model_menu, every_input):
-            control.change(handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs],
+        model_menu.change(handlers.images_or_texts, model_menu, inputs, api_visibility="private").then(
+            handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs], api_visibility="private")
+        # then: showing a column redraws its tabs as they were built, so their visibility is set after it
+        every_input.change(handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs],
                            api_visibility="private")
-        model_menu.change(handlers.images_or_texts, model_menu, inputs, api_visibility="private")
         exported = export_button.click(handlers.export_onnx, adapted, [status, export_file], api_visibility="private")
         exported.success(None, js=START_DOWNLOAD)
         save_button.click(handlers.save_task, [model_menu, *slot_inputs], [status, task_file], api_visibility="private")
