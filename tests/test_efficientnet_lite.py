@@ -417,10 +417,11 @@ def test_the_port_classifies_tiny_imagenet_photos_with_imagenets_own_classifier(
 def test_each_architecture_checks_its_own_config():
     """A network's config is its own to validate (``config_problems``): every architecture accepts what it
     writes, and refuses a key it does not know, naming itself."""
-    from fewshot_serve.networks import ARCHITECTURES, Conv4, ResNet12, SinusoidMLP, config_problems
+    from fewshot_serve.networks import ARCHITECTURES, BertEncoder, Conv4, ResNet12, SinusoidMLP, config_problems
 
     networks = [Conv4(1, 4, 16, norm_states=3, lr_steps=2), ResNet12(3, (3, 4, 5, 6), SIZE, lr_steps=1),
-                tiny_lite(lr_steps=2, prototype_head=True), mixed_ensemble()[0], SinusoidMLP(8)]
+                tiny_lite(lr_steps=2, prototype_head=True), mixed_ensemble()[0], SinusoidMLP(8),
+                BertEncoder(50, 16, 2, 2, 32, 24, lr_steps=2)]
     assert {n.config()["architecture"] for n in networks} == set(ARCHITECTURES)
     for network in networks:
         config = network.config()

@@ -84,7 +84,7 @@ def test_splits_keep_groups_together(glyphs):
 
 
 def test_sampler_rejects_impossible_episodes(glyphs):
-    with pytest.raises(ValueError, match="images per class"):
+    with pytest.raises(ValueError, match="examples per class"):
         ImageEpisodes(glyphs, GRAY16, ways=5, shots=5, queries=5)
     with pytest.raises(ValueError, match="classes"):
         ImageEpisodes(glyphs.subset([0, 1]), GRAY16, ways=5, shots=1, queries=1)
