@@ -9,7 +9,6 @@ served model sees its input made exactly as in training.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -70,10 +69,6 @@ class TextPreprocessing:
         tokenizer.no_padding()
         return tokenizer
 
-    @property
-    def pad_id(self) -> int:
-        return 0
-
     def token_ids(self, texts: Sequence[str], names: Sequence[str] | None = None) -> Tensor:
         """Checked texts -> int64 token ids ``[n, L]``, right-padded with 0 to the longest (``L <= max_length``)."""
         names = names or [f"text #{i + 1}" for i in range(len(texts))]
@@ -112,9 +107,3 @@ def check_text(text: Any, name: str) -> None:
 def is_text_recipe(preprocessing: Any) -> bool:
     """Whether a recipe's preprocessing entry is a text model's."""
     return isinstance(preprocessing, dict) and preprocessing.get("kind") == "text"
-
-
-def tokenizer_summary(preprocessing: TextPreprocessing) -> str:
-    """A short description for menus and logs (the tokenizer's model type and vocabulary size)."""
-    model = json.loads(preprocessing.tokenizer).get("model", {})
-    return f"{model.get('type', 'tokenizer')}, {len(model.get('vocab', {}))} tokens, at most {preprocessing.max_length}"
