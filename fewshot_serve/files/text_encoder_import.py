@@ -9,7 +9,8 @@ does, and writes a model file whose recipe carries the architecture, the tokeniz
 maximum length. Serving then needs only ``tokenizers``, never ``transformers``.
 
 The file it writes classifies new classes by nearest class mean of the sentence embeddings as they
-stand (Proto-MAML head, zero inner steps); ``fewshot-serve train-text --init FILE`` meta-learns on top of it.
+stand (Proto-MAML head, zero inner steps); ``fewshot-serve train --dataset clinc150 --init FILE
+--freeze-body`` meta-learns on top of it.
 """
 
 from __future__ import annotations
