@@ -9,13 +9,14 @@ served model sees its input made exactly as in training.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 #: Texts longer than this many characters are refused (only the first max_length tokens are read anyway).
 MAX_TEXT_CHARACTERS = 20_000
@@ -92,6 +93,17 @@ def length_batches(ids: Tensor, size: int = 64) -> list[tuple[Tensor, Tensor]]:
     for rows in order.split(size):
         batches.append((rows, ids[rows, : int(lengths[rows].max())]))
     return batches
+
+
+def in_length_batches(compute: Callable[[Tensor], Tensor], ids: Tensor, join: Callable[[Sequence[Tensor]], Tensor],
+                      size: int = 64, description: str | None = None) -> Tensor:
+    """``compute`` over padded token ids ``[n, L]`` in :func:`length_batches`, the outputs ``join``-ed
+    (a network's :meth:`~fewshot_serve.networks.MetaNetwork.join_frozen`) and put back in the rows'
+    order; ``description``: shown on a progress bar."""
+    batches = length_batches(ids, size)
+    rows, parts = zip(*[(rows, compute(batch))
+                        for rows, batch in tqdm(batches, desc=description, disable=description is None, leave=False)])
+    return join(parts)[torch.argsort(torch.cat(rows))]
 
 
 def check_text(text: Any, name: str) -> None:

@@ -38,7 +38,7 @@ from ..files.model_file import Recipe, load_model
 from ..inner_loop import Adaptation, adapt
 from ..networks import MetaNetwork
 from ..preprocessing import ImageLike, Preprocessing, open_image
-from ..text_preprocessing import TextPreprocessing, length_batches
+from ..text_preprocessing import TextPreprocessing, in_length_batches
 from ..unknown import threshold_for, unknown_scores
 from .assessment import Assessment, assess
 from .frozen_runtime import OnnxFrozenPart
@@ -178,9 +178,8 @@ class FewShotModel:
         with torch.no_grad(), autocast:  # never differentiated: the inner loop adapts what comes after it
             if not self.takes_text:
                 return self.network.frozen_part(params, x).float()
-            rows, parts = zip(*[(rows, self.network.frozen_part(params, ids).float())
-                                for rows, ids in length_batches(x)])
-            return self.network.join_frozen(parts)[torch.argsort(torch.cat(rows))]
+            return in_length_batches(lambda ids: self.network.frozen_part(params, ids).float(), x,
+                                     self.network.join_frozen)
 
 
     def query_frozen_part(self, x: Tensor, support_images: Tensor) -> Tensor:

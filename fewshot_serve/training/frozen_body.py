@@ -23,7 +23,7 @@ from ..data.episodes import ImageEpisodes, TaskBatch
 from ..data.text_datasets import TextClasses
 from ..networks import MetaNetwork
 from ..preprocessing import Preprocessing
-from ..text_preprocessing import TextPreprocessing
+from ..text_preprocessing import TextPreprocessing, in_length_batches
 
 
 class AdaptedPart:
@@ -107,11 +107,7 @@ def per_text(compute: Callable[[Tensor], Tensor], network: MetaNetwork, texts: l
     """``compute`` over the token ids of ``texts``, in batches of similar length (padding costs
     attention on every layer), with a progress bar; rows in the order of ``texts``, per-token outputs
     padded to one length (:meth:`~fewshot_serve.networks.MetaNetwork.join_frozen`)."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    parts = [compute(preprocessing.token_ids([texts[i] for i in order[start : start + batch_size]]))
-             for start in tqdm(range(0, len(texts), batch_size), desc=description, leave=False)]
-    joined = network.join_frozen(parts)
-    return joined[torch.argsort(torch.tensor(order))]
+    return in_length_batches(compute, preprocessing.token_ids(texts), network.join_frozen, batch_size, description)
 
 
 class CachedEpisodes:
