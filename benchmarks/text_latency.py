@@ -16,11 +16,11 @@ import argparse
 import json
 import os
 import platform
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from adapt_latency import latency, timed  # benchmarks/ is this script's folder
 
 import fewshot_serve
 from fewshot_serve.data.datasets import default_data_root
@@ -47,23 +47,6 @@ def task_texts() -> tuple[dict[str, list[str]], list[str], str]:
                for c in range(WAYS)}
     queries = [f"{lines[i % len(lines)]} #{i}" for i in range(QUERIES)]
     return support, queries, "the app's example sentences, varied"
-
-
-def timed(work: Callable[[], object], repeats: int, warmup: int = 3) -> list[float]:
-    for _ in range(warmup):
-        work()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        work()
-        times.append(time.perf_counter() - started)
-    return times
-
-
-def percentiles(times: list[float]) -> dict[str, float]:
-    ordered = sorted(times)
-    return {"p50_ms": 1000 * ordered[len(ordered) // 2], "p95_ms": 1000 * ordered[min(len(ordered) - 1,
-                                                                                      int(0.95 * len(ordered)))]}
 
 
 def sentence_transformers_peer(support: dict[str, list[str]], queries: list[str]) -> Callable[[], object] | None:
@@ -98,12 +81,12 @@ def main(argv: list[str] | None = None) -> dict:
     adapted = model.adapt(support)
     report = {"machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
               "texts": source, "model": args.model.name, "setting": f"{WAYS}-way {SHOTS}-shot, {QUERIES} queries",
-              "adapt + classify": percentiles(timed(lambda: model.adapt(support).classify(queries), args.repeats)),
-              "adapt": percentiles(timed(lambda: model.adapt(support), args.repeats)),
-              "classify": percentiles(timed(lambda: adapted.classify(queries), args.repeats))}
+              "adapt + classify": latency(timed(lambda: model.adapt(support).classify(queries), args.repeats)),
+              "adapt": latency(timed(lambda: model.adapt(support), args.repeats)),
+              "classify": latency(timed(lambda: adapted.classify(queries), args.repeats))}
     peer = sentence_transformers_peer(support, queries)
     if peer is not None:
-        report["sentence-transformers encode + nearest mean"] = percentiles(timed(peer, args.repeats))
+        report["sentence-transformers encode + nearest mean"] = latency(timed(peer, args.repeats))
     print(f"{report['setting']} on {source}, {report['threads']} threads, {args.model.name}:")
     for name, value in report.items():
         if isinstance(value, dict):
