@@ -176,12 +176,9 @@ def test_frozen_part_runtimes_smoke(tmp_path):
 
 def test_text_latency_smoke(tmp_path, capsys):
     pytest.importorskip("tokenizers")
-    from test_text import text_recipe, tiny_encoder
+    from test_text import save_tiny_text_model
 
-    from fewshot_serve.files.model_file import save_model
-
-    network = tiny_encoder(torch.float32, prototype_head=True)
-    save_model(tmp_path / "tiny-text.safetensors", network, text_recipe(network))
+    save_tiny_text_model(tmp_path / "tiny-text.safetensors")
     report = text_latency.main(["--model", str(tmp_path / "tiny-text.safetensors"), "--repeats", "2",
                                 "--out", str(tmp_path / "text.json")])
     assert {"adapt + classify", "adapt", "classify"} <= set(report)

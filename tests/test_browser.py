@@ -260,15 +260,9 @@ def test_login_example_button_and_literal_markup_in_chromium(browser, tmp_path):
 @pytest.fixture(scope="module")
 def tiny_text_model(tmp_path_factory):
     pytest.importorskip("tokenizers", reason="the tokenizers library is not installed")
-    import torch
-    from test_text import text_recipe, tiny_encoder
+    from test_text import save_tiny_text_model
 
-    from fewshot_serve.files.model_file import save_model
-
-    network = tiny_encoder(torch.float32, prototype_head=True)
-    path = tmp_path_factory.mktemp("browser-text") / "tiny-text.safetensors"
-    save_model(path, network, text_recipe(network))
-    return path
+    return save_tiny_text_model(tmp_path_factory.mktemp("browser-text") / "tiny-text.safetensors")
 
 
 def test_a_text_task_typed_in_then_the_text_example_and_back_to_images(browser, tiny_text_model, colour_model):

@@ -156,12 +156,16 @@ def text_recipe(network: BertEncoder, max_length: int = 12) -> Recipe:
                   shots=1, queries=15)
 
 
-@pytest.fixture(scope="module")
-def text_model(tmp_path_factory):
-    network = tiny_encoder(torch.float32, adapt_from=2, prototype_head=True)
-    path = tmp_path_factory.mktemp("text") / "tiny-text.safetensors"
+def save_tiny_text_model(path, **options):
+    """A tiny float32 encoder (Proto-MAML head; ``options`` as for :func:`tiny_encoder`) as a model file."""
+    network = tiny_encoder(torch.float32, prototype_head=True, **options)
     save_model(path, network, text_recipe(network))
     return path
+
+
+@pytest.fixture(scope="module")
+def text_model(tmp_path_factory):
+    return save_tiny_text_model(tmp_path_factory.mktemp("text") / "tiny-text.safetensors", adapt_from=2)
 
 
 SUPPORT = {"refund": ["I want my money back", "please refund my order"],

@@ -7,13 +7,13 @@ import json
 
 import pytest
 import torch
-from test_text import text_recipe, tiny_encoder
+from test_text import save_tiny_text_model
 
 import fewshot_serve
 from fewshot_serve.data.episodes import ImageEpisodes
 from fewshot_serve.data.sources import DataSpec, load_splits
 from fewshot_serve.data.text_datasets import ARSC_TEST_DOMAINS, arsc_test_tasks
-from fewshot_serve.files.model_file import load_model, save_model
+from fewshot_serve.files.model_file import load_model
 from fewshot_serve.training.evaluation import evaluate_fixed_tasks
 from fewshot_serve.training.trainer import TrainConfig, train
 
@@ -56,10 +56,7 @@ def arsc(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def text_init(tmp_path_factory):
-    network = tiny_encoder(torch.float32, prototype_head=True)
-    path = tmp_path_factory.mktemp("text-init") / "tiny.safetensors"
-    save_model(path, network, text_recipe(network))
-    return path
+    return save_tiny_text_model(tmp_path_factory.mktemp("text-init") / "tiny.safetensors")
 
 
 def test_clinc_intents_split_by_class_and_arsc_by_its_fixed_domains(clinc, arsc):
