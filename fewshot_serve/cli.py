@@ -266,14 +266,14 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def run_fixed_tasks(args: argparse.Namespace) -> int:
-    from .data.datasets import default_data_root
+    from .data.sources import arsc_root
     from .data.text_datasets import arsc_test_tasks
     from .serving.api import load
     from .training.evaluation import evaluate_fixed_tasks
 
     if (args.dataset or "arsc") != "arsc":
         raise ValueError("--fixed-tasks is ARSC's standard protocol: --dataset arsc")
-    tasks = arsc_test_tasks(args.data_root or default_data_root() / "text" / "arsc")
+    tasks = arsc_test_tasks(arsc_root(args.data_root))
     result = evaluate_fixed_tasks(load(args.model, args.device), tasks, args.test_steps, progress=True)
     print(f"arsc, the {len(tasks)} standard test tasks (fixed 5-shot supports): accuracy {100 * result.mean:.2f}% "
           f"(per task: {', '.join(f'{100 * score:.1f}' for score in result.scores)})")

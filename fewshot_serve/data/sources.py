@@ -99,10 +99,15 @@ def _clinc150(spec: DataSpec) -> dict[str, TextClasses]:
     return split_by_group(load_clinc150(root, spec.images_per_class), spec.split_seed)
 
 
+def arsc_root(data_root: Path | None) -> Path:
+    """ARSC's folder: ``data_root`` if given, else ``text/arsc`` in the default data root."""
+    return data_root or default_data_root() / "text" / "arsc"
+
+
 def _arsc(spec: DataSpec) -> dict[str, TextClasses]:
     if spec.split_seed != 0:
         raise ValueError("ARSC's split is fixed (its four test domains): drop --split-seed")
-    return load_arsc(spec.data_root or default_data_root() / "text" / "arsc", spec.images_per_class)
+    return load_arsc(arsc_root(spec.data_root), spec.images_per_class)
 
 
 #: The text datasets: each loads its splits; ``within_group`` episodes draw all classes from one group.

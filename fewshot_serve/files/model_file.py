@@ -220,7 +220,7 @@ def _recipe_problems(recipe: Recipe) -> list[str]:
     if network_problems:
         return problems + network_problems
     architecture = ARCHITECTURES[recipe.network["architecture"]]
-    if (architecture.input_kind == "text") != (recipe.input_kind == "text"):
+    if architecture.input_kind != recipe.input_kind:
         return problems + [f"a {recipe.network['architecture']} network takes {architecture.input_kind}s, "
                            f"but the preprocessing is for {recipe.input_kind}s"]
     if recipe.input_kind == "text":
