@@ -32,15 +32,20 @@ from .handlers import PageHandlers, predictions_for
 from .uploads import file_paths
 
 
-def json_list(value: str, what: str) -> list:
-    """A JSON list argument, or a ValueError saying what it should be."""
+def json_argument(value: str, kind: type, message: str) -> Any:
+    """A JSON argument of type ``kind`` (list or dict), or a ValueError with ``message``."""
     try:
         found = json.loads(value)
     except (TypeError, json.JSONDecodeError):
         found = None
-    if not isinstance(found, list):
-        raise ValueError(f"{what} must be a JSON list")
+    if not isinstance(found, kind):
+        raise ValueError(message)
     return found
+
+
+def json_list(value: str, what: str) -> list:
+    """A JSON list argument, or a ValueError saying what it should be."""
+    return json_argument(value, list, f"{what} must be a JSON list")
 
 
 def labelled_support(paths: list[str], labels_json: str) -> dict[str, list[str]]:
@@ -56,13 +61,7 @@ def labelled_support(paths: list[str], labels_json: str) -> dict[str, list[str]]
 
 def text_support(support_json: str) -> dict[str, list]:
     """``{"label": ["text", ...], ...}`` from JSON (the texts themselves are checked when adapted)."""
-    try:
-        support = json.loads(support_json)
-    except (TypeError, json.JSONDecodeError):
-        support = None
-    if not isinstance(support, dict):
-        raise ValueError('the support set must be a JSON object {"label": ["text", ...], ...}')
-    return support
+    return json_argument(support_json, dict, 'the support set must be a JSON object {"label": ["text", ...], ...}')
 
 
 def result_of(model_name: str, adapted: Any, queries: list) -> dict[str, Any]:
