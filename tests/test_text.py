@@ -139,6 +139,21 @@ def test_maml_meta_gradient_through_an_adapted_layer_matches_finite_differences_
     assert {network.unit_of(name) for name in names} == {2, None}  # the last layer, the head and the rates
 
 
+@pytest.mark.parametrize("adapt_from, keeps_rates", [(2, True), (1, False)])
+def test_a_run_from_a_meta_learned_file_keeps_its_rates_only_for_the_same_adapted_layers(adapt_from, keeps_rates):
+    from fewshot_serve.training.trainer import _network_from
+
+    learned = tiny_encoder(torch.float32, adapt_from=2, lr_steps=2, prototype_head=True)
+    with torch.no_grad():
+        learned.step_lrs.fill_(0.7)  # what a run learned for the last layer and the head
+    network = _network_from(learned, adapt_from, lr_steps=2, norm_states=0, inner_lrs=(0.3, 0.2))
+    rates = network.state_dict()["step_lrs"]
+    assert rates.shape[0] == len(network.fast_weight_names())  # one rate a fast weight, for the new scope
+    assert bool((rates == 0.7).all()) == keeps_rates
+    assert keeps_rates or torch.equal(rates[:, 1], torch.full_like(rates[:, 1], 0.2))  # restarted at inner_lrs
+    torch.testing.assert_close(network.state_dict()["layers.0.query.weight"], learned.layers[0].query.weight)
+
+
 @pytest.mark.parametrize("adapt_from", [2, 3])
 def test_folded_classifier_equals_predict(adapt_from):
     network = tiny_encoder(adapt_from=adapt_from, prototype_head=True)

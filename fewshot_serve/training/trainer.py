@@ -192,11 +192,11 @@ def _network_from(
     """A copy of ``initial`` (weights included) with this run's inner-loop scope and MAML++ options.
 
     A meta-learned file continues as it was learned: where it has this run's per-step norms and
-    learned learning rates (a MAML++ model fine-tuned on 20-way tasks, say), they are kept.
-    Otherwise the learned rates start at ``inner_lrs``; per-step norms cannot be invented from
-    one norm, so they must match. A centred file stays centred; ``centre_features`` makes the copy
-    centred, its centre still to be measured (:mod:`.feature_centre`). A Proto-MAML file stays one;
-    ``prototype_head`` makes the copy one.
+    learned learning rates for the same steps and adapted layers (a MAML++ model fine-tuned on 20-way
+    tasks, say), they are kept. Otherwise (more layers adapted, say) the learned rates start at
+    ``inner_lrs``; per-step norms cannot be invented from one norm, so they must match. A centred file
+    stays centred; ``centre_features`` makes the copy centred, its centre still to be measured
+    (:mod:`.feature_centre`). A Proto-MAML file stays one; ``prototype_head`` makes the copy one.
     """
     settings = initial.config()
     has = settings.get("norm_states", 0)
@@ -218,8 +218,10 @@ def _network_from(
             raise ValueError("--prototype-head needs a ResNet-12, an EfficientNet-Lite, an ensemble or a text "
                              "encoder as --init")
         settings["prototype_head"] = True
-    inherits_lrs = lr_steps > 0 and settings.get("lr_steps", 0) == lr_steps
     network = build_network({**settings, "lr_steps": lr_steps})
+    inherited_lrs = initial.state_dict().get("step_lrs")
+    inherits_lrs = (lr_steps > 0 and inherited_lrs is not None
+                    and inherited_lrs.shape == network.state_dict()["step_lrs"].shape)
     weights = {k: v for k, v in initial.state_dict().items() if inherits_lrs or k != "step_lrs"}
     outcome = network.load_state_dict(weights, strict=False)
     if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs", "feature_centre"}:
