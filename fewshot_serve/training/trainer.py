@@ -219,10 +219,9 @@ def _network_from(
                              "encoder as --init")
         settings["prototype_head"] = True
     network = build_network({**settings, "lr_steps": lr_steps})
-    inherited_lrs = initial.state_dict().get("step_lrs")
-    inherits_lrs = (lr_steps > 0 and inherited_lrs is not None
-                    and inherited_lrs.shape == network.state_dict()["step_lrs"].shape)
-    weights = {k: v for k, v in initial.state_dict().items() if inherits_lrs or k != "step_lrs"}
+    initial_weights = initial.state_dict()
+    inherits_lrs = lr_steps > 0 and getattr(initial_weights.get("step_lrs"), "shape", None) == network.step_lrs.shape
+    weights = {k: v for k, v in initial_weights.items() if inherits_lrs or k != "step_lrs"}
     outcome = network.load_state_dict(weights, strict=False)
     if outcome.unexpected_keys or set(outcome.missing_keys) - {"step_lrs", "feature_centre"}:
         raise ValueError(f"the --init weights do not fit the network: {outcome}")

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The text model (models/text-minilm.safetensors) and the figures in models/cards/text-minilm.md, step by step.
+# The text models (models/text-minilm.safetensors, models/text-minilm-sentiment.safetensors) and the figures in models/cards/text-minilm.md, step by step.
 # Run from a scratch folder with the datasets in $FEWSHOT_SERVE_DATA (default ../shared/datasets) and the
 # `text` extra installed (pip install -e '.[text]'). Times are for the 2-core CPU of its card.
 set -euo pipefail
@@ -55,4 +55,6 @@ for model in minilm.safetensors text-clinc-head.safetensors text-clinc.safetenso
     fewshot-serve evaluate "$model" --dataset clinc150 --ways "$1" --shots "$2" --episodes 600
   done
 done
-"$here/../../benchmarks/text_latency.py" --model text-arsc.safetensors
+for model in text-clinc.safetensors text-arsc.safetensors; do
+  "$here/../../benchmarks/text_latency.py" --model "$model"
+done
