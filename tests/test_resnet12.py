@@ -170,13 +170,14 @@ def assert_meta_gradient_matches_central_differences(network, theta, batch, eps=
     return grads, loss
 
 
-def assert_cached_frozen_part_gives_the_same_meta_gradient(network, theta, batch, grads, loss) -> set[str]:
+def assert_cached_frozen_part_gives_the_same_meta_gradient(network, theta, batch, grads, loss,
+                                                           meta_learned_from=None) -> set[str]:
     """What ``--freeze-body`` meta-learns on: the frozen part's output cached once per image must give
     the adapted part the whole network's loss and meta-gradient (``grads``, ``loss``). Returns the
-    adapted part's parameter names."""
-    part = AdaptedPart(network)
+    adapted part's parameter names. ``meta_learned_from``: cache only the units before it (texts)."""
+    part = AdaptedPart(network, meta_learned_from)
     names = set(dict(part.named_parameters()))
-    cache = lambda xs: torch.stack([network.frozen_part(theta, x) for x in xs])  # noqa: E731
+    cache = lambda xs: torch.stack([part.cached_input(theta, x) for x in xs])  # noqa: E731
     cached = batch._replace(x_support=cache(batch.x_support), x_query=cache(batch.x_query))
     part_grads, cached_loss, _ = meta_gradient(part, {k: theta[k] for k in names}, cached, INNER, first_order=False,
                                                vectorize=False)

@@ -139,6 +139,40 @@ def test_maml_meta_gradient_through_an_adapted_layer_matches_finite_differences_
     assert {network.unit_of(name) for name in names} == {2, None}  # the last layer, the head and the rates
 
 
+@pytest.mark.parametrize("adapt_from, meta_learned_from", [(2, 1), (3, 2), (3, 1)])
+def test_meta_learning_layers_the_inner_loop_does_not_adapt_over_a_shorter_cache(adapt_from, meta_learned_from):
+    """``train --meta-learn-from``: caching only the units before ``meta_learned_from`` gives the outer loop
+    the whole network's (finite-difference-checked) meta-gradient for those units and the adapted ones."""
+    network = tiny_encoder(adapt_from=adapt_from, lr_steps=2, prototype_head=True)
+    batch, theta = text_batch(), params_of(network)
+    grads, loss = assert_meta_gradient_matches_central_differences(network, theta, batch, eps=1e-6)
+    names = assert_cached_frozen_part_gives_the_same_meta_gradient(network, theta, batch, grads, loss,
+                                                                   meta_learned_from)
+    units = {network.unit_of(name) for name in names}
+    assert units == {*range(meta_learned_from, 3), None}  # units 1-2 are the tiny encoder's two layers
+    for name in (f"layers.{meta_learned_from - 1}.query.weight", f"layers.{meta_learned_from - 1}.output_norm.bias"):
+        assert grads[name].abs().max() > 1e-8, name  # the first meta-learned layer learns
+
+
+def test_cached_text_episodes_drop_the_padding_every_text_of_a_batch_has():
+    from fewshot_serve.data.episodes import ImageEpisodes
+    from fewshot_serve.data.text_datasets import TextClasses
+    from fewshot_serve.training.frozen_body import CachedEpisodes
+
+    network = tiny_encoder(adapt_from=2)
+    ids = F.pad(token_batch(12, 3, length=6), (0, 10))  # cached as if the dataset's longest text had 16 tokens
+    table = network.frozen_part(params_of(network), ids)
+    classes = TextClasses.of([(f"c{c}", f"c{c}", [f"text {c} {i}" for i in range(4)]) for c in range(3)])
+    sampler = ImageEpisodes(classes, None, 3, 1, 2)
+    trimmed = CachedEpisodes(sampler, table, per_token=True).sample(torch.Generator().manual_seed(0), 2, "cpu")
+    full = CachedEpisodes(sampler, table).sample(torch.Generator().manual_seed(0), 2, "cpu")
+    assert full.x_support.shape[2] == 16 and trimmed.x_support.shape[2] == 6  # the longest text: 6 tokens
+    for padded, short in ((full.x_support, trimmed.x_support), (full.x_query, trimmed.x_query)):
+        assert torch.equal(padded[:, :, :6], short) and not padded[:, :, 6:, -1].any()  # what was cut is padding
+        torch.testing.assert_close(network.adapted_part(params_of(network), short.flatten(0, 1)),
+                                   network.adapted_part(params_of(network), padded.flatten(0, 1)))
+
+
 @pytest.mark.parametrize("adapt_from, keeps_rates", [(2, True), (1, False)])
 def test_a_run_from_a_meta_learned_file_keeps_its_rates_only_for_the_same_adapted_layers(adapt_from, keeps_rates):
     from fewshot_serve.training.trainer import _network_from

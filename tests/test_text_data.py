@@ -113,6 +113,30 @@ def test_meta_training_on_a_text_dataset_writes_a_text_model(clinc, text_init, t
     assert len(adapted.classify(["refund money"])) == 1
 
 
+def test_meta_learning_from_a_unit_before_the_adapted_ones_trains_it_over_a_shorter_cache(clinc, text_init,
+                                                                                            tmp_path):
+    config = TrainConfig(out=tmp_path / "text.safetensors", algorithm="fomaml",
+                         data=DataSpec("clinc150", data_root=clinc), init=text_init, freeze_body=True,
+                         adapt_from=3, meta_learn_from=2, prototype_head=True, ways=2, shots=1, queries=2,
+                         meta_batch=2, iterations=3, val_every=3, val_episodes=4)
+    network, recipe = load_model(train(config, progress=False).model_path)
+    assert network.config()["adapt_from"] == 3  # serving adapts the head only, as before
+    trained, initial = dict(network.named_parameters()), dict(load_model(text_init)[0].named_parameters())
+    assert torch.equal(trained["layers.0.query.weight"], initial["layers.0.query.weight"])  # cached: frozen
+    assert not torch.equal(trained["layers.1.query.weight"], initial["layers.1.query.weight"])  # meta-learned
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"meta_learn_from": 2, "adapt_from": 2}, r"must be in \[1, --adapt-from\)"),
+    ({"meta_learn_from": 1, "adapt_from": 2, "data": DataSpec("omniglot")}, "for a text encoder"),
+    ({"meta_learn_from": 1, "adapt_from": 2, "centre_features": True}, "not with --meta-learn-from"),
+])
+def test_meta_learn_from_refuses_what_it_cannot_do(clinc, text_init, tmp_path, options, message):
+    settings = {"freeze_body": True, "data": DataSpec("clinc150", data_root=clinc), **options}
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(out=tmp_path / "x.safetensors", init=text_init, **settings)
+
+
 def test_text_datasets_need_a_text_model_and_the_cached_body(clinc, text_init, colour_model, tmp_path):
     with pytest.raises(ValueError, match="--freeze-body"):
         TrainConfig(out=tmp_path / "x.safetensors", data=DataSpec("clinc150", data_root=clinc), init=text_init)

@@ -173,11 +173,24 @@ class BertEncoder(PooledFeatureClassifier):
         return (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
     def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.frozen_part_from(params, self.units_before(params, x, self.adapt_from), self.adapt_from)
+
+    def units_before(self, params: dict[str, Tensor], x: Tensor, unit: int) -> Tensor:
+        """Units ``0 .. unit - 1`` on token ids ``x``: per token, the attention mask as the last channel
+        (``[n, L, hidden + 1]``). What ``train --meta-learn-from UNIT`` caches once per text."""
+        if not 1 <= unit <= self.adapt_from:
+            raise ValueError(f"the units before {unit}: it must be in [1, adapt_from = {self.adapt_from}]")
         mask = (x != PAD_ID).to(params["words.weight"].dtype)
-        h = self._layers(params, self.embed_tokens(params, x), mask, range(self.adapt_from - 1))
-        if self.adapt_from == self.head_only_adapt_from:
-            return self.mean_pool(h, mask)
+        h = self._layers(params, self.embed_tokens(params, x), mask, range(unit - 1))
         return torch.cat([h, mask.unsqueeze(-1)], dim=-1)
+
+    def frozen_part_from(self, params: dict[str, Tensor], h: Tensor, unit: int) -> Tensor:
+        """The rest of the frozen part, units ``unit .. adapt_from - 1``, on :meth:`units_before` ``(unit)``."""
+        x, mask = h[..., :-1], h[..., -1]
+        x = self._layers(params, x, mask, range(unit - 1, self.adapt_from - 1))
+        if self.adapt_from == self.head_only_adapt_from:
+            return self.mean_pool(x, mask)
+        return torch.cat([x, mask.unsqueeze(-1)], dim=-1)
 
     def pooled_features(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         if self.adapt_from == self.head_only_adapt_from:  # the frozen part already pooled

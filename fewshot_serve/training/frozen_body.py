@@ -7,6 +7,11 @@ inner loop and the meta-gradient on those cached outputs only. For the photo mod
 head-only inner loop) that makes a task cost a few small matrix products instead of a forward and
 backward pass through the whole backbone. The price: no photo augmentation of the training
 classes, since the cache holds each image once.
+
+A text encoder can also meta-learn layers the inner loop does not adapt (``--meta-learn-from
+UNIT``): only the units before UNIT are cached, and the outer loop trains the units from UNIT up to
+the first adapted one as well. The inner loop still runs them once per task (they are not fast
+weights), so serving is unchanged; what grows is what meta-training may change.
 """
 
 from __future__ import annotations
@@ -30,14 +35,26 @@ class AdaptedPart:
     """``network`` from its frozen part's output on: the meta-parameters are those outside the frozen part.
 
     A view, not a copy: it shares ``network``'s parameter tensors (updating one updates the other)
-    and answers everything but the four methods below from ``network`` itself, so what is
+    and answers everything but the methods below from ``network`` itself, so what is
     meta-learned here is exactly what the whole network serves. Its input is the frozen part's
-    output, so its own frozen part is the identity and its forward is ``network.adapted_part``.
+    output, so its own frozen part is the identity (or, with ``meta_learned_from``, the frozen units
+    from there on) and its forward is ``network.adapted_part`` after it.
     """
 
-    def __init__(self, network: MetaNetwork) -> None:
-        self.whole = network
-        self._names = [name for name, _ in network.named_parameters() if not network.in_frozen_part(name)]
+    def __init__(self, network: MetaNetwork, meta_learned_from: int | None = None) -> None:
+        """``meta_learned_from``: the first unit the outer loop trains (a text encoder's, before its
+        ``adapt_from``); None: the first adapted one, so everything before it is cached."""
+        if meta_learned_from is not None and not hasattr(network, "frozen_part_from"):
+            raise ValueError(f"meta-learning units the inner loop does not adapt over a cache: a text encoder's "
+                             f"only, not {type(network).__name__}'s")
+        self.whole, self.meta_learned_from = network, meta_learned_from
+
+        def meta_learned(name: str) -> bool:
+            unit = getattr(network, "unit_of", lambda _: None)(name)
+            cached = network.in_frozen_part(name) and (meta_learned_from is None or unit < meta_learned_from)
+            return not cached
+
+        self._names = [name for name, _ in network.named_parameters() if meta_learned(name)]
 
     def __getattr__(self, name: str) -> Any:  # only called for what this class does not define
         return getattr(self.whole, name)
@@ -50,12 +67,21 @@ class AdaptedPart:
         return (param for _, param in self.named_parameters())
 
     def frozen_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        return h
+        if self.meta_learned_from is None:
+            return h
+        return self.whole.frozen_part_from(params, h, self.meta_learned_from)
+
+    def cached_input(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """What the cache holds for input ``x``: the whole network's output before the first meta-learned unit."""
+        if self.meta_learned_from is None:
+            return self.whole.frozen_part(params, x)
+        return self.whole.units_before(params, x, self.meta_learned_from)
 
     def apply_params(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.whole.adapted_part(params, h, n_ref)
+        return self.whole.adapted_part(params, self.frozen_part(params, h), n_ref)
 
-    adapted_part = apply_params
+    def adapted_part(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
+        return self.whole.adapted_part(params, h, n_ref)
 
     def in_frozen_part(self, name: str) -> bool:
         return False
@@ -83,14 +109,18 @@ def per_image(compute: Callable[[Tensor], Tensor], network: MetaNetwork, images:
 
 def cache_frozen_part(network: MetaNetwork, classes: ImageClasses | TextClasses,
                       preprocessing: Preprocessing | TextPreprocessing, device: torch.device,
-                      bf16: bool = False) -> Tensor:
+                      bf16: bool = False, part: AdaptedPart | None = None) -> Tensor:
     """The frozen part's output for every image (or text) of ``classes`` (what ``--freeze-body``
     meta-learns on); ``bf16``: computed under bfloat16 autocast, as ``load(..., bf16=True)`` serves
-    it, kept in float32."""
+    it, kept in float32; ``part``: the meta-learned part, whose :meth:`~AdaptedPart.cached_input` is
+    cached instead (texts only)."""
     params = network.at_step(dict(network.named_parameters()), 0)
     if isinstance(classes, TextClasses):
-        return per_text(lambda ids: network.frozen_part(params, ids.to(device)).float().cpu(), network, classes.texts,
+        cached = network.frozen_part if part is None else part.cached_input
+        return per_text(lambda ids: cached(params, ids.to(device)).float().cpu(), network, classes.texts,
                         preprocessing, "caching the frozen part")
+    if part is not None and part.meta_learned_from is not None:
+        raise ValueError("only a text encoder meta-learns units it does not adapt over a cache")
 
     def frozen_part(x: Tensor) -> Tensor:
         if not bf16:
@@ -113,10 +143,11 @@ def per_text(compute: Callable[[Tensor], Tensor], network: MetaNetwork, texts: l
 class CachedEpisodes:
     """``sampler``'s episodes with each image replaced by its cached frozen-part output."""
 
-    def __init__(self, sampler: ImageEpisodes, table: Tensor) -> None:
+    def __init__(self, sampler: ImageEpisodes, table: Tensor, per_token: bool = False) -> None:
+        """``per_token``: ``table`` holds texts' per-token outputs, the attention mask as the last channel."""
         if sampler.rotations != 1:
             raise ValueError("cached episodes cannot rotate images")
-        self.sampler, self.table, self.ways = sampler, table, sampler.ways
+        self.sampler, self.table, self.ways, self.per_token = sampler, table, sampler.ways, per_token
 
     def sample(self, generator: torch.Generator, tasks: int, device: torch.device | str) -> TaskBatch:
         shots, ways = self.sampler.shots, self.ways
@@ -128,5 +159,14 @@ class CachedEpisodes:
         labels = torch.arange(ways)
         ys = labels.repeat_interleave(shots).expand(tasks, -1)
         yq = labels.repeat_interleave(self.sampler.queries).expand(tasks, -1)
-        return TaskBatch(torch.stack(support).to(device), ys.to(device), torch.stack(query).to(device), yq.to(device),
-                         ways)
+        xs, xq = torch.stack(support), torch.stack(query)
+        if self.per_token:
+            xs, xq = _without_padding(xs, xq)
+        return TaskBatch(xs.to(device), ys.to(device), xq.to(device), yq.to(device), ways)
+
+
+def _without_padding(support: Tensor, query: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-token text outputs (the mask as the last channel) cut to the batch's longest text: the cache
+    pads every text to the longest of the dataset, and each layer would attend over that padding."""
+    length = int(torch.cat([support[..., -1].sum(-1).flatten(), query[..., -1].sum(-1).flatten()]).max())
+    return support[:, :, :length], query[:, :, :length]

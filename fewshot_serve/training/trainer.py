@@ -67,6 +67,10 @@ class TrainConfig:
     freeze_body: bool = setting(False, "with --init and --adapt-from > 0: meta-learn only the adapted blocks, head "
                                        "and temperature, on the frozen blocks' output cached once per image (much "
                                        "faster; no augmentation)")
+    meta_learn_from: int | None = setting(None, "text, with --freeze-body: the outer loop also trains the units from "
+                                                "UNIT up to --adapt-from (the inner loop still adapts from "
+                                                "--adapt-from), caching only the units before UNIT (bert: 1-6)",
+                                          metavar="UNIT")
     centre_features: bool = setting(False, "with a pretrained ResNet-12 or an imported backbone as --init: subtract "
                                            "the training classes' mean feature (measured once, stored in the model "
                                            "file) before normalizing (SimpleShot's CL2N)")
@@ -124,6 +128,15 @@ class TrainConfig:
                              "import-text-encoder`) and --freeze-body, on the encoder's cached output")
         if self.freeze_body and (self.init is None or self.adapt_from == 0):
             raise ValueError("--freeze-body needs --init and --adapt-from > 0 (the frozen part must exist)")
+        if self.meta_learn_from is not None:
+            if not self.freeze_body or self.data.dataset not in TEXT_DATASETS:
+                raise ValueError("--meta-learn-from is for a text encoder meta-learned with --freeze-body")
+            if not 1 <= self.meta_learn_from < self.adapt_from:
+                raise ValueError(f"--meta-learn-from must be in [1, --adapt-from) = [1, {self.adapt_from}), got "
+                                 f"{self.meta_learn_from} (from --adapt-from on, the outer loop trains already)")
+            if self.centre_features:
+                raise ValueError("--centre-features measures the centre on the frozen part's cached output: not "
+                                 "with --meta-learn-from, which trains part of it")
         if self.centre_features and self.init is None:
             raise ValueError("--centre-features needs --init with a pretrained ResNet-12 (`fewshot-serve pretrain`)")
         if self.prototype_head and self.init is None:
@@ -293,9 +306,12 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
     network.to(device)
     learned, cached = network, {}  # learned: what the outer loop updates and validation adapts
     if config.freeze_body:
-        learned = AdaptedPart(network)
-        cached = {split: cache_frozen_part(network, splits[split], preprocessing, device) for split in ("train", "val")}
-        train_tasks, val_tasks = (CachedEpisodes(sample(split, False), cached[split]) for split in ("train", "val"))
+        learned = AdaptedPart(network, config.meta_learn_from)
+        cached = {split: cache_frozen_part(network, splits[split], preprocessing, device, part=learned)
+                  for split in ("train", "val")}
+        per_token = network.input_kind == "text" and cached["train"].dim() == 3
+        train_tasks, val_tasks = (CachedEpisodes(sample(split, False), cached[split], per_token)
+                                  for split in ("train", "val"))
     if config.centre_features:
         centre_on_training_classes(network, splits["train"], preprocessing, device, cached.get("train"))
     inner = InnerLoop(config.inner_lrs, config.train_steps, config.test_steps)
