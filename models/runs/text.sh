@@ -20,6 +20,17 @@ fewshot-serve train --algorithm maml --dataset clinc150 --init minilm.safetensor
   --checkpoint-every 50 --out text-clinc.safetensors
 fewshot-serve store text-clinc.safetensors --dtype int8 --out "$here/../text-minilm.safetensors"
 
+#    Tried, not shipped (see the card): 19-way training tasks (all the validation intents per validation task),
+#    1.6 s an outer step; best validation at iteration 150, then 96.10% on the 600 15-way validation episodes
+#    against 96.25% for text-clinc.safetensors (float32, the shipped file before int8).
+fewshot-serve train --algorithm maml --dataset clinc150 --init minilm.safetensors \
+  --freeze-body --adapt-from 6 --prototype-head --learned-lrs --ways 19 --shots 1 --queries 5 --train-steps 1 \
+  --inner-lrs 0.05 --meta-lr 1e-4 --meta-batch 4 --iterations 300 --val-every 50 --val-episodes 200 \
+  --checkpoint-every 50 --out text-clinc-19way.safetensors
+for model in text-clinc.safetensors text-clinc-19way.safetensors; do
+  fewshot-serve evaluate "$model" --dataset clinc150 --split val --ways 15 --shots 1 --episodes 600
+done
+
 #    The ablation's head-only model (text-minilm before 2026-12-04): MAML of the centred Proto-MAML head alone.
 fewshot-serve train --algorithm maml --dataset clinc150 --init minilm.safetensors --freeze-body --adapt-from 7 \
   --prototype-head --centre-features --learned-lrs --ways 5 --shots 1 --queries 15 --train-steps 2 --inner-lrs 0.5 \
@@ -46,6 +57,15 @@ for model in "$here/../text-minilm-sentiment.safetensors" text-arsc-more.safeten
   fewshot-serve evaluate "$model" --dataset arsc --split val --images-per-class 250 --ways 2 --shots 5 --queries 10 \
     --episodes 600
 done
+
+#    3c. In progress, not shipped: from the shipped sentiment file, layers 4-5 meta-learned too (--meta-learn-from
+#    4; the inner loop still adapts the last layer and the head), over a cache of the first three layers'
+#    output; 3.7 s an outer step. Validation 77.72 / 78.95 / 79.68% at iterations 50 / 100 / 150 (the best),
+#    79.67% at 350, 77.13% at 400; its test figure is not measured yet.
+fewshot-serve train --algorithm fomaml --dataset arsc --images-per-class 100 --init "$here/../text-minilm-sentiment.safetensors" \
+  --freeze-body --adapt-from 6 --meta-learn-from 4 --prototype-head --learned-lrs --ways 2 --shots 5 --queries 10 \
+  --train-steps 1 --inner-lrs 0.05 --meta-lr 1e-4 --meta-batch 4 --iterations 400 --val-every 50 --val-episodes 200 \
+  --checkpoint-every 25 --out text-arsc-deeper.safetensors
 
 # 4. Held-out figures (the same episodes for every model: evaluate's default seed).
 for model in minilm.safetensors text-clinc-head.safetensors text-clinc.safetensors text-arsc.safetensors; do
