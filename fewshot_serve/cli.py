@@ -250,9 +250,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     if recipe.input_kind == "text":  # scored on the encoder's output cached once per text, as it meta-learns
         from .training.frozen_body import AdaptedPart, CachedEpisodes, cache_frozen_part
 
-        table = cache_frozen_part(network, classes, preprocessing, device)
-        sampler = CachedEpisodes(sampler, table, per_token=table.dim() == 3)
-        network = AdaptedPart(network)
+        part = AdaptedPart(network)
+        sampler = CachedEpisodes(sampler, cache_frozen_part(network, classes, preprocessing, device, part=part),
+                                 per_token=part.caches_tokens)
+        network = part
     steps = recipe.test_steps if args.test_steps is None else args.test_steps
     result = evaluate_episodes(network, sampler, tuple(recipe.inner_lrs), steps, args.episodes, args.seed, device,
                                progress=True)

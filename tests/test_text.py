@@ -157,9 +157,12 @@ def test_meta_learning_layers_the_inner_loop_does_not_adapt_over_a_shorter_cache
 def test_cached_text_episodes_drop_the_padding_every_text_of_a_batch_has():
     from fewshot_serve.data.episodes import ImageEpisodes
     from fewshot_serve.data.text_datasets import TextClasses
-    from fewshot_serve.training.frozen_body import CachedEpisodes
+    from fewshot_serve.training.frozen_body import AdaptedPart, CachedEpisodes
 
     network = tiny_encoder(adapt_from=2)
+    head_only = tiny_encoder(adapt_from=3)  # its frozen part ends pooled, unless layers are meta-learned
+    assert AdaptedPart(network).caches_tokens and AdaptedPart(head_only, 2).caches_tokens
+    assert not AdaptedPart(head_only).caches_tokens
     ids = F.pad(token_batch(12, 3, length=6), (0, 10))  # cached as if the dataset's longest text had 16 tokens
     table = network.frozen_part(params_of(network), ids)
     classes = TextClasses.of([(f"c{c}", f"c{c}", [f"text {c} {i}" for i in range(4)]) for c in range(3)])

@@ -173,7 +173,9 @@ class BertEncoder(PooledFeatureClassifier):
         return (x * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
 
     def frozen_part(self, params: dict[str, Tensor], x: Tensor, n_ref: int | None = None) -> Tensor:
-        return self.frozen_part_from(params, self.units_before(params, x, self.adapt_from), self.adapt_from)
+        mask = (x != PAD_ID).to(params["words.weight"].dtype)
+        h = self._layers(params, self.embed_tokens(params, x), mask, range(self.adapt_from - 1))
+        return self._frozen_output(h, mask)
 
     def units_before(self, params: dict[str, Tensor], x: Tensor, unit: int) -> Tensor:
         """Units ``0 .. unit - 1`` on token ids ``x``: per token, the attention mask as the last channel
@@ -187,10 +189,14 @@ class BertEncoder(PooledFeatureClassifier):
     def frozen_part_from(self, params: dict[str, Tensor], h: Tensor, unit: int) -> Tensor:
         """The rest of the frozen part, units ``unit .. adapt_from - 1``, on :meth:`units_before` ``(unit)``."""
         x, mask = h[..., :-1], h[..., -1]
-        x = self._layers(params, x, mask, range(unit - 1, self.adapt_from - 1))
+        return self._frozen_output(self._layers(params, x, mask, range(unit - 1, self.adapt_from - 1)), mask)
+
+    def _frozen_output(self, h: Tensor, mask: Tensor) -> Tensor:
+        """The frozen part's output from its last unit's token features: pooled for a head-only inner
+        loop, else per token with the mask as the last channel."""
         if self.adapt_from == self.head_only_adapt_from:
-            return self.mean_pool(x, mask)
-        return torch.cat([x, mask.unsqueeze(-1)], dim=-1)
+            return self.mean_pool(h, mask)
+        return torch.cat([h, mask.unsqueeze(-1)], dim=-1)
 
     def pooled_features(self, params: dict[str, Tensor], h: Tensor, n_ref: int | None = None) -> Tensor:
         if self.adapt_from == self.head_only_adapt_from:  # the frozen part already pooled

@@ -49,12 +49,19 @@ class AdaptedPart:
                              f"only, not {type(network).__name__}'s")
         self.whole, self.meta_learned_from = network, meta_learned_from
 
-        def meta_learned(name: str) -> bool:
-            unit = getattr(network, "unit_of", lambda _: None)(name)
-            cached = network.in_frozen_part(name) and (meta_learned_from is None or unit < meta_learned_from)
-            return not cached
+        def cached(name: str) -> bool:
+            return network.in_frozen_part(name) and (meta_learned_from is None
+                                                     or network.unit_of(name) < meta_learned_from)
 
-        self._names = [name for name, _ in network.named_parameters() if meta_learned(name)]
+        self._names = [name for name, _ in network.named_parameters() if not cached(name)]
+
+    @property
+    def caches_tokens(self) -> bool:
+        """Whether :meth:`cached_input` is per token (texts; the mask as the last channel), which
+        :class:`CachedEpisodes` then cuts to each batch's longest text."""
+        whole = self.whole
+        per_token_frozen_part = whole.input_kind == "text" and whole.adapt_from < whole.head_only_adapt_from
+        return self.meta_learned_from is not None or per_token_frozen_part
 
     def __getattr__(self, name: str) -> Any:  # only called for what this class does not define
         return getattr(self.whole, name)
@@ -119,8 +126,6 @@ def cache_frozen_part(network: MetaNetwork, classes: ImageClasses | TextClasses,
         cached = network.frozen_part if part is None else part.cached_input
         return per_text(lambda ids: cached(params, ids.to(device)).float().cpu(), network, classes.texts,
                         preprocessing, "caching the frozen part")
-    if part is not None and part.meta_learned_from is not None:
-        raise ValueError("only a text encoder meta-learns units it does not adapt over a cache")
 
     def frozen_part(x: Tensor) -> Tensor:
         if not bf16:

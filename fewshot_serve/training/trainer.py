@@ -309,8 +309,7 @@ def _train(config: TrainConfig, progress: bool, device: torch.device, shard: Sha
         learned = AdaptedPart(network, config.meta_learn_from)
         cached = {split: cache_frozen_part(network, splits[split], preprocessing, device, part=learned)
                   for split in ("train", "val")}
-        per_token = network.input_kind == "text" and cached["train"].dim() == 3
-        train_tasks, val_tasks = (CachedEpisodes(sample(split, False), cached[split], per_token)
+        train_tasks, val_tasks = (CachedEpisodes(sample(split, False), cached[split], learned.caches_tokens)
                                   for split in ("train", "val"))
     if config.centre_features:
         centre_on_training_classes(network, splits["train"], preprocessing, device, cached.get("train"))
