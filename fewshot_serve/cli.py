@@ -1,5 +1,5 @@
 """``fewshot-serve``: the command line (import-backbone, import-text-encoder, pretrain, train, evaluate, export-onnx,
-set-steps, store, ensemble, calibrate-unknown, hash-password)."""
+set-steps, store, ensemble, calibrate, calibrate-unknown, hash-password)."""
 
 from __future__ import annotations
 
@@ -124,6 +124,21 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--episodes", type=int, default=300, help="episodes per shot count (default 300)")
     _add_data_flags(calibrate, skip=("dataset", "download", "image_size", "channels", "split_seed"))
     calibrate.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
+    probabilities = commands.add_parser("calibrate", help="copy a model file with its probabilities calibrated: "
+                                        "a softmax temperature per shot count and the 'unsure' level, fitted on "
+                                        "validation classes")
+    probabilities.add_argument("model", type=Path)
+    probabilities.add_argument("--split", choices=("val", "train", "none"), default="val",
+                               help="the model's own dataset's classes to fit on (default val; none: --folder only)")
+    probabilities.add_argument("--folder", type=Path, action="append", default=[],
+                               help="also fit on every class of this folder of class folders (repeatable; e.g. "
+                                    "a collection kept for choosing models, never a test set)")
+    probabilities.add_argument("--ways", type=int, default=5)
+    probabilities.add_argument("--shots", type=int, nargs="+", default=[1, 5],
+                               help="shot counts to fit (others are interpolated; default 1 5)")
+    probabilities.add_argument("--episodes", type=int, default=300, help="episodes per shot count and source")
+    _add_data_flags(probabilities, skip=("dataset", "download", "image_size", "channels", "split_seed"))
+    probabilities.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
     hashing = commands.add_parser("hash-password", help="print an auth-file line with a hashed password for USER")
     hashing.add_argument("user")
     return parser
@@ -209,6 +224,29 @@ def run_calibrate_unknown(args: argparse.Namespace, argv: Sequence[str]) -> int:
                                args.episodes, data_root=args.data_root, images_per_class=args.images_per_class,
                                command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), **recipe.unknown_calibration}))
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from .data.datasets import load_folder_tree
+    from .data.sources import TEXT_DATASETS, load_splits
+    from .files.model_file import load_model
+    from .training.probability_calibration import EpisodeSource, calibrate_probabilities
+
+    network, recipe = load_model(args.model)
+    preprocessing = recipe.input_preprocessing()
+    sources = [EpisodeSource.of(folder.name, network, load_folder_tree(folder, preprocessing, args.images_per_class),
+                                preprocessing) for folder in args.folder]
+    if args.split != "none":
+        spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed,
+                        images_per_class=args.images_per_class)
+        within_group = TEXT_DATASETS.get(recipe.dataset, (None, False))[1]
+        classes = load_splits(spec, preprocessing)[args.split]
+        sources.insert(0, EpisodeSource.of(f"{recipe.dataset} {args.split} classes", network, classes,
+                                           preprocessing, within_group))
+    recipe = calibrate_probabilities(args.model, args.out, sources, args.ways, tuple(args.shots), args.episodes,
+                                     command="fewshot-serve " + shlex.join(argv))
+    print(json.dumps({"model": str(args.out), **recipe.probability_calibration}))
     return 0
 
 
@@ -305,6 +343,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_store(args, argv)
         if args.command == "ensemble":
             return run_ensemble(args, argv)
+        if args.command == "calibrate":
+            return run_calibrate(args, argv)
         if args.command == "calibrate-unknown":
             return run_calibrate_unknown(args, argv)
         if args.command == "hash-password":

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .calibration import per_shot_count
 from .networks.base import class_mean_features
 
 #: What the recipe's ``unknown_calibration["score"]`` names; a file calibrated for another score is refused.
@@ -47,13 +48,7 @@ def unknown_scores(features: Tensor, support_targets: Tensor, ways: int) -> Tens
 def threshold_for(calibration: Mapping[str, Any], shots: int) -> float:
     """The calibrated threshold for a support set whose smallest class has ``shots`` images:
     linear between the calibrated shot counts, the nearest one's beyond them."""
-    points = sorted((int(k), float(v)) for k, v in calibration["thresholds"].items())
-    if shots <= points[0][0]:
-        return points[0][1]
-    for (low, at_low), (high, at_high) in zip(points, points[1:]):
-        if shots <= high:
-            return at_low + (at_high - at_low) * (shots - low) / (high - low)
-    return points[-1][1]
+    return per_shot_count(calibration["thresholds"], shots)
 
 
 def calibration_problems(calibration: Mapping[str, Any]) -> list[str]:

@@ -45,7 +45,7 @@ def test_classify_endpoint_round_trip(server, glyph_files):
         assert verdict["label"] == (None if verdict["unknown"] else label) and verdict["unknown_score"] >= 0
     assessment = result["assessment"]  # two folds, each holding out one image of every class: six predictions
     assert assessment["held_out"] == 6 and sum(map(sum, assessment["confusion"])) == 6
-    assert assessment["summary"].startswith("About ") and len(assessment["interval"]) == 2
+    assert assessment["summary"].startswith("Likely ") and len(assessment["interval"]) == 2
 
 
 def test_classify_endpoint_serves_the_model_asked_for(server, glyph_files):

@@ -9,7 +9,14 @@ import torch
 from test_frozen_runtime import saved, task
 
 import fewshot_serve
-from fewshot_serve.serving.assessment import INTERVAL_WIDENING, MAX_FOLDS, Z_90, folds_of, wilson_interval
+from fewshot_serve.serving.assessment import (
+    INTERVAL_WIDENING,
+    MAX_FOLDS,
+    Z_90,
+    Assessment,
+    folds_of,
+    wilson_interval,
+)
 
 
 def plain_loop(model, support: dict) -> dict[tuple[str, str], int]:
@@ -44,7 +51,7 @@ def test_the_estimate_equals_a_plain_loop_of_adaptations_without_one_image_of_ea
     right = sum(n for (true, predicted), n in expected.items() if true == predicted)
     assert assessment.accuracy == pytest.approx(right / 6)
     assert assessment.per_class["c"] is None and assessment.not_estimable == ["c"]
-    assert "not estimable for 'c'" in assessment.summary()
+    assert "Not estimable for 'c'" in assessment.summary()
 
 
 def test_a_network_with_support_statistics_is_estimated_the_same_way(colour_model):
@@ -83,3 +90,14 @@ def test_the_wilson_interval():
     assert served == wilson_interval(8, 10, Z_90 * INTERVAL_WIDENING)
     # all right stays exactly 1 whatever the count and z (rounding once left it a hair under)
     assert all(wilson_interval(n, n, z)[1] == 1.0 for n in range(1, 60) for z in (1.0, 2.3, 3.1))
+
+
+def test_the_summary_states_a_range_what_it_rests_on_and_the_confusions():
+    clean = Assessment(["a", "b"], 1.0, (0.79, 1.0), {"a": 1.0, "b": 1.0}, [[10, 0], [0, 10]], 20, 10, 0.1)
+    assert clean.summary() == ("Likely 79–100% right on images like these (from 20 held-out support images). "
+                               "No confusions among them.")
+    mixed = Assessment(["husky", "wolf", "cat"], 0.75, (0.43, 0.93), {"husky": 0.5, "wolf": 1.0, "cat": None},
+                       [[1, 1, 0], [0, 2, 0], [0, 0, 0]], 4, 2, 0.1, noun="text")
+    assert mixed.summary() == ("Likely 43–93% right on texts like these (from 4 held-out support texts). "
+                               "'husky' and 'wolf' were confused: add texts of both. "
+                               "Not estimable for 'cat' (a single text each).")

@@ -232,8 +232,8 @@ def test_serving_adapts_exactly_as_the_trainer_with_the_learned_recipe(tmp_path,
                                     composable=False)
     served = model.adapt_tensors(x, y, ["a", "b", "c"])
     # the same inner loop to the last bit: the head after the last step depends on every earlier step
-    torch.testing.assert_close(served.network[-2].weight, adapted["head.weight"], rtol=0, atol=0)
-    torch.testing.assert_close(served.network[-2].bias, adapted["head.bias"], rtol=0, atol=0)
+    torch.testing.assert_close(served.network[0][-1].weight, adapted["head.weight"], rtol=0, atol=0)
+    torch.testing.assert_close(served.network[0][-1].bias, adapted["head.bias"], rtol=0, atol=0)
     # and the frozen classifier (norms folded, the last state's norm row) classifies as the trainer predicts
     queries = torch.randn(4, 1, 16, 16, generator=g)
     expected = predict(trainer_network, adapted, x, queries).softmax(-1)

@@ -92,7 +92,7 @@ def test_each_kind_shows_its_inputs_and_every_input_on_request(handlers):
 def test_the_results_table_shows_each_query_with_its_top_three_and_marks(handlers):
     image = draw_glyph(1, 1)
     sure = Prediction("a<b>", {"a<b>": 0.8, "b": 0.1, "c": 0.06, "d": 0.04}, 0.1, False)
-    split = Prediction("a<b>", {"a<b>": 0.4, "b": 0.35, "c": 0.25}, 0.1, False)
+    split = Prediction("a<b>", {"a<b>": 0.4, "b": 0.35, "c": 0.25}, 0.1, False, unsure=True)
     rejected = Prediction(None, {"a<b>": 0.7, "b": 0.3}, 9.0, True)
     table = results_html([QueryResult("one.png", image, sure), QueryResult("two.png", image, split),
                           QueryResult("<i>three</i>.png", image, rejected),

@@ -84,7 +84,7 @@ def test_predict_rejects_above_the_files_threshold(tmp_path):
     for prediction, score in zip(predictions, scores):
         assert prediction.unknown == (score > middle) and (prediction.label is None) == prediction.unknown
         assert prediction.unknown_score == pytest.approx(score, abs=1e-5)
-        assert set(prediction.to_dict()) == {"label", "probabilities", "unknown_score", "unknown"}
+        assert set(prediction.to_dict()) == {"label", "probabilities", "unknown_score", "unknown", "unsure"}
     assert 0 < sum(p.unknown for p in predictions) < len(predictions)
 
 
@@ -145,5 +145,6 @@ def test_the_page_marks_a_rejected_query_none_of_these_and_a_split_one_unsure():
     rejected = Prediction(None, {"a": 0.6, "b": 0.4}, 2.0, True)
     assert verdict_mark(rejected) == "none of these?"
     assert verdict_mark(dataclasses.replace(rejected, label="a", unknown=False)) == ""
-    split = Prediction("a", {"a": 0.45, "b": 0.35, "c": 0.2}, 0.1, False)
+    split = Prediction("a", {"a": 0.45, "b": 0.35, "c": 0.2}, 0.1, False, unsure=True)
     assert verdict_mark(split) == "unsure"
+    assert verdict_mark(dataclasses.replace(rejected, unsure=True)) == "none of these?"  # rejection comes first

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..calibration import calibration_problems as probability_calibration_problems
 from ..inner_loop import ALGORITHMS, InnerLoop
 from ..networks import ARCHITECTURES, MetaNetwork, build_network, config_problems
 from ..networks.config_checks import MAX_STEPS, is_int
@@ -68,6 +69,9 @@ class Recipe:
     #: "none of these": the score's thresholds per shot count and how they were calibrated
     #: (:mod:`fewshot_serve.unknown`; ``fewshot-serve calibrate-unknown``); empty: not calibrated
     unknown_calibration: dict[str, Any] = field(default_factory=dict)
+    #: the softmax temperatures per shot count and the "unsure" level, and what they were fitted on
+    #: (:mod:`fewshot_serve.calibration`; ``fewshot-serve calibrate``); empty: temperature 1
+    probability_calibration: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -207,6 +211,7 @@ def _build_network(recipe: Recipe, path: Path) -> MetaNetwork:
 
 def _recipe_problems(recipe: Recipe) -> list[str]:
     problems = calibration_problems(recipe.unknown_calibration)
+    problems += probability_calibration_problems(recipe.probability_calibration)
     if not is_int(recipe.train_steps, 0, MAX_STEPS) or not is_int(recipe.test_steps, 0, MAX_STEPS):
         problems.append(f"step counts must be integers in [0, {MAX_STEPS}]")
     lrs = recipe.inner_lrs

@@ -143,7 +143,10 @@ class MetaNetwork(nn.Module):
         return torch.cat(list(parts))
 
     def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
-        """The adapted classifier as a plain eval-mode network, images -> probabilities (serving, ONNX)."""
+        """The adapted classifier as a plain eval-mode network, images -> logits (serving, ONNX).
+
+        Logits, not probabilities: serving appends the model file's calibrated softmax
+        (:class:`~fewshot_serve.calibration.CalibratedSoftmax`), the same for every network."""
         raise NotImplementedError(f"{type(self).__name__} does not classify images")
 
     def in_frozen_part(self, name: str) -> bool:
@@ -296,12 +299,12 @@ class PooledFeatureClassifier(SharedHeadClassifier):
 
     @torch.no_grad()
     def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
-        """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX).
+        """The adapted classifier as a plain eval-mode network, images -> logits (exports to ONNX).
 
         The result computes what :func:`~fewshot_serve.inner_loop.predict` does, one image at a
         time, with one convolution per layer (:meth:`folded_features`), then the adapted head.
         """
-        folded = nn.Sequential(*self.folded_features(params, x_support), folded_head(params), nn.Softmax(dim=-1))
+        folded = nn.Sequential(*self.folded_features(params, x_support), folded_head(params))
         return folded.eval().to(memory_format=torch.channels_last)
 
 

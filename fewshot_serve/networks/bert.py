@@ -219,7 +219,7 @@ class BertEncoder(PooledFeatureClassifier):
 
     @torch.no_grad()
     def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
-        """The adapted classifier as one eval-mode module, token ids -> probabilities. Nothing to fold
+        """The adapted classifier as one eval-mode module, token ids -> logits. Nothing to fold
         (a transformer has no norm statistics): it computes :meth:`apply_params` with the adapted weights."""
         return AdaptedText(self, {name: value.detach() for name, value in params.items()}).eval()
 
@@ -232,4 +232,4 @@ class AdaptedText(nn.Module):
         self.encoder, self.params = encoder, params
 
     def forward(self, ids: Tensor) -> Tensor:
-        return torch.softmax(self.encoder.apply_params(self.params, ids), dim=-1)
+        return self.encoder.apply_params(self.params, ids)

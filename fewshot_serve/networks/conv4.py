@@ -103,7 +103,7 @@ class Conv4(SharedHeadClassifier):
 
     @torch.no_grad()
     def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Sequential:
-        """The adapted classifier as a plain eval-mode network ending in softmax.
+        """The adapted classifier as a plain eval-mode network, images -> logits.
 
         Each BatchNorm, with the support statistics under ``params``, is folded into the
         convolution before it, so the result computes exactly what
@@ -130,6 +130,6 @@ class Conv4(SharedHeadClassifier):
         head = skip_init(nn.Linear, self.feature_dim, params["head.weight"].shape[0], device=x.device, dtype=x.dtype)
         head.weight.copy_(params["head.weight"])
         head.bias.copy_(params["head.bias"])
-        folded = nn.Sequential(*layers, nn.Flatten(), head, nn.Softmax(dim=-1)).eval()
+        folded = nn.Sequential(*layers, nn.Flatten(), head).eval()
         # channels-last: 2.6x faster classification on CPU, mostly from max-pooling (benchmarks/adapt_latency.py)
         return folded.to(memory_format=torch.channels_last)

@@ -129,10 +129,10 @@ class FeatureEnsemble(SharedHeadClassifier):
 
     @torch.no_grad()
     def fold(self, params: dict[str, Tensor], x_support: Tensor) -> nn.Module:
-        """The adapted classifier as a plain eval-mode network ending in softmax (exports to ONNX)."""
+        """The adapted classifier as a plain eval-mode network, images -> logits (exports to ONNX)."""
         bodies = [member.folded_features(self._member_params(params, i), x_support)
                   for i, member in enumerate(self.members)]
-        folded = nn.Sequential(ConcatenatedFeatures(bodies), folded_head(params), nn.Softmax(dim=-1))
+        folded = nn.Sequential(ConcatenatedFeatures(bodies), folded_head(params))
         return folded.eval().to(memory_format=torch.channels_last)
 
 

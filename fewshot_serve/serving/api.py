@@ -8,8 +8,9 @@ An upload's path to a prediction::
       -> OnnxFrozenPart                             frozen_runtime.py: on a CPU, the layers the inner
                                                     loop leaves alone, in onnxruntime, once per image
       -> inner_loop.adapt                           inner_loop.py: the same SGD steps as meta-training
-    AdaptedClassifier.classify(queries)             this file: frozen part, adapted part, softmax; or
+    AdaptedClassifier.classify(queries)             this file: frozen part, adapted part; or
       -> MetaNetwork.fold                           networks/: adapted weights + norms folded in (torch, ONNX)
+      -> CalibratedSoftmax                          calibration.py: the file's temperature for this shot count
     AdaptedClassifier.predict(queries)              this file: the top class, or "none of these"
       -> unknown_scores                             unknown.py: distance to the nearest class mean
 
@@ -33,6 +34,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..calibration import CalibratedSoftmax, temperature_for, unsure_below
 from ..devices import bf16_available, pick_device
 from ..files.model_file import Recipe, load_model
 from ..inner_loop import Adaptation, adapt
@@ -201,10 +203,12 @@ class Prediction:
     probabilities: dict[str, float]  # over the classes, in the order of ``labels``; sums to 1
     unknown_score: float  # distance to the nearest class mean (unknown.py): larger is less like any class
     unknown: bool  # the score is above the model file's calibrated threshold (always False without reject_unknown)
+    #: the top probability is below the model file's "unsure" level (calibration.py): worth a second look
+    unsure: bool = False
 
     def to_dict(self) -> dict:
         return {"label": self.label, "probabilities": self.probabilities, "unknown_score": self.unknown_score,
-                "unknown": self.unknown}
+                "unknown": self.unknown, "unsure": self.unsure}
 
 
 def validate_support(support: Mapping[str, Sequence[Example]], noun: str = "image") -> list[str]:
@@ -271,12 +275,23 @@ class AdaptedClassifier:
         return outputs[len(h_keep):].argmax(1).cpu()
 
     @cached_property
+    def softmax(self) -> CalibratedSoftmax:
+        """Logits -> probabilities at the model file's temperature for this support set's smallest class."""
+        calibration = self.model.recipe.probability_calibration
+        return CalibratedSoftmax(temperature_for(calibration, int(torch.bincount(self.support_targets).min())))
+
+    @property
+    def unsure_below(self) -> float:
+        """The top probability below which an answer is marked "unsure" (the model file's calibrated level)."""
+        return unsure_below(self.model.recipe.probability_calibration)
+
+    @cached_property
     def network(self) -> nn.Sequential:
-        """The adapted classifier as one plain eval-mode network, images -> probabilities (its last
-        layer the softmax): what torch classifies with and ONNX exports. Built on first use, since
-        folding a backbone's weights costs about as much as the inner loop, and a model whose frozen
-        part runs in onnxruntime classifies without it."""
-        return self.model.network.fold(self.params, self.support_images)
+        """The adapted classifier as one plain eval-mode network, images -> probabilities: the folded
+        network (images -> logits), then :attr:`softmax`. What torch classifies with and ONNX exports.
+        Built on first use, since folding a backbone's weights costs about as much as the inner loop,
+        and a model whose frozen part runs in onnxruntime classifies without it."""
+        return nn.Sequential(self.model.network.fold(self.params, self.support_images), self.softmax)
 
     def probabilities(self, x: Tensor) -> Tensor:
         """Preprocessed input (float images ``[n, C, S, S]`` or token ids ``[n, L]``) -> ``[n, ways]``."""
@@ -285,15 +300,15 @@ class AdaptedClassifier:
             # the frozen part by onnxruntime (or a text's in batches of similar length), the rest unfolded
             h = self.model._frozen_part(x.to(device))
             with torch.inference_mode():
-                return torch.softmax(self.model.network.adapted_part(self.params, h), dim=-1)
+                return self.softmax(self.model.network.adapted_part(self.params, h))
         x = x.to(device)
         x = x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x
         with torch.inference_mode():
             if not self.model.bf16:
                 return self.network(x)
             with torch.autocast(device.type, dtype=torch.bfloat16):
-                logits = self.network[:-1](x)
-            return self.network[-1](logits.float())  # the softmax in float32: rows sum to 1
+                logits = self.network[0](x)
+            return self.softmax(logits.float())  # the softmax in float32: rows sum to 1
 
     def classify(self, queries: Sequence[Example]) -> list[dict[str, float]]:
         """Class probabilities (summing to 1) for each query (an image, or a text), in the order of ``labels``."""
@@ -318,13 +333,14 @@ class AdaptedClassifier:
             h = self.model.network.join_frozen([self.support_features, h_query])
             features = self.model.network.head_input(self.params, h, n_ref=n_support)
             logits = self.model.network.head_logits(self.params, features[n_support:])
-            probabilities = torch.softmax(logits, dim=-1)
+            probabilities = self.softmax(logits)
             scores = unknown_scores(features, self.support_targets, len(self.labels))
         predictions = []
         for row, score in zip(probabilities.tolist(), scores.tolist()):
             unknown = score > threshold
             label = None if unknown else self.labels[max(range(len(row)), key=row.__getitem__)]
-            predictions.append(Prediction(label, dict(zip(self.labels, row)), score, unknown))
+            predictions.append(Prediction(label, dict(zip(self.labels, row)), score, unknown,
+                                          max(row) < self.unsure_below))
         return predictions
 
     @property

@@ -63,20 +63,27 @@ class Assessment:
         return sorted(pairs, key=lambda pair: -pair[2])[:top]
 
     def summary(self) -> str:
-        """One sentence for a person: the estimate, its margin, and what to add."""
+        """A few sentences for a person: the range the accuracy likely lies in, what it rests on, and what to add.
+
+        A range, not "about x% ± m": the interval is lopsided near 100% ([0.79, 1.0] read as "100% ± 10"
+        promised more than the queries then scored), and its two ends are what a reader can act on.
+        """
         if self.accuracy is None:
             return (f"No estimate: every class has a single {self.noun}; add a second {self.noun} to a class "
                     "to estimate accuracy.")
-        low, high = self.interval
-        margin = round(50 * (high - low))
-        text = f"About {round(100 * self.accuracy)}% ± {margin} on {self.noun}s like these"
+        low, high = (round(100 * bound) for bound in self.interval)
+        plural = "s" if self.held_out != 1 else ""
+        text = (f"Likely {low}–{high}% right on {self.noun}s like these (from {self.held_out} held-out support "
+                f"{self.noun}{plural}).")
         pairs = self.confused_pairs(1)
         if pairs:
             true, predicted, _ = pairs[0]
-            text += f"; {true!r} and {predicted!r} are often confused: add {self.noun}s of both"
+            text += f" {true!r} and {predicted!r} were confused: add {self.noun}s of both."
+        else:
+            text += " No confusions among them."
         if self.not_estimable:
-            text += f"; not estimable for {', '.join(map(repr, self.not_estimable))} (a single {self.noun} each)"
-        return text + "."
+            text += f" Not estimable for {', '.join(map(repr, self.not_estimable))} (a single {self.noun} each)."
+        return text
 
     def to_dict(self) -> dict:
         """The JSON the web app's ``classify`` endpoint returns."""

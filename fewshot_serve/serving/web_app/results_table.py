@@ -18,8 +18,6 @@ from PIL import Image
 
 from ..api import Prediction
 
-#: Below this top probability a query's class is marked "unsure".
-UNSURE_BELOW = 0.5
 THUMBNAIL_PIXELS = 72
 TOP_CLASSES = 3
 
@@ -70,10 +68,10 @@ class QueryResult:
 
 
 def verdict_mark(prediction: Prediction) -> str:
-    """"none of these?" for a rejected query, "unsure" below :data:`UNSURE_BELOW`, else nothing."""
+    """"none of these?" for a rejected query, "unsure" below the model file's calibrated level, else nothing."""
     if prediction.unknown:
         return "none of these?"
-    return "unsure" if max(prediction.probabilities.values()) < UNSURE_BELOW else ""
+    return "unsure" if prediction.unsure else ""
 
 
 def top_classes(prediction: Prediction, count: int = TOP_CLASSES) -> list[tuple[str, float]]:
