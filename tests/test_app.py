@@ -156,11 +156,27 @@ def test_unusual_but_valid_uploads_are_classified(server, glyph_files, odd_files
     (["x", "x"], "at least 2 classes"),  # the same label twice is one class
     (["ok", "   "], "non-empty"),
     (["ok"], "2 support files but 1 labels"),
+    (["ok", None], "label #2 must be a non-empty string .* got null"),  # not a class named "None"
+    ([["a"], "ok"], r"label #1 must be a non-empty string .* got \["),  # not a class named "['a']"
+    (["ok", 3], "label #2 must be a non-empty string"),
 ])
 def test_bad_labels_get_a_clear_message(server, glyph_files, labels, message):
     with pytest.raises(Exception, match=message):
         server.predict([handle_file(glyph_files[0, 0]), handle_file(glyph_files[1, 0])], json.dumps(labels),
                        [handle_file(glyph_files[0, 2])], api_name="/classify")
+
+
+def test_a_bad_query_gets_an_error_in_its_own_entry_and_the_rest_are_classified(server, glyph_files, tmp_path):
+    fake = tmp_path / "fake.png"
+    fake.write_text("not an image")
+    result = server.predict([handle_file(glyph_files[0, 0]), handle_file(glyph_files[1, 0])], '["a", "b"]',
+                            [handle_file(glyph_files[0, 2]), handle_file(str(fake)), handle_file(glyph_files[1, 2])],
+                            api_name="/classify")
+    assert result["predictions"][1] is None and "fake.png" in result["verdicts"][1]["error"]
+    assert "not a readable image" in result["verdicts"][1]["error"]
+    for index in (0, 2):
+        assert abs(sum(result["predictions"][index].values()) - 1) < 1e-4
+        assert set(result["verdicts"][index]) == {"label", "unknown_score", "unknown", "unsure"}
 
 
 def test_html_in_class_names_stays_text(server, glyph_files, tmp_path):

@@ -380,6 +380,10 @@ def test_the_classify_texts_endpoint_adapts_and_classifies_and_refuses_the_wrong
                                 api_name="/classify_texts")  # the first text model served, by default
         assert result["model"] == "tiny-text" and result["labels"] == list(SUPPORT)
         assert len(result["predictions"]) == 2 and "texts like these" in result["assessment"]["summary"]
+        mixed = client.predict(json.dumps(SUPPORT), json.dumps(["refund my order", 7, "   "]),
+                               api_name="/classify_texts")
+        assert mixed["predictions"][1:] == [None, None] and abs(sum(mixed["predictions"][0].values()) - 1) < 1e-4
+        assert "expected a string" in mixed["verdicts"][1]["error"] and "empty" in mixed["verdicts"][2]["error"]
         for arguments, message in (((json.dumps(SUPPORT), "[]", "colour-conv4"), "classifies images: call /classify"),
                                    (("[1, 2]", "[]", ""), "must be a JSON object"),
                                    ((json.dumps({"a": ["x"], "b": [7]}), '["q"]', ""), "expected a string")):

@@ -241,6 +241,16 @@ def validate_support(support: Mapping[str, Sequence[Example]], noun: str = "imag
     return labels
 
 
+def check_queries(queries: Sequence[Example], noun: str = "image") -> None:
+    """Refuse a query list that is not a list, is empty, or is over the limit (``noun``: what its items are)."""
+    if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
+        raise InputError(f"queries must be a list of {noun}s")
+    if len(queries) == 0:
+        raise InputError(f"no query {noun}s given")
+    if len(queries) > MAX_QUERIES:
+        raise InputError(f"{len(queries)} queries; at most {MAX_QUERIES} per request")
+
+
 @dataclass
 class AdaptedClassifier:
     """A classifier for one user's classes: the adapted weights, their labels and the model they adapt."""
@@ -354,13 +364,7 @@ class AdaptedClassifier:
 
     def _prepare_queries(self, queries: Sequence[Example]) -> Tensor:
         """Check a query list and preprocess it into the network's input (:meth:`FewShotModel.prepare`)."""
-        noun = self.model.example_noun
-        if isinstance(queries, (str, bytes)) or not isinstance(queries, Sequence):
-            raise InputError(f"queries must be a list of {noun}s")
-        if len(queries) == 0:
-            raise InputError(f"no query {noun}s given")
-        if len(queries) > MAX_QUERIES:
-            raise InputError(f"{len(queries)} queries; at most {MAX_QUERIES} per request")
+        check_queries(queries, self.model.example_noun)
         return self.model.prepare(queries, [f"query #{i + 1}" for i in range(len(queries))])
 
     def export_onnx(self, path: str | os.PathLike) -> None:

@@ -9,7 +9,9 @@
     #  "model": "omniglot-conv4", "assessment": {"accuracy": ..., "interval": ..., "summary": ...}}
 
 A verdict's label is null where the query is none of the classes (models calibrated for it:
-``fewshot-serve calibrate-unknown``). A fourth argument names the model (default: the first one served).
+``fewshot-serve calibrate-unknown``); ``unsure`` marks a top probability under the model file's calibrated
+level. A query that cannot be read gets ``null`` probabilities and a verdict ``{"error": "..."}``, and
+the others are classified, as on the page. A fourth argument names the model (default: the first one served).
 A text model's twin, ``classify_texts``, takes the support set as a JSON object of texts and the
 queries as a JSON list (a separate endpoint, so that ``classify``'s four arguments stay as they were
 for clients that send them over plain HTTP)::
@@ -23,12 +25,15 @@ They are the only endpoints clients may call; the page's own events are private.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
+from ..api import check_queries
 from .errors import api_errors
-from .handlers import PageHandlers, predictions_for
+from .handlers import PageHandlers, classified
+from .results_table import QueryResult
 from .uploads import file_paths
 
 
@@ -54,8 +59,10 @@ def labelled_support(paths: list[str], labels_json: str) -> dict[str, list[str]]
     if len(labels) != len(paths):
         raise ValueError(f"got {len(paths)} support files but {len(labels)} labels")
     support: dict[str, list[str]] = {}
-    for label, path in zip(labels, paths):
-        support.setdefault(str(label).strip(), []).append(path)
+    for index, (label, path) in enumerate(zip(labels, paths)):
+        if not isinstance(label, str) or not label.strip():
+            raise ValueError(f"label #{index + 1} must be a non-empty string (a class name), got {json.dumps(label)}")
+        support.setdefault(label.strip(), []).append(path)
     return support
 
 
@@ -64,13 +71,23 @@ def text_support(support_json: str) -> dict[str, list]:
     return json_argument(support_json, dict, 'the support set must be a JSON object {"label": ["text", ...], ...}')
 
 
+def verdict(row: QueryResult) -> dict[str, Any]:
+    """A query's verdict without its probabilities, or the reason it could not be classified."""
+    if row.prediction is None:
+        return {"error": row.error}
+    return {k: v for k, v in row.prediction.to_dict().items() if k != "probabilities"}
+
+
 def result_of(model_name: str, adapted: Any, queries: list) -> dict[str, Any]:
-    """The endpoints' answer: probabilities, verdicts, the adaptation's time and the support set's own estimate."""
-    predictions = predictions_for(adapted, queries)
-    return {"labels": adapted.labels, "predictions": [p.probabilities for p in predictions],
-            "verdicts": [{k: v for k, v in p.to_dict().items() if k != "probabilities"} for p in predictions],
-            "adapt_seconds": round(adapted.seconds, 4), "model": model_name,
-            "assessment": adapted.assessment().to_dict()}
+    """The endpoints' answer: probabilities, verdicts (a bad query's error in its own entry), the
+    adaptation's time and the support set's own estimate."""
+    check_queries(queries, adapted.model.example_noun)
+    names = [str(query) if adapted.model.takes_text else Path(str(query)).name for query in queries]
+    rows = classified(adapted, list(zip(names, queries)))
+    return {"labels": adapted.labels,
+            "predictions": [row.prediction.probabilities if row.prediction else None for row in rows],
+            "verdicts": [verdict(row) for row in rows], "adapt_seconds": round(adapted.seconds, 4),
+            "model": model_name, "assessment": adapted.assessment().to_dict()}
 
 
 def add_classify_endpoint(handlers: PageHandlers) -> None:
