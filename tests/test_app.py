@@ -261,3 +261,22 @@ def test_the_example_tasks_ship_with_the_app():
         support = example.support()
         assert len(support) == 3 and all(len(images) >= 2 for images in support.values()), example.folder
         assert len(example.queries()) == 3
+
+
+def test_every_page_answer_is_also_a_toast_where_the_user_is_looking(monkeypatch):
+    import gradio as gr
+
+    from fewshot_serve.serving.web_app.errors import status_errors
+
+    toasts = []
+    monkeypatch.setattr(gr, "Info", lambda text: toasts.append(("info", text)))
+    monkeypatch.setattr(gr, "Warning", lambda text: toasts.append(("warning", text)))
+
+    def refuse():
+        raise ValueError("class '<b>x</b>' is bad")
+
+    status_errors(outputs=2)(refuse)()
+    status_errors(outputs=2)(lambda: ("Classified **3** of 3 queries.\n\nLikely 79–100% right.", None))()
+    status_errors(outputs=2)(lambda: ("", None))()  # nothing to say: no toast
+    assert toasts == [("warning", "class &#x27;&lt;b&gt;x&lt;/b&gt;&#x27; is bad"),
+                      ("info", "Classified 3 of 3 queries. Likely 79–100% right.")]

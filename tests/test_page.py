@@ -113,7 +113,9 @@ def test_a_bad_query_gets_its_own_row_and_the_rest_are_classified(handlers, glyp
     broken.write_text("not an image")
     queries = [(glyphs[0, 2], None), (str(broken), None), (glyphs[2, 2], None)]
     status, table = handlers.classify(adapted, queries, None, "")
-    assert status == "Classified 2 of 3 queries. 1 could not be read: see its row."
+    first, estimate = status.split("\n\n")
+    assert first == "Classified 2 of 3 queries. 1 could not be read: see its row."
+    assert "like these" in estimate  # the support set's estimate stays in view after Classify
     rows = table.split("<tr class=")[1:]
     assert 'fs-error' in rows[1] and "broken.png" in rows[1] and "not a readable image" in rows[1]
     assert ">alpha<" in rows[0] and ">gamma<" in rows[2]

@@ -348,7 +348,8 @@ def test_the_page_adapts_to_texts_classifies_lines_and_saves_the_task(page):
     status, adapted, *_ = page.adapt("tiny-text", *text_slots(SUPPORT))
     assert status.startswith("Adapted to 3 classes") and "texts like these" in status
     status, table = page.classify(adapted, None, None, "refund my order\n\n  play jazz  \n" + "x" * 20_001)
-    assert status == "Classified 2 of 3 queries. 1 could not be read: see its row."
+    assert status.startswith("Classified 2 of 3 queries. 1 could not be read: see its row.\n\n")
+    assert "texts like these" in status  # the estimate stays in view
     assert "<th>text</th>" in table and "data:image" not in table and ">refund my order<" in table
     assert table.count('class="fs-row"') == 2 and "at most 20000" in table
     assert "write query texts" in page.classify(adapted, None, None, "  \n")[0]

@@ -264,12 +264,17 @@ class AdaptedClassifier:
     support_features: Tensor = field(repr=False)  # their frozen part, computed once
     support_targets: Tensor = field(repr=False)  # class indices into ``labels``
     steps: int = 0  # inner steps taken
+    _assessment: Assessment | None = field(default=None, init=False, repr=False)
 
     def assessment(self) -> Assessment:
         """How well this classifier will do, from its support set alone: the accuracy of adaptations
         with the same inner loop, each holding out one image of every class, a 90% interval,
-        per-class accuracy and the confusions (:mod:`~fewshot_serve.serving.assessment`)."""
-        return assess(self.labels, self.support_targets.cpu(), self._predict_held_out, self.model.example_noun)
+        per-class accuracy and the confusions (:mod:`~fewshot_serve.serving.assessment`). Computed
+        once: the page shows it again beside every Classify."""
+        if self._assessment is None:
+            self._assessment = assess(self.labels, self.support_targets.cpu(), self._predict_held_out,
+                                      self.model.example_noun)
+        return self._assessment
 
     def _predict_held_out(self, held: Tensor) -> Tensor:
         """Adapt without the support images ``held`` (the same steps) and predict their classes."""

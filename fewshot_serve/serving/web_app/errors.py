@@ -1,9 +1,10 @@
 """Bad input as a readable message, never a traceback: in the page's status area, or as the API's error.
 
 The page's messages go to its status area (the first output of every page handler), where they stay
-until the next action, unlike a toast that fades while the user is still reading it. The status is
-Markdown, so messages are escaped: a class named ``<b>x</b>`` shows as typed. API clients get the
-plain text as a ``gr.Error``.
+until the next action, and as a toast: the status area sits under Adapt, which on a phone (and below
+a long class list on a desktop) is off screen when Classify, Export or an upload answers. A refusal is
+a warning toast, anything else an information toast. The status is Markdown, so messages are escaped:
+a class named ``<b>x</b>`` shows as typed. API clients get the plain text as a ``gr.Error``.
 """
 
 from __future__ import annotations
@@ -24,6 +25,13 @@ def error_status(message: str) -> str:
     return f'<span class="fs-error">⚠ {html.escape(message)}</span>'
 
 
+def toast(status: str, warning: bool = False) -> None:
+    """A status (already escaped, Markdown's bold marks dropped) as a toast where the user is looking.
+    Outside a Gradio event (a handler called directly) Gradio prints it, or warns for a warning."""
+    text = status.replace("**", "").replace("`", "").replace("\n\n", " ")
+    (gr.Warning if warning else gr.Info)(text)
+
+
 def status_errors(outputs: int) -> Callable[[Callable], Callable]:
     """For a page handler with ``outputs`` outputs, status first: on bad input show it there, change nothing else."""
 
@@ -31,12 +39,18 @@ def status_errors(outputs: int) -> Callable[[Callable], Callable]:
         @functools.wraps(handler)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return handler(*args, **kwargs)
+                result = handler(*args, **kwargs)
             except ValueError as error:
                 message = str(error)
             except Exception as error:  # keep serving; the details stay in the server log
                 log.exception("page handler %s failed", handler.__name__)
                 message = UNEXPECTED.format(type(error).__name__)
+            else:
+                status = result[0] if outputs > 1 else result
+                if isinstance(status, str) and status:
+                    toast(status)
+                return result
+            toast(html.escape(message), warning=True)
             unchanged = (gr.skip(),) * (outputs - 1)
             return (error_status(message), *unchanged) if outputs > 1 else error_status(message)
 

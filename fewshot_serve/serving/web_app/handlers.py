@@ -207,6 +207,7 @@ class PageHandlers:
         status = f"Classified {len(results) - failed} of {len(results)} queries."
         if failed:
             status += f" {failed} could not be read: see {'its row' if failed == 1 else 'their rows'}."
+        status += "\n\n" + html.escape(adapted.assessment().summary())  # the estimate stays in view
         return status, results_html(results, "text" if adapted.model.takes_text else "file")
 
     def live_frame(self, adapted: AdaptedClassifier | None, frame: Image.Image | None,
