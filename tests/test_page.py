@@ -260,3 +260,14 @@ def test_the_examples_load_on_the_first_model_of_their_kind(handlers):
     assert adapted is None and results == "" and len(queries) == 3 and values[0] == "korean-03" and query_texts == ""
     status, model, *_ = handlers.load_example("Photos")
     assert status.startswith("Example loaded: 3 kinds of patterned cloth") and model == "colour-conv4"
+
+
+def test_add_class_stops_at_the_pages_limit_and_says_so():
+    from fewshot_serve.serving.web_app.handlers import UI_CLASSES
+    from fewshot_serve.serving.web_app.layout import LIMITS_TEXT, more_classes
+
+    shown, button, *slots = more_classes(5)
+    assert shown == 6 and button.interactive and [s.visible for s in slots].count(True) == 6
+    shown, button, *slots = more_classes(UI_CLASSES - 1)
+    assert shown == UI_CLASSES and not button.interactive and "limit" in button.value
+    assert all(s.visible for s in slots) and f"up to {UI_CLASSES} classes on this page" in LIMITS_TEXT

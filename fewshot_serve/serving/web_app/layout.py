@@ -28,7 +28,8 @@ SHOWN_AT_START = 5
 SESSION_LIFETIME_S = 3600
 SKETCH = {"type": "pil", "height": 300, "canvas_size": (280, 280), "show_label": False}
 LIMITS_TEXT = (
-    f"Limits: up to {MAX_CLASSES} classes and {MAX_IMAGES_PER_CLASS} images per class, {MAX_QUERIES} queries per "
+    f"Limits: up to {UI_CLASSES} classes on this page ({MAX_CLASSES} through the API) and {MAX_IMAGES_PER_CLASS} "
+    f"images per class, {MAX_QUERIES} queries per "
     f"request, {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_IMAGE_PIXELS // 10**6} megapixels per image."
 )
 PAGE_CSS = """
@@ -54,6 +55,15 @@ PAGE_JS = """
 
 #: After an export: start the download, so one click prepares and downloads (the file's row stays).
 START_DOWNLOAD = "() => { const link = document.querySelector('#export-file a[download]'); if (link) link.click(); }"
+
+
+def more_classes(shown: int) -> tuple:
+    """One more class slot shown; at the page's limit the button says so and stops."""
+    shown = min(shown + 1, UI_CLASSES)
+    at_limit = shown == UI_CLASSES
+    button = gr.Button(f"{UI_CLASSES} classes: this page's limit" if at_limit else "Add class",
+                       interactive=not at_limit)
+    return (shown, button, *[gr.Column(visible=i < shown) for i in range(UI_CLASSES)])
 
 
 def session_state(lifetime_s: float) -> gr.State:
@@ -160,8 +170,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
                 inputs += slot_inputs
         shown = gr.State(SHOWN_AT_START)
         add_class = gr.Button("Add class", size="sm", elem_id="add-class")
-        add_class.click(lambda n: (min(n + 1, UI_CLASSES), *[gr.Column(visible=i < n + 1) for i in range(UI_CLASSES)]),
-                        shown, [shown, *slots], api_visibility="private")
+        add_class.click(more_classes, shown, [shown, add_class, *slots], api_visibility="private")
 
         adapt_button = gr.Button("Adapt", variant="primary", elem_id="adapt")
         status.render()
