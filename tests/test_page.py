@@ -61,7 +61,7 @@ def slots(support: dict) -> list:
 
 def adapted_on(handlers, glyphs):
     support = {name: [glyphs[c, 0], glyphs[c, 1]] for c, name in enumerate(["alpha", "beta", "gamma"])}
-    status, adapted, loss, confusions, results = handlers.adapt("omniglot-conv4", *slots(support))
+    status, adapted, loss, confusions, results, adapted_on = handlers.adapt("omniglot-conv4", *slots(support))
     assert status.startswith("Adapted to 3 classes") and results == "" and loss is not None
     return adapted
 
@@ -271,3 +271,25 @@ def test_add_class_stops_at_the_pages_limit_and_says_so():
     shown, button, *slots = more_classes(UI_CLASSES - 1)
     assert shown == UI_CLASSES and not button.interactive and "limit" in button.value
     assert all(s.visible for s in slots) and f"up to {UI_CLASSES} classes on this page" in LIMITS_TEXT
+
+
+def test_classify_never_uses_a_classifier_of_classes_that_changed_since_adapt(handlers, glyphs):
+    support = {name: [glyphs[c, 0], glyphs[c, 1]] for c, name in enumerate(["alpha", "beta", "gamma"])}
+    _, adapted, _, _, _, adapted_on = handlers.adapt("omniglot-conv4", *slots(support))
+    query = [glyphs[0, 2]]
+    unchanged = handlers.classify_current(adapted, adapted_on, "omniglot-conv4", query, None, "", *slots(support))
+    assert unchanged[0].startswith("Classified 1 of 1") and all(isinstance(v, SKIPPED) for v in unchanged[2:])
+    # one image removed and a class renamed, then Classify without Adapt
+    changed = {"ALPHA": [glyphs[0, 0]], "beta": support["beta"], "gamma": support["gamma"]}
+    status, table, fresh, fresh_on, loss, _ = handlers.classify_current(adapted, adapted_on, "omniglot-conv4", query,
+                                                                        None, "", *slots(changed))
+    assert status.startswith("The classes or the model changed since Adapt, so they were adapted again first.")
+    assert fresh.labels == ["ALPHA", "beta", "gamma"] and ">ALPHA<" in table and ">alpha<" not in table
+    assert fresh_on == handlers.adapted_on("omniglot-conv4", *slots(changed)) != adapted_on and loss is not None
+    other_model = handlers.classify_current(fresh, fresh_on, "omniglot-conv4-fomaml", query, None, "",
+                                            *slots(changed))
+    assert other_model[0].startswith("The classes or the model changed") and other_model[2].model is not fresh.model
+    status, *_ = handlers.classify_current(None, None, "omniglot-conv4", query, None, "", *slots(support))
+    assert status.startswith("No classifier yet, so the classes were adapted first.")
+    status, *rest = handlers.classify_current(None, None, "omniglot-conv4", query, None, "", *slots({}))
+    assert "at least 2 classes" in status and all(isinstance(v, SKIPPED) for v in rest)

@@ -173,16 +173,34 @@ class PageHandlers:
             support[label] = examples
         return support
 
-    @status_errors(outputs=5)
+    @status_errors(outputs=6)
     def adapt(self, model_name: str, *slots: Any) -> tuple:
+        """The classifier, its status and plots, and what it was adapted on (:meth:`adapted_on`)."""
         _, model = self.model_named(model_name)
         adapted = model.adapt(self.support_from(slots, model.takes_text))
-        assessment = adapted.assessment()
-        steps = len(adapted.support_losses)
-        status = (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
-                  f"({steps} step{'s' if steps != 1 else ''} on {model.device.type.upper()}).\n\n"
-                  + html.escape(assessment.summary()))  # class names are the user's text
-        return status, adapted, loss_plot(adapted.support_losses), confusion_plot(assessment), ""
+        return adapted_status(adapted), adapted, *adapted_plots(adapted), "", self.adapted_on(model_name, *slots)
+
+    def adapted_on(self, model_name: str, *slots: Any) -> tuple:
+        """What a classifier adapted now is adapted on (the model and every class's name and examples):
+        kept beside it, so that Classify can tell when the classes changed since."""
+        name, model = self.model_named(model_name)
+        return name, tuple((label, tuple(map(str, examples)))
+                           for label, examples in self.support_from(slots, model.takes_text).items())
+
+    @status_errors(outputs=6)
+    def classify_current(self, adapted: AdaptedClassifier | None, adapted_on: tuple | None, model_name: str,
+                         files: Any, sketch: Any, texts: str | None, *slots: Any) -> tuple:
+        """Classify with a classifier of the classes as they are now: where none was adapted, or the classes
+        or the model changed since Adapt, adapt first (and say so) instead of using the old one."""
+        current = self.adapted_on(model_name, *slots)
+        if adapted is not None and adapted_on == current:
+            return *self.classified_status(adapted, files, sketch, texts), *(gr.skip(),) * 4
+        _, model = self.model_named(model_name)
+        fresh = model.adapt(self.support_from(slots, model.takes_text))
+        why = ("No classifier yet, so the classes were adapted first" if adapted is None
+               else "The classes or the model changed since Adapt, so they were adapted again first")
+        status, table = self.classified_status(fresh, files, sketch, texts)
+        return f"{why}. {adapted_status(fresh)}\n\n{status}", table, fresh, current, *adapted_plots(fresh)
 
     @status_errors(outputs=2)
     def classify(self, adapted: AdaptedClassifier | None, files: Any, sketch: Any,
@@ -190,6 +208,11 @@ class PageHandlers:
         """Each query on its own row; one that cannot be read is reported there and the rest are classified."""
         if adapted is None:
             raise ValueError("press Adapt first")
+        return self.classified_status(adapted, files, sketch, texts)
+
+    def classified_status(self, adapted: AdaptedClassifier, files: Any, sketch: Any,
+                          texts: str | None) -> tuple[str, str]:
+        """The queries classified by ``adapted``: the status and the results table (bad input raises)."""
         if adapted.model.takes_text:
             named: list[tuple[str, Any]] = [(text, text) for text in lines_of(texts)]
         else:
@@ -275,6 +298,19 @@ class PageHandlers:
         status = f"Example loaded: {example.description} Press **Adapt**, then **Classify**."
         return (status, self.first_of_kind(kind), None, "", None if text else queries,
                 "\n".join(queries) if text else "", *slot_values(support, text))
+
+
+def adapted_status(adapted: AdaptedClassifier) -> str:
+    """What Adapt did, and the support set's own estimate of the classifier."""
+    steps = len(adapted.support_losses)
+    return (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
+            f"({steps} step{'s' if steps != 1 else ''} on {adapted.model.device.type.upper()}).\n\n"
+            + html.escape(adapted.assessment().summary()))  # class names are the user's text
+
+
+def adapted_plots(adapted: AdaptedClassifier) -> tuple[Any, Any]:
+    """The inner loop's losses and the held-out support's confusions."""
+    return loss_plot(adapted.support_losses), confusion_plot(adapted.assessment())
 
 
 def lines_of(box: str | None) -> list[str]:

@@ -155,6 +155,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         visible_tabs = list(handlers.camera_and_drawing(default, False))
         text = handlers.takes_text(default)
         adapted = session_state(session_lifetime_s)
+        adapted_on = session_state(session_lifetime_s)  # what ``adapted`` was adapted on (Classify checks it)
         status = gr.Markdown(elem_id="status", render=False)
 
         slots, names, galleries, text_boxes, tabs, inputs = [], [], [], [], [], []
@@ -205,10 +206,11 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         live_throttle = session_state(session_lifetime_s)
         add_classify_endpoint(handlers)  # first, so that the name "classify" is its own, not the page's event's
         slot_inputs = [*names, *galleries, *text_boxes]
-        adapt_button.click(handlers.adapt, [model_menu, *slot_inputs], [status, adapted, plot, confusions, results],
-                           api_visibility="private")
-        classify_button.click(handlers.classify, [adapted, query_files, query_sketch, query_texts], [status, results],
-                              api_visibility="private")
+        adapt_button.click(handlers.adapt, [model_menu, *slot_inputs],
+                           [status, adapted, plot, confusions, results, adapted_on], api_visibility="private")
+        classify_button.click(handlers.classify_current,
+                              [adapted, adapted_on, model_menu, query_files, query_sketch, query_texts, *slot_inputs],
+                              [status, results, adapted, adapted_on, plot, confusions], api_visibility="private")
         live_camera.stream(handlers.live_frame, [adapted, live_camera, live_throttle], [live_result, live_throttle],
                            stream_every=LIVE_EVERY_S, show_progress="hidden", api_visibility="private")
         # .input: a person chose another model (an example or a task file setting the menu is no reason to
