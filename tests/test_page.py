@@ -15,6 +15,7 @@ from PIL import Image
 import fewshot_serve
 from fewshot_serve.serving.api import Prediction
 from fewshot_serve.serving.web_app import PageHandlers, QueryResult, describe, menu_choices, results_html
+from fewshot_serve.serving.web_app.errors import ERROR_START
 from fewshot_serve.serving.web_app.handlers import UI_CLASSES, Capture, LiveThrottle
 from fewshot_serve.serving.web_app.onnx_usage import ONNX_USAGE_CODE
 from fewshot_serve.serving.web_app.session_files import SessionFolders
@@ -141,12 +142,31 @@ def test_bad_support_is_reported_in_the_status_and_changes_nothing(handlers, gly
 def test_uploading_the_same_image_again_keeps_one_copy(handlers, glyphs, tmp_path):
     copy = tmp_path / "renamed-copy.png"
     copy.write_bytes(Path(glyphs[0, 0]).read_bytes())
-    status, kept = handlers.keep_distinct([(glyphs[0, 0], None), (glyphs[0, 1], None), (str(copy), None)])
+    status, kept = handlers.keep_usable([(glyphs[0, 0], None), (glyphs[0, 1], None), (str(copy), None)])
     assert kept == [glyphs[0, 0], glyphs[0, 1]] and status == "Skipped 1 image already in this class."
-    assert handlers.keep_distinct([(glyphs[0, 0], None)]) == ("", [glyphs[0, 0]])
+    assert handlers.keep_usable([(glyphs[0, 0], None)]) == ("", [glyphs[0, 0]])
+
+
+def test_refused_files_never_enter_a_class_and_each_is_named(handlers, glyphs, tmp_path):
     huge = tmp_path / "huge.png"
     huge.write_bytes(b"\0" * (MAX_UPLOAD_BYTES + 1))
-    assert "larger than 10 MB" in handlers.keep_distinct([(str(huge), None)])[0]
+    broken = tmp_path / "broken.png"
+    broken.write_text("not an image")
+    vast = tmp_path / "vast.png"
+    Image.new("1", (8000, 6000)).save(vast)  # 48 megapixels in a small file
+    copy = tmp_path / "copy.png"
+    copy.write_bytes(Path(glyphs[0, 0]).read_bytes())
+    gallery = [(glyphs[0, 0], None), (str(huge), None), (str(broken), None), (str(vast), None), (str(copy), None)]
+    status, kept = handlers.keep_usable(gallery)
+    assert kept == [glyphs[0, 0]] and status.startswith(ERROR_START)
+    for words in ("Not added: 3 files", "huge.png is larger than 10 MB", "broken.png", "not a readable image",
+                  "vast.png", "8000x6000 pixels", "Skipped 1 image already in this class."):
+        assert words in status
+    # a bad file that reaches Adapt all the same: every one is named
+    support = {"alpha": [glyphs[0, 0], str(broken)], "beta": [glyphs[1, 0], str(huge), str(vast)]}
+    message = handlers.adapt("omniglot-conv4", *slots(support))[0]
+    assert "3 files cannot be used; remove them from the class" in message
+    assert all(name in message for name in ("huge.png", "broken.png", "vast.png"))
 
 
 def test_a_capture_adds_one_frame_and_a_burst_several_at_once(handlers, glyphs):

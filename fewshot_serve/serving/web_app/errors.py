@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 UNEXPECTED = "Something went wrong ({}); please try again."
 
 
+ERROR_START = '<span class="fs-error">'
+
+
 def error_status(message: str) -> str:
-    return f'<span class="fs-error">⚠ {html.escape(message)}</span>'
+    """A refusal (plain text, escaped here) as the status shows it; its toast is a warning."""
+    return f"{ERROR_START}⚠ {html.escape(message)}</span>"
 
 
 def toast(status: str, warning: bool = False) -> None:
@@ -48,7 +52,7 @@ def status_errors(outputs: int) -> Callable[[Callable], Callable]:
             else:
                 status = result[0] if outputs > 1 else result
                 if isinstance(status, str) and status:
-                    toast(status)
+                    toast(status, warning=status.startswith(ERROR_START))
                 return result
             toast(html.escape(message), warning=True)
             unchanged = (gr.skip(),) * (outputs - 1)

@@ -23,14 +23,14 @@ from PIL import Image
 from ...preprocessing import ImageError, open_image
 from ...text_preprocessing import TextError, check_text
 from ..api import MAX_QUERIES, AdaptedClassifier, FewShotModel
-from .errors import status_errors
+from .errors import error_status, status_errors
 from .examples import EXAMPLES, Example
 from .model_menu import INPUTS_FOR_KIND, TEXT, describe, kind_of
 from .plots import confusion_plot, loss_plot
 from .results_table import QueryResult, results_html
 from .session_files import SessionFolders
 from .task_file import read_task, write_task
-from .uploads import distinct_paths, drawn_image, file_paths
+from .uploads import checked_uploads, drawn_image, file_paths, path_of, upload_problem
 
 UI_CLASSES = 10  # class slots in the page (5 shown at first, "Add class" reveals more)
 BURST_FRAMES = 5
@@ -126,13 +126,18 @@ class PageHandlers:
     # -- support images ------------------------------------------------------------------------------
 
     @status_errors(outputs=2)
-    def keep_distinct(self, gallery: Any) -> tuple[str, list[str]]:
-        """After an upload: the class's images with repeated files dropped (and a word on how many)."""
-        images = file_paths(gallery)
-        kept = distinct_paths(images)
-        dropped = len(images) - len(kept)
-        status = f"Skipped {dropped} image{'s' if dropped != 1 else ''} already in this class." if dropped else ""
-        return status, kept
+    def keep_usable(self, gallery: Any) -> tuple[str, list[str]]:
+        """After an upload: the class's images with refused and repeated files dropped, naming each refused one."""
+        checked = checked_uploads(gallery)
+        repeated = checked.repeated
+        skipped = (f"Skipped {repeated} image{'s' if repeated != 1 else ''} already in this class."
+                   if repeated else "")
+        if not checked.refused:
+            return skipped, checked.kept
+        count = len(checked.refused)
+        refusal = (f"Not added: {count} file{'s' if count != 1 else ''} that cannot be used: "
+                   + "; ".join(checked.refused) + ". " + skipped)
+        return error_status(refusal.strip()), checked.kept
 
     @status_errors(outputs=3)
     def add_drawing(self, sketch: Any, gallery: Any) -> tuple[str, list, None]:
@@ -177,8 +182,20 @@ class PageHandlers:
     def adapt(self, model_name: str, *slots: Any) -> tuple:
         """The classifier, its status and plots, and what it was adapted on (:meth:`adapted_on`)."""
         _, model = self.model_named(model_name)
-        adapted = model.adapt(self.support_from(slots, model.takes_text))
+        adapted = self.adapted(model, slots)
         return adapted_status(adapted), adapted, *adapted_plots(adapted), "", self.adapted_on(model_name, *slots)
+
+    def adapted(self, model: FewShotModel, slots: Sequence[Any]) -> AdaptedClassifier:
+        """``model`` adapted to the class slots; where a file is refused, the message names every bad file,
+        not the first alone (found only then: checking every file first would decode each twice)."""
+        try:
+            return model.adapt(self.support_from(slots, model.takes_text))
+        except ValueError:
+            bad = [] if model.takes_text else bad_files(slots[UI_CLASSES : 2 * UI_CLASSES])
+            if bad:
+                raise ValueError(f"{len(bad)} file{'s' if len(bad) != 1 else ''} cannot be used; remove "
+                                 f"{'it' if len(bad) == 1 else 'them'} from the class: " + "; ".join(bad)) from None
+            raise
 
     def adapted_on(self, model_name: str, *slots: Any) -> tuple:
         """What a classifier adapted now is adapted on (the model and every class's name and examples):
@@ -196,7 +213,7 @@ class PageHandlers:
         if adapted is not None and adapted_on == current:
             return *self.classified_status(adapted, files, sketch, texts), *(gr.skip(),) * 4
         _, model = self.model_named(model_name)
-        fresh = model.adapt(self.support_from(slots, model.takes_text))
+        fresh = self.adapted(model, slots)
         why = ("No classifier yet, so the classes were adapted first" if adapted is None
                else "The classes or the model changed since Adapt, so they were adapted again first")
         status, table = self.classified_status(fresh, files, sketch, texts)
@@ -298,6 +315,12 @@ class PageHandlers:
         status = f"Example loaded: {example.description} Press **Adapt**, then **Classify**."
         return (status, self.first_of_kind(kind), None, "", None if text else queries,
                 "\n".join(queries) if text else "", *slot_values(support, text))
+
+
+def bad_files(galleries: Sequence[Any]) -> list[str]:
+    """Every file of the class galleries that cannot be used, with why."""
+    return [problem for gallery in galleries for path in map(path_of, gallery or [])
+            if (problem := upload_problem(path))]
 
 
 def adapted_status(adapted: AdaptedClassifier) -> str:

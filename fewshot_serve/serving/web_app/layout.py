@@ -89,7 +89,7 @@ def image_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_
     images = gr.Gallery(label="Images", interactive=True, file_types=["image"], columns=3, height=150,
                         format="png", object_fit="cover", buttons=[], allow_preview=False, elem_classes="fs-images",
                         elem_id=f"class-{index}-images")
-    images.upload(handlers.keep_distinct, images, [status, images], api_visibility="private")
+    images.upload(handlers.keep_usable, images, [status, images], api_visibility="private")
     with gr.Tabs(selected="upload") as tab_set:
         with gr.Tab("Upload", id="upload"):
             gr.Markdown("Drop image files on the box above, or click it.", elem_classes="fs-hint")
