@@ -275,6 +275,7 @@ def test_a_text_task_typed_in_then_the_text_example_and_back_to_images(browser, 
         page = open_page(browser, port)
         assert page.locator("#class-0-texts").is_visible() and not page.locator("#class-0-images").is_visible()
         assert page.locator("#query-texts").is_visible() and not page.locator("#query-files").is_visible()
+        assert not page.locator("#export").is_visible()  # ONNX export is for images
         for c, (name, texts) in enumerate({"refund": ["I want my money back", "please refund my order"],
                                            "weather": ["will it rain today", "how hot is it"]}.items()):
             page.locator(f"#class-{c}-name textarea, #class-{c}-name input").first.fill(name)
@@ -295,3 +296,4 @@ def test_a_text_task_typed_in_then_the_text_example_and_back_to_images(browser, 
         page.get_by_role("option", name="Photos").click()
         page.locator("#class-0-images").wait_for(state="visible", timeout=30_000)
         assert not page.locator("#class-0-texts").is_visible() and not page.locator("#query-texts").is_visible()
+        assert page.locator("#export").is_visible()

@@ -108,9 +108,11 @@ class PageHandlers:
         return [describe(*self.model_named(model_name)), *group * (UI_CLASSES + 1)]
 
     def images_or_texts(self, model_name: str | None) -> list[Any]:
-        """For each class and the queries: the image inputs shown and the text box hidden, or the reverse."""
+        """For each class and the queries: the image inputs shown and the text box hidden, or the reverse;
+        last, ONNX export, which is for images only."""
         text = self.takes_text(model_name)
-        return [gr.Column(visible=not text), gr.Textbox(visible=text)] * (UI_CLASSES + 1)
+        inputs = [gr.Column(visible=not text), gr.Textbox(visible=text)] * (UI_CLASSES + 1)
+        return [*inputs, gr.Column(visible=not text)]
 
     @status_errors(outputs=5)
     def switch_model(self, model_name: str) -> tuple:

@@ -191,7 +191,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
 
         with gr.Accordion("Use it elsewhere: ONNX export and task file", open=True):
             with gr.Row():
-                with gr.Column():
+                with gr.Column(visible=not text, elem_id="export-column") as export_column:
                     export_button = gr.Button("Export ONNX", elem_id="export")
                     export_file = gr.File(label="ONNX classifier", visible=False, interactive=False,
                                           elem_id="export-file")
@@ -203,6 +203,7 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
                     gr.Markdown("A task file holds the classes' names and images and the model's name: load it "
                                 "here later to adapt again.")
 
+        inputs.append(export_column)  # shown for image models only (images_or_texts)
         live_throttle = session_state(session_lifetime_s)
         add_classify_endpoint(handlers)  # first, so that the name "classify" is its own, not the page's event's
         slot_inputs = [*names, *galleries, *text_boxes]
