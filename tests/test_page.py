@@ -119,6 +119,7 @@ def test_a_bad_query_gets_its_own_row_and_the_rest_are_classified(handlers, glyp
     assert "like these" in estimate  # the support set's estimate stays in view after Classify
     rows = table.split("<tr class=")[1:]
     assert 'fs-error' in rows[1] and "broken.png" in rows[1] and "not a readable image" in rows[1]
+    assert rows[1].count("broken.png") == 2  # its name, and once in the reason: "query #2 (broken.png): ..."
     assert ">alpha<" in rows[0] and ">gamma<" in rows[2]
 
 

@@ -126,7 +126,7 @@ class DataSpec:
         None, "the dataset's folder (default: omniglot/images_background (omniglot-subset: "
               "omniglot/images_background_subset), tiny-imagenet/, cifar100/, mini-imagenet/, text/clinc150/ or "
               "text/arsc/ in "
-              "$FEWSHOT_SERVE_DATA, else in ../shared/datasets)", group="data")
+              "$FEWSHOT_SERVE_DATA, else in the shared/datasets folder beside this checkout)", group="data")
     download: bool = setting(False, "download Omniglot's background set / CIFAR-100 with torchvision", group="data")
     image_size: int | None = setting(None, "input side in pixels (default: the dataset's)", group="data")
     channels: int | None = setting(None, "1 (grayscale) or 3 (colour) (default: the dataset's)", choices=(1, 3),

@@ -371,7 +371,9 @@ def classified(adapted: AdaptedClassifier, named: list[tuple[str, Any]]) -> list
                 check_text(query, f"query #{index + 1}")
                 image = None
             else:
-                image = open_image(query, f"query #{index + 1} ({name})")
+                # a file's name is in its row already, and open_image adds a path's name to the message itself
+                label = f"query #{index + 1}" if isinstance(query, str) else f"query #{index + 1} ({name})"
+                image = open_image(query, label)
         except (ImageError, TextError) as error:
             results.append(QueryResult(name, None, error=str(error)))
             continue

@@ -54,7 +54,10 @@ PAGE_JS = """
 """
 
 #: After an export: start the download, so one click prepares and downloads (the file's row stays).
-START_DOWNLOAD = "() => { const link = document.querySelector('#export-file a[download]'); if (link) link.click(); }"
+def start_download(file_id: str) -> str:
+    """JavaScript that clicks the download link of the file component ``file_id``: one click on the button
+    downloads, instead of a second click on the link that appears."""
+    return f"() => {{ const link = document.querySelector('#{file_id} a[download]'); if (link) link.click(); }}"
 
 
 def more_classes(shown: int) -> tuple:
@@ -224,8 +227,10 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         every_input.change(handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs],
                            api_visibility="private")
         exported = export_button.click(handlers.export_onnx, adapted, [status, export_file], api_visibility="private")
-        exported.success(None, js=START_DOWNLOAD)
-        save_button.click(handlers.save_task, [model_menu, *slot_inputs], [status, task_file], api_visibility="private")
+        exported.success(None, js=start_download("export-file"))
+        saved = save_button.click(handlers.save_task, [model_menu, *slot_inputs], [status, task_file],
+                                  api_visibility="private")
+        saved.success(None, js=start_download("task-file"))
         load_button.upload(handlers.load_task, load_button, [status, model_menu, adapted, *slot_inputs],
                            api_visibility="private")
         for kind, button in examples.items():

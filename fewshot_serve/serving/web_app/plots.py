@@ -42,7 +42,7 @@ def confusion_plot(assessment: Assessment):
     figure, axis = plt.subplots(figsize=(side, side))
     axis.imshow(counts, cmap="Blues")
     ticks = [label if len(label) <= 14 else label[:13] + "…" for label in assessment.labels]
-    axis.set_title("Held-out support images", fontsize=10)
+    axis.set_title(f"Held-out support {assessment.noun}s", fontsize=10)
     axis.set_xticks(range(ways), ticks, rotation=45, ha="right")
     axis.set_yticks(range(ways), ticks)
     axis.set_xlabel("predicted")
