@@ -3,6 +3,8 @@ errors, duplicates, the inputs each kind of model shows, the task file, the ONNX
 
 import html
 import json
+import subprocess
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -23,6 +25,15 @@ from fewshot_serve.serving.web_app.task_file import MANIFEST, read_task, write_t
 from fewshot_serve.serving.web_app.uploads import MAX_UPLOAD_BYTES
 
 MODELS = Path(__file__).resolve().parents[1] / "models"
+#: Python that makes any import of torch fail, and that checks at the end that none happened.
+BLOCK_TORCH = """import sys
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "torch":
+            raise ImportError("torch is blocked in this test")
+sys.meta_path.insert(0, NoTorch())
+"""
+TORCH_NOT_LOADED = "\nassert not any(name.split('.')[0] == 'torch' for name in sys.modules)\n"
 SKIPPED = type(gr.skip())
 
 
@@ -213,6 +224,11 @@ def test_the_onnx_download_lives_in_the_session_folder_and_its_snippet_runs(hand
     printed = []
     exec(ONNX_USAGE_CODE, {"print": printed.append})
     assert printed[0] == ["alpha", "beta", "gamma"] and max(printed[1][0], key=printed[1][0].get) == "gamma"
+    # and where torch cannot be imported at all (the snippet's torch-free install)
+    without_torch = subprocess.run([sys.executable, "-c", BLOCK_TORCH + ONNX_USAGE_CODE + TORCH_NOT_LOADED],
+                                   capture_output=True, text=True, timeout=120)
+    assert without_torch.returncode == 0, without_torch.stderr
+    assert "gamma" in without_torch.stdout
     handlers.forget_session(Request("session-a"))
     assert not path.exists() and "session-a" not in handlers.folders.sessions()
 

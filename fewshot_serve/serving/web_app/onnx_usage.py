@@ -4,7 +4,7 @@ Kept as code that runs (tests/test_page.py executes it on a real export), so it 
 """
 
 ONNX_USAGE_CODE = """\
-# in an environment with fewshot-serve installed (pip install -e . in its repository; it brings onnxruntime)
+# with fewshot-serve installed; without torch: pip install --no-deps -e . onnxruntime numpy pillow (in its repository)
 from fewshot_serve import OnnxClassifier
 
 classifier = OnnxClassifier("fewshot-classifier.onnx")
