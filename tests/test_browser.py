@@ -171,10 +171,9 @@ def test_export_save_and_load_a_task_in_chromium(browser, colour_model, tmp_path
         assert "fewshot-classifier.onnx" in shown and ("KB" in shown or "MB" in shown) and onnx.stat().st_size > 1000
         assert "OnnxClassifier" in page.locator("#onnx-usage").inner_text()
 
-        page.locator("#save-task").click()
+        with page.expect_download(timeout=30_000) as saved:  # one click saves and downloads
+            page.locator("#save-task").click()
         status_says(page, "Task saved: 3 classes, 6 images.")
-        with page.expect_download(timeout=30_000) as saved:
-            page.locator("#task-file a[download]").first.click()
         task = tmp_path / "task.zip"
         saved.value.save_as(task)
 
@@ -297,3 +296,27 @@ def test_a_text_task_typed_in_then_the_text_example_and_back_to_images(browser, 
         page.locator("#class-0-images").wait_for(state="visible", timeout=30_000)
         assert not page.locator("#class-0-texts").is_visible() and not page.locator("#query-texts").is_visible()
         assert page.locator("#export").is_visible()
+
+
+def test_the_phone_page_is_short_until_used_and_a_class_shows_every_image_with_a_count(browser, tmp_path):
+    """Before anything is done the phone page holds three empty classes and no empty plots (at most 2,500 px
+    tall); a class's gallery then grows to show every thumbnail, however many, and says how many."""
+    images = []
+    for index in range(7):
+        images.append(str(tmp_path / f"glyph-{index}.png"))
+        draw_glyph(0, index).save(images[-1])
+    with served([SHIPPED_PHOTOS, SHIPPED]) as port:
+        page = open_page(browser, port, viewport=PHONE)
+        page.wait_for_timeout(1000)
+        assert page.evaluate("document.documentElement.scrollHeight") <= 2500
+        assert not page.locator("#loss-plot").is_visible() and not page.locator("#class-3-name").is_visible()
+        page.locator("#class-0-images input[type=file]").set_input_files(images)
+        page.wait_for_function("document.querySelectorAll('#class-0-images img').length === 7", timeout=30_000)
+        page.wait_for_timeout(500)
+        count_line = page.evaluate("getComputedStyle(document.querySelector('#class-0-images .grid-container'), "
+                                   "'::after').content")  # a CSS counter of the thumbnails: not in the DOM's text
+        assert "counter(images)" in count_line and "in this class" in count_line
+        gallery = page.locator("#class-0-images").bounding_box()
+        for index in range(7):
+            thumbnail = page.locator("#class-0-images img").nth(index).bounding_box()
+            assert thumbnail["y"] + thumbnail["height"] <= gallery["y"] + gallery["height"] + 1

@@ -208,7 +208,8 @@ def test_live_classification_waits_at_least_as_long_as_it_took(handlers, glyphs)
 
 def test_switching_models_drops_the_adapted_classifier_and_its_results(handlers):
     status, adapted, results, loss, confusions = handlers.switch_model("colour-conv4")
-    assert "Switched to **Photos**" in status and (adapted, results, loss, confusions) == (None, "", None, None)
+    assert "Switched to **Photos**" in status and (adapted, results) == (None, "")
+    assert [(plot.value, plot.visible) for plot in (loss, confusions)] == [(None, False)] * 2  # hidden until used
 
 
 def test_the_onnx_download_lives_in_the_session_folder_and_its_snippet_runs(handlers, glyphs, monkeypatch):
@@ -330,3 +331,13 @@ def test_classify_never_uses_a_classifier_of_classes_that_changed_since_adapt(ha
     assert status.startswith("No classifier yet, so the classes were adapted first.")
     status, *rest = handlers.classify_current(None, None, "omniglot-conv4", query, None, "", *slots({}))
     assert "at least 2 classes" in status and all(isinstance(v, SKIPPED) for v in rest)
+
+
+def test_a_loaded_task_shows_every_class_it_filled():
+    from fewshot_serve.serving.web_app.layout import SHOWN_AT_START, filled_classes_shown
+
+    names = ["a", "b", "c", "d", "e", *[""] * (UI_CLASSES - 5)]
+    shown, button, *slots = filled_classes_shown(SHOWN_AT_START, *names)
+    assert shown == 5 and [s.visible for s in slots] == [True] * 5 + [False] * (UI_CLASSES - 5) and button.interactive
+    assert filled_classes_shown(7, *names)[0] == 7  # slots a person opened stay open
+    assert filled_classes_shown(SHOWN_AT_START, "a", *[""] * (UI_CLASSES - 1))[0] == SHOWN_AT_START

@@ -119,7 +119,7 @@ class PageHandlers:
         """A new model: the classifier adapted on the old one is dropped, and so are its results and plots."""
         name, model = self.model_named(model_name)
         status = f"Switched to **{html.escape(kind_of(model))}** (`{name}`): press **Adapt** again."
-        return status, None, "", None, None
+        return status, None, "", *NO_PLOTS
 
     def forget_session(self, request: gr.Request) -> None:
         """The page was closed: its exports, task files and loaded images go."""
@@ -334,8 +334,14 @@ def adapted_status(adapted: AdaptedClassifier) -> str:
 
 
 def adapted_plots(adapted: AdaptedClassifier) -> tuple[Any, Any]:
-    """The inner loop's losses and the held-out support's confusions."""
-    return loss_plot(adapted.support_losses), confusion_plot(adapted.assessment())
+    """The inner loop's losses and the held-out support's confusions, shown (hidden while there is none:
+    an empty plot is a tall blank box on a phone)."""
+    confusions = confusion_plot(adapted.assessment())
+    return gr.Plot(loss_plot(adapted.support_losses), visible=True), gr.Plot(confusions, visible=confusions is not None)
+
+
+#: Both plots emptied and hidden (no classifier).
+NO_PLOTS = (gr.Plot(None, visible=False), gr.Plot(None, visible=False))
 
 
 def lines_of(box: str | None) -> list[str]:

@@ -22,7 +22,8 @@ from .onnx_usage import ONNX_USAGE
 from .session_files import SessionFolders
 from .uploads import MAX_UPLOAD_BYTES
 
-SHOWN_AT_START = 5
+#: Class slots shown before any is used (a phone shows each one as a tall column; "Add class" shows more).
+SHOWN_AT_START = 3
 #: An adapted classifier, and the page's other per-session values, are dropped this long after they were
 #: set, by default: memory stays bounded however many people visit (see tests/test_memory.py).
 SESSION_LIFETIME_S = 3600
@@ -38,7 +39,15 @@ PAGE_CSS = """
 .fs-error { color: var(--error-text-color, #b91c1c); }
 .fs-hint { font-size: 0.85rem; color: var(--body-text-color-subdued); }
 #model-info { font-size: 0.85rem; color: var(--body-text-color-subdued); }
-@media (max-width: 640px) { #model { min-width: 100%; } }
+/* a class's gallery grows to show every thumbnail, with their count; empty, it is a small drop box */
+.fs-images:has(.gallery-item), .fs-images:has(.gallery-item) .gallery-container,
+.fs-images:has(.gallery-item) .grid-wrap { height: auto !important; max-height: none !important; }
+.fs-images .grid-container { counter-reset: images; grid-auto-rows: min-content !important; align-content: start; }
+.fs-images .gallery-item { counter-increment: images; }
+.fs-images .grid-container:has(.gallery-item)::after { content: counter(images) " in this class";
+  grid-column: 1 / -1; font-size: 0.8rem; color: var(--body-text-color-subdued); }
+@media (max-width: 640px) { #model { min-width: 100%; } .fs-upload-hint { display: none; }
+  .fs-images:not(:has(.gallery-item)) { height: 110px !important; } }
 """
 
 #: Gradio 6 leaves one upload button named by its untranslated key ("common.upload"): screen readers
@@ -69,6 +78,12 @@ def more_classes(shown: int) -> tuple:
     return (shown, button, *[gr.Column(visible=i < shown) for i in range(UI_CLASSES)])
 
 
+def filled_classes_shown(shown: int, *names: str) -> tuple:
+    """After a task or an example filled the class slots: every named one shown, the rest as they were."""
+    named = max((index + 1 for index, name in enumerate(names) if (name or "").strip()), default=0)
+    return more_classes(max(shown, named) - 1)
+
+
 def session_state(lifetime_s: float) -> gr.State:
     """A per-session value that Gradio drops ``lifetime_s`` after it was last set."""
     return gr.State(None, time_to_live=lifetime_s)
@@ -95,7 +110,8 @@ def image_slot(index: int, handlers: PageHandlers, status: gr.Markdown, visible_
     images.upload(handlers.keep_usable, images, [status, images], api_visibility="private")
     with gr.Tabs(selected="upload") as tab_set:
         with gr.Tab("Upload", id="upload"):
-            gr.Markdown("Drop image files on the box above, or click it.", elem_classes="fs-hint")
+            # on a phone the box says the same ("Click to Upload"), and every line is scrolled past per class
+            gr.Markdown("Drop image files on the box above, or click it.", elem_classes=["fs-hint", "fs-upload-hint"])
         with gr.Tab("Camera", id="camera", visible=visible_tabs[0],
                     elem_id=f"class-{index}-camera-tab") as camera_tab:
             camera = gr.Image(sources=["webcam"], streaming=True, type="pil", height=180, show_label=False,
@@ -120,7 +136,7 @@ def query_slot(visible_tabs: list[bool]) -> tuple:
     """The query images: upload, draw, or the live camera with its verdict."""
     with gr.Tabs(selected="upload") as query_tab_set:
         with gr.Tab("Upload", id="upload"):
-            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"],
+            query_files = gr.File(label="Query images", file_count="multiple", file_types=["image"], height=120,
                                   elem_id="query-files")
         with gr.Tab("Draw", id="draw", visible=visible_tabs[1], elem_id="query-draw-tab") as query_draw_tab:
             query_sketch = gr.Sketchpad(**SKETCH, elem_id="query-sketch")
@@ -179,8 +195,8 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         adapt_button = gr.Button("Adapt", variant="primary", elem_id="adapt")
         status.render()
         with gr.Row():
-            plot = gr.Plot(show_label=False, elem_id="loss-plot")
-            confusions = gr.Plot(show_label=False, elem_id="confusions")
+            plot = gr.Plot(show_label=False, elem_id="loss-plot", visible=False)  # shown by Adapt
+            confusions = gr.Plot(show_label=False, elem_id="confusions", visible=False)
 
         gr.Markdown("## Classify")
         query_texts = gr.Textbox(label="Query texts, one a line", lines=5, visible=text, elem_id="query-texts")
@@ -231,11 +247,13 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         saved = save_button.click(handlers.save_task, [model_menu, *slot_inputs], [status, task_file],
                                   api_visibility="private")
         saved.success(None, js=start_download("task-file"))
+        show_filled = {"fn": filled_classes_shown, "inputs": [shown, *names], "outputs": [shown, add_class, *slots],
+                       "api_visibility": "private"}
         load_button.upload(handlers.load_task, load_button, [status, model_menu, adapted, *slot_inputs],
-                           api_visibility="private")
+                           api_visibility="private").then(**show_filled)
         for kind, button in examples.items():
             button.click(lambda kind=kind: handlers.load_example(kind), None,
                          [status, model_menu, adapted, results, query_files, query_texts, *slot_inputs],
-                         api_visibility="private")
+                         api_visibility="private").then(**show_filled)
         app.unload(handlers.forget_session)
     return app
