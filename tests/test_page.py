@@ -207,9 +207,18 @@ def test_live_classification_waits_at_least_as_long_as_it_took(handlers, glyphs)
 
 
 def test_switching_models_drops_the_adapted_classifier_and_its_results(handlers):
-    status, adapted, results, loss, confusions = handlers.switch_model("colour-conv4")
+    status, adapted, results, loss, confusions, *names = handlers.switch_model("colour-conv4", *slots({}))
     assert "Switched to **Photos**" in status and (adapted, results) == (None, "")
     assert [(plot.value, plot.visible) for plot in (loss, confusions)] == [(None, False)] * 2  # hidden until used
+
+
+def test_switching_between_texts_and_images_clears_the_names_of_classes_left_empty(handlers, glyphs):
+    text_task = slots({})
+    text_task[0:2] = ["refund", "weather"]
+    text_task[2 * UI_CLASSES : 2 * UI_CLASSES + 2] = ["I want my money back", "will it rain"]
+    text_task[2], text_task[UI_CLASSES + 2] = "alpha", [(glyphs[0, 0], None)]  # a class with an image too
+    names = list(handlers.switch_model("colour-conv4", *text_task)[5:])
+    assert names == ["", "", "alpha", *[""] * (UI_CLASSES - 3)]
 
 
 def test_the_onnx_download_lives_in_the_session_folder_and_its_snippet_runs(handlers, glyphs, monkeypatch):

@@ -114,12 +114,17 @@ class PageHandlers:
         inputs = [gr.Column(visible=not text), gr.Textbox(visible=text)] * (UI_CLASSES + 1)
         return [*inputs, gr.Column(visible=not text)]
 
-    @status_errors(outputs=5)
-    def switch_model(self, model_name: str) -> tuple:
-        """A new model: the classifier adapted on the old one is dropped, and so are its results and plots."""
+    @status_errors(outputs=5 + UI_CLASSES)
+    def switch_model(self, model_name: str, *slots: Any) -> tuple:
+        """A new model: the classifier adapted on the old one is dropped, and so are its results and plots;
+        a class name whose slot holds nothing the new model takes (texts for a photo model, images for a
+        text model) is cleared, so that Adapt does not refuse a class the user cannot see the examples of."""
         name, model = self.model_named(model_name)
         status = f"Switched to **{html.escape(kind_of(model))}** (`{name}`): press **Adapt** again."
-        return status, None, "", *NO_PLOTS
+        names, galleries, text_boxes = (slots[i * UI_CLASSES : (i + 1) * UI_CLASSES] for i in range(3))
+        kept = [label if (lines_of(box) if model.takes_text else gallery) else ""
+                for label, gallery, box in zip(names, galleries, text_boxes)]
+        return status, None, "", *NO_PLOTS, *kept
 
     def forget_session(self, request: gr.Request) -> None:
         """The page was closed: its exports, task files and loaded images go."""

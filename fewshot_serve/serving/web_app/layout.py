@@ -235,7 +235,8 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
                            stream_every=LIVE_EVERY_S, show_progress="hidden", api_visibility="private")
         # .input: a person chose another model (an example or a task file setting the menu is no reason to
         # overwrite their message); .change: whatever set it, the details line and the tabs follow
-        model_menu.input(handlers.switch_model, model_menu, [status, adapted, results, plot, confusions],
+        model_menu.input(handlers.switch_model, [model_menu, *slot_inputs],
+                         [status, adapted, results, plot, confusions, *names],
                          api_visibility="private")
         model_menu.change(handlers.images_or_texts, model_menu, inputs, api_visibility="private").then(
             handlers.details_and_tabs, [model_menu, every_input], [model_info, *tabs], api_visibility="private")
