@@ -137,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     probabilities.add_argument("--shots", type=int, nargs="+", default=[1, 5],
                                help="shot counts to fit (others are interpolated; default 1 5)")
     probabilities.add_argument("--episodes", type=int, default=300, help="episodes per shot count and source")
+    probabilities.add_argument("--queries", type=int, default=15, help="queries a class per episode (default 15)")
     _add_data_flags(probabilities, skip=("dataset", "download", "image_size", "channels", "split_seed"))
     probabilities.add_argument("--out", type=Path, required=True, help="the .safetensors file to write (may be MODEL)")
     hashing = commands.add_parser("hash-password", help="print an auth-file line with a hashed password for USER")
@@ -228,24 +229,14 @@ def run_calibrate_unknown(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def run_calibrate(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from .data.datasets import load_folder_tree
-    from .data.sources import TEXT_DATASETS, load_splits
     from .files.model_file import load_model
-    from .training.probability_calibration import EpisodeSource, calibrate_probabilities
+    from .training.probability_calibration import calibrate_probabilities, episode_sources
 
     network, recipe = load_model(args.model)
-    preprocessing = recipe.input_preprocessing()
-    sources = [EpisodeSource.of(folder.name, network, load_folder_tree(folder, preprocessing, args.images_per_class),
-                                preprocessing) for folder in args.folder]
-    if args.split != "none":
-        spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed,
-                        images_per_class=args.images_per_class)
-        within_group = TEXT_DATASETS.get(recipe.dataset, (None, False))[1]
-        classes = load_splits(spec, preprocessing)[args.split]
-        sources.insert(0, EpisodeSource.of(f"{recipe.dataset} {args.split} classes", network, classes,
-                                           preprocessing, within_group))
+    sources = episode_sources(network, recipe, None if args.split == "none" else args.split, args.folder,
+                              args.data_root, args.images_per_class)
     recipe = calibrate_probabilities(args.model, args.out, sources, args.ways, tuple(args.shots), args.episodes,
-                                     command="fewshot-serve " + shlex.join(argv))
+                                     args.queries, command="fewshot-serve " + shlex.join(argv))
     print(json.dumps({"model": str(args.out), **recipe.probability_calibration}))
     return 0
 

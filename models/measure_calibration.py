@@ -29,29 +29,13 @@ from fewshot_serve.calibration import (  # noqa: E402
     temperature_for,
     unsure_below,
 )
-from fewshot_serve.data.datasets import load_folder_tree  # noqa: E402
-from fewshot_serve.data.sources import TEXT_DATASETS, DataSpec, load_splits  # noqa: E402
 from fewshot_serve.files.atomic import atomic_output, atomic_write_json  # noqa: E402
 from fewshot_serve.files.model_file import load_model  # noqa: E402
 from fewshot_serve.training.probability_calibration import (  # noqa: E402
-    EpisodeSource,
     calibration_report,
+    episode_sources,
     reliability,
 )
-
-
-def sources_of(args: argparse.Namespace, network, recipe) -> list[EpisodeSource]:
-    preprocessing = recipe.input_preprocessing()
-    sources = [EpisodeSource.of(folder.name, network, load_folder_tree(folder, preprocessing, args.images_per_class),
-                                preprocessing) for folder in args.folder]
-    if args.split != "none":
-        spec = DataSpec(recipe.dataset, args.data_root, split_seed=recipe.split_seed,
-                        images_per_class=args.images_per_class)
-        within_group = TEXT_DATASETS.get(recipe.dataset, (None, False))[1]
-        classes = load_splits(spec, preprocessing)[args.split]
-        sources.insert(0, EpisodeSource.of(f"{recipe.dataset} {args.split}", network, classes, preprocessing,
-                                           within_group))
-    return sources
 
 
 def main() -> None:
@@ -71,7 +55,9 @@ def main() -> None:
     settings = [tuple(map(int, setting.split("x"))) for setting in args.settings]
     report = {"model": args.model.name, "calibration": calibration, "results": {}}
     panels = []
-    for source in sources_of(args, network, recipe):
+    sources = episode_sources(network, recipe, None if args.split == "none" else args.split, args.folder,
+                              args.data_root, args.images_per_class)
+    for source in sources:
         for ways, shots in settings:
             logits, targets = source.query_logits(recipe, ways, shots, args.episodes)
             after_t, after_level = temperature_for(calibration, shots), unsure_below(calibration)

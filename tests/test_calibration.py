@@ -158,3 +158,15 @@ def test_calibrate_fits_on_the_sources_episodes_and_writes_the_recipe(colour_mod
 def test_calibrate_refuses_bad_settings(colour_model, tmp_path):
     with pytest.raises(ValueError, match="source of classes"):
         calibrate_probabilities(colour_model, tmp_path / "x.safetensors", [], episodes=5)
+
+
+def test_the_calibrate_command_fits_on_a_folder_of_classes(colour_model, tmp_path, capsys):
+    from fewshot_serve.cli import main
+
+    out = tmp_path / "calibrated.safetensors"
+    code = main(["calibrate", str(colour_model), "--split", "none", "--folder", str(colour_model.parent / "classes"),
+                 "--ways", "3", "--shots", "1", "--episodes", "3", "--queries", "2", "--out", str(out)])
+    assert code == 0 and '"temperatures": {"1": ' in capsys.readouterr().out
+    calibration = load_model(out)[1].probability_calibration
+    assert calibration["fitted_on"].startswith("classes: 3-way, 3 episodes")
+    assert set(calibration["temperatures"]) == {"1"}

@@ -15,14 +15,16 @@ import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 from torch import Tensor
 from tqdm import tqdm
 
 from ..calibration import METHOD, CalibratedSoftmax
-from ..data.datasets import ImageClasses
+from ..data.datasets import ImageClasses, load_folder_tree
 from ..data.episodes import ImageEpisodes
+from ..data.sources import TEXT_DATASETS, DataSpec, load_splits
 from ..data.text_datasets import TextClasses
 from ..files.model_file import Recipe, load_model, save_model, stored_dtype
 from ..inner_loop import adapt
@@ -92,6 +94,22 @@ class EpisodeSource:
                 logits.append(self.view.apply_params(params, torch.cat([xs, xq]), n_ref=len(xs))[len(xs):])
             targets.append(batch.y_query[0])
         return torch.cat(logits).double(), torch.cat(targets)
+
+
+def episode_sources(network: MetaNetwork, recipe: Recipe, split: str | None, folders: Sequence[Path] = (),
+                    data_root: Path | None = None, images_per_class: int | None = None) -> list[EpisodeSource]:
+    """The classes to fit on or to measure: the ``split`` classes of the model's own dataset (None: none),
+    then every class of each folder of class folders (a collection kept for choosing models)."""
+    preprocessing = recipe.input_preprocessing()
+    sources = [EpisodeSource.of(folder.name, network, load_folder_tree(folder, preprocessing, images_per_class),
+                                preprocessing) for folder in folders]
+    if split is not None:
+        spec = DataSpec(recipe.dataset, data_root, split_seed=recipe.split_seed, images_per_class=images_per_class)
+        within_group = TEXT_DATASETS.get(recipe.dataset, (None, False))[1]
+        classes = load_splits(spec, preprocessing)[split]
+        sources.insert(0, EpisodeSource.of(f"{recipe.dataset} {split} classes", network, classes, preprocessing,
+                                           within_group))
+    return sources
 
 
 def log_loss(logits: Tensor, targets: Tensor, temperature: float) -> float:
