@@ -269,7 +269,7 @@ def test_every_page_answer_is_also_a_toast_where_the_user_is_looking(monkeypatch
     from fewshot_serve.serving.web_app.errors import status_errors
 
     toasts = []
-    monkeypatch.setattr(gr, "Info", lambda text: toasts.append(("info", text)))
+    monkeypatch.setattr(gr, "Info", lambda text, duration: toasts.append(("info", text)))
     monkeypatch.setattr(gr, "Warning", lambda text: toasts.append(("warning", text)))
 
     def refuse():

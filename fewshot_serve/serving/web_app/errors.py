@@ -19,6 +19,8 @@ import gradio as gr
 
 log = logging.getLogger(__name__)
 UNEXPECTED = "Something went wrong ({}); please try again."
+#: How long a "done" toast shows: long enough to read, short enough not to cover the results for long.
+INFO_SECONDS = 5
 
 
 ERROR_START = '<span class="fs-error">'
@@ -33,7 +35,10 @@ def toast(status: str, warning: bool = False) -> None:
     """A status (already escaped, Markdown's bold marks dropped) as a toast where the user is looking.
     Outside a Gradio event (a handler called directly) Gradio prints it, or warns for a warning."""
     text = status.replace("**", "").replace("`", "").replace("\n\n", " ")
-    (gr.Warning if warning else gr.Info)(text)
+    if warning:
+        gr.Warning(text)  # Gradio's 10 s: a refusal is read
+    else:
+        gr.Info(text, duration=INFO_SECONDS)
 
 
 def status_errors(outputs: int) -> Callable[[Callable], Callable]:

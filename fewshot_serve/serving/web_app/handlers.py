@@ -223,8 +223,9 @@ class PageHandlers:
         fresh = self.adapted(model, slots)
         why = ("No classifier yet, so the classes were adapted first" if adapted is None
                else "The classes or the model changed since Adapt, so they were adapted again first")
-        status, table = self.classified_status(fresh, files, sketch, texts)
-        return f"{why}. {adapted_status(fresh)}\n\n{status}", table, fresh, current, *adapted_plots(fresh)
+        status, table = self.classified_status(fresh, files, sketch, texts)  # with the estimate
+        status = f"{why}. {adapted_status(fresh, estimate=False)}\n\n{status}"
+        return status, table, fresh, current, *adapted_plots(fresh)
 
     @status_errors(outputs=2)
     def classify(self, adapted: AdaptedClassifier | None, files: Any, sketch: Any,
@@ -330,12 +331,12 @@ def bad_files(galleries: Sequence[Any]) -> list[str]:
             if (problem := upload_problem(path))]
 
 
-def adapted_status(adapted: AdaptedClassifier) -> str:
-    """What Adapt did, and the support set's own estimate of the classifier."""
+def adapted_status(adapted: AdaptedClassifier, estimate: bool = True) -> str:
+    """What Adapt did, and (``estimate``) the support set's own estimate of the classifier."""
     steps = len(adapted.support_losses)
-    return (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
-            f"({steps} step{'s' if steps != 1 else ''} on {adapted.model.device.type.upper()}).\n\n"
-            + html.escape(adapted.assessment().summary()))  # class names are the user's text
+    done = (f"Adapted to {len(adapted.labels)} classes in {1000 * adapted.seconds:.0f} ms "
+            f"({steps} step{'s' if steps != 1 else ''} on {adapted.model.device.type.upper()}).")
+    return done + "\n\n" + html.escape(adapted.assessment().summary()) if estimate else done  # names: user's text
 
 
 def adapted_plots(adapted: AdaptedClassifier) -> tuple[Any, Any]:

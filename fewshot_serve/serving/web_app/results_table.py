@@ -23,7 +23,8 @@ TOP_CLASSES = 3
 
 #: Styles scoped to the table (passed to ``launch(css=...)``); narrow screens drop the bars' labels' width.
 RESULTS_CSS = """
-#results table.fs-results { width: 100%; border-collapse: collapse; font-size: 0.95rem; }
+#results table.fs-results { width: 100%; border-collapse: collapse; font-size: 0.95rem; border: none; }
+#results .fs-results tr { border: none; }
 #results .fs-results td, #results .fs-results th { padding: 6px 8px; vertical-align: middle; text-align: left;
   border: none; border-bottom: 1px solid var(--border-color-primary); }
 #results .fs-results img { width: 56px; height: 56px; object-fit: cover; border-radius: 4px; display: block; }
