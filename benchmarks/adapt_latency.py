@@ -271,6 +271,7 @@ def optional_peers() -> dict[str, Callable]:
 
 def run(model_path: Path, repeats: int, device: str, settings=SETTINGS) -> dict:
     model = fewshot_serve.load(model_path, device=device)
+    model.recipe.probability_calibration = {}  # as the peers: a plain softmax (the temperature is one division)
     network, recipe = model.network, model.recipe
     if network.lr_steps or network.norm_states:
         raise ValueError(f"{model_path} uses MAML++ options, which the peers' plain SGD loops cannot reproduce; "
