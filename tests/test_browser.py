@@ -111,6 +111,11 @@ def test_upload_adapt_classify_with_a_bad_query_and_switch_models(browser, tmp_p
         assert rows.nth(0).locator(".fs-top").inner_text().startswith("beta")
         assert rows.nth(0).locator(".fs-bar").count() == 3 and rows.nth(0).locator("img").count() == 1
         assert "not a readable image" in rows.nth(1).inner_text() and "broken.png" in rows.nth(1).inner_text()
+        page.locator("#class-0-name textarea, #class-0-name input").first.press_sequentially("X")  # typed after Adapt
+        status_says(page, "The classes changed since Adapt, so the classifier is out of date")
+        page.locator("#classify").click()
+        status_says(page, "The classes or the model changed since Adapt, so they were adapted again first")
+        assert f"{names[0]}X" in page.locator("#results").inner_text()
 
         page.locator("#model input").click()
         page.get_by_role("option", name="Photos").click()

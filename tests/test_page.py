@@ -350,3 +350,22 @@ def test_a_loaded_task_shows_every_class_it_filled():
     assert shown == 5 and [s.visible for s in slots] == [True] * 5 + [False] * (UI_CLASSES - 5) and button.interactive
     assert filled_classes_shown(7, *names)[0] == 7  # slots a person opened stay open
     assert filled_classes_shown(SHOWN_AT_START, "a", *[""] * (UI_CLASSES - 1))[0] == SHOWN_AT_START
+
+
+def test_a_change_to_the_classes_after_adapt_marks_the_classifier_out_of_date(handlers, glyphs):
+    from fewshot_serve.serving.web_app.handlers import OUT_OF_DATE
+
+    support = {name: [glyphs[c, 0], glyphs[c, 1]] for c, name in enumerate(["alpha", "beta", "gamma"])}
+    status, adapted, _, _, _, adapted_on = handlers.adapt("omniglot-conv4", *slots(support))
+    unchanged = handlers.mark_out_of_date(status, adapted, adapted_on, "omniglot-conv4", *slots(support))
+    assert isinstance(unchanged, SKIPPED)
+    renamed = {"ALPHA" if name == "alpha" else name: images for name, images in support.items()}
+    assert handlers.mark_out_of_date(status, adapted, adapted_on, "omniglot-conv4", *slots(renamed)) == OUT_OF_DATE
+    fewer = {**support, "beta": support["beta"][:1]}
+    assert handlers.mark_out_of_date(status, adapted, adapted_on, "omniglot-conv4", *slots(fewer)) == OUT_OF_DATE
+    assert isinstance(handlers.mark_out_of_date(OUT_OF_DATE, adapted, adapted_on, "omniglot-conv4", *slots(fewer)),
+                      SKIPPED)  # said once
+    refusal = '<span class="fs-error">⚠ Not added: 1 file</span>'
+    assert handlers.mark_out_of_date(refusal, adapted, adapted_on, "omniglot-conv4",
+                                     *slots(fewer)) == f"{refusal}\n\n{OUT_OF_DATE}"  # the refusal stays
+    assert isinstance(handlers.mark_out_of_date("", None, None, "omniglot-conv4", *slots(fewer)), SKIPPED)

@@ -23,7 +23,7 @@ from PIL import Image
 from ...preprocessing import ImageError, open_image
 from ...text_preprocessing import TextError, check_text
 from ..api import MAX_QUERIES, AdaptedClassifier, FewShotModel
-from .errors import error_status, status_errors
+from .errors import ERROR_START, error_status, status_errors
 from .examples import EXAMPLES, Example
 from .model_menu import INPUTS_FOR_KIND, TEXT, describe, kind_of
 from .plots import confusion_plot, loss_plot
@@ -38,6 +38,9 @@ BURST_FRAMES = 5
 #: (the wait after a frame is at least its own classification time), so other sessions keep the CPU.
 LIVE_EVERY_S = 0.5
 EXPORT_NAME = "fewshot-classifier.onnx"
+#: The status once a class changed after Adapt.
+OUT_OF_DATE = ("The classes changed since Adapt, so the classifier is out of date: **Classify** adapts again first "
+               "(or press **Adapt**).")
 TASK_NAME = "fewshot-task.zip"
 
 
@@ -210,6 +213,19 @@ class PageHandlers:
         name, model = self.model_named(model_name)
         return name, tuple((label, tuple(map(str, examples)))
                            for label, examples in self.support_from(slots, model.takes_text).items())
+
+    def mark_out_of_date(self, status: str | None, adapted: AdaptedClassifier | None, adapted_on: tuple | None,
+                         model_name: str, *slots: Any) -> Any:
+        """After any change to a class: where a classifier was adapted on other classes, say so in the status
+        (under a refusal the change brought, which stays), and that Classify will adapt again first."""
+        if adapted is None or (status or "").endswith(OUT_OF_DATE):
+            return gr.skip()
+        try:
+            if self.adapted_on(model_name, *slots) == adapted_on:
+                return gr.skip()
+        except ValueError:
+            pass  # classes Adapt would refuse as they are: not what was adapted on either
+        return f"{status}\n\n{OUT_OF_DATE}" if (status or "").startswith(ERROR_START) else OUT_OF_DATE
 
     @status_errors(outputs=6)
     def classify_current(self, adapted: AdaptedClassifier | None, adapted_on: tuple | None, model_name: str,
