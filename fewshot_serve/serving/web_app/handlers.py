@@ -216,8 +216,8 @@ class PageHandlers:
 
     def mark_out_of_date(self, status: str | None, adapted: AdaptedClassifier | None, adapted_on: tuple | None,
                          model_name: str, *slots: Any) -> Any:
-        """After any change to a class: where a classifier was adapted on other classes, say so in the status
-        (under a refusal the change brought, which stays), and that Classify will adapt again first."""
+        """After a class's name or texts were typed: where a classifier was adapted on other classes, say so in the
+        status (under a refusal shown there, which stays), and that Classify will adapt again first."""
         if adapted is None or (status or "").endswith(OUT_OF_DATE):
             return gr.skip()
         try:

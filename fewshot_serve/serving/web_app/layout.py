@@ -228,12 +228,11 @@ def build_app(models: Mapping[str, FewShotModel], folders: SessionFolders | None
         slot_inputs = [*names, *galleries, *text_boxes]
         adapt_button.click(handlers.adapt, [model_menu, *slot_inputs],
                            [status, adapted, plot, confusions, results, adapted_on], api_visibility="private")
-        for component in [*names, *text_boxes]:  # typed: .input; a gallery changes by upload, removal, camera
-            component.input(handlers.mark_out_of_date, [status, adapted, adapted_on, model_menu, *slot_inputs], status,
-                            show_progress="hidden", api_visibility="private")
-        for gallery in galleries:
-            gallery.change(handlers.mark_out_of_date, [status, adapted, adapted_on, model_menu, *slot_inputs], status,
-                           show_progress="hidden", api_visibility="private")
+        # typed names and texts; not a gallery's changes: an upload's own check answers in the status (a refusal
+        # must stay readable) and raced this mark; Classify adapts afresh after any change all the same
+        for box in [*names, *text_boxes]:
+            box.input(handlers.mark_out_of_date, [status, adapted, adapted_on, model_menu, *slot_inputs], status,
+                      show_progress="hidden", api_visibility="private")
         classify_button.click(handlers.classify_current,
                               [adapted, adapted_on, model_menu, query_files, query_sketch, query_texts, *slot_inputs],
                               [status, results, adapted, adapted_on, plot, confusions], api_visibility="private")
