@@ -150,7 +150,15 @@ def set_test_steps(source: str | os.PathLike, steps: int, out: str | os.PathLike
     if not is_int(steps, 1, MAX_STEPS):
         raise ValueError(f"test-time steps must be an integer in [1, {MAX_STEPS}], got {steps!r}")
     network, recipe = load_model(source)
-    recipe = replace(recipe, test_steps=steps, command="; ".join(filter(None, (recipe.command, command))))
+    return save_changed_copy(source, out, network, recipe, command, test_steps=steps)
+
+
+def save_changed_copy(source: str | os.PathLike, out: str | os.PathLike, network: MetaNetwork, recipe: Recipe,
+                      command: str, **changes: Any) -> Recipe:
+    """Write ``source``'s ``network`` to ``out`` with ``changes`` to its ``recipe``, its weights stored as
+    ``source``'s are, and ``command`` (the call that made the change) appended to the recipe's own, so the
+    file still says how it was made; returns the new recipe."""
+    recipe = replace(recipe, **changes, command="; ".join(filter(None, (recipe.command, command))))
     save_model(out, network, recipe, dtype=stored_dtype(source))
     return recipe
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -26,7 +26,7 @@ from ..data.datasets import ImageClasses, load_folder_tree
 from ..data.episodes import ImageEpisodes
 from ..data.sources import TEXT_DATASETS, DataSpec, load_splits
 from ..data.text_datasets import TextClasses
-from ..files.model_file import Recipe, load_model, save_model, stored_dtype
+from ..files.model_file import Recipe, load_model, save_changed_copy
 from ..inner_loop import adapt
 from ..networks import MetaNetwork
 from ..preprocessing import Preprocessing
@@ -208,7 +208,4 @@ def calibrate_probabilities(source: str | os.PathLike, out: str | os.PathLike, s
     calibration = {"method": METHOD, "temperatures": temperatures, "unsure_below": round(level, 6),
                    "fitted_on": f"{', '.join(s.name for s in sources)}: {ways}-way, {episodes} episodes per shot "
                                 f"count and source, {queries} queries a class"}
-    recipe = replace(recipe, probability_calibration=calibration,
-                     command="; ".join(filter(None, (recipe.command, command))))
-    save_model(out, network, recipe, dtype=stored_dtype(source))
-    return recipe
+    return save_changed_copy(source, out, network, recipe, command, probability_calibration=calibration)

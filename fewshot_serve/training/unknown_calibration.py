@@ -10,7 +10,6 @@ classes is measured on test classes and stated in the model cards
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -20,7 +19,7 @@ from tqdm import tqdm
 from ..data.datasets import ImageClasses
 from ..data.episodes import ImageEpisodes, TaskBatch
 from ..data.sources import DataSpec, load_splits
-from ..files.model_file import Recipe, load_model, save_model, stored_dtype
+from ..files.model_file import Recipe, load_model, save_changed_copy
 from ..inner_loop import adapt
 from ..networks import MetaNetwork
 from ..preprocessing import Preprocessing
@@ -96,7 +95,4 @@ def calibrate_unknown(source: str | Path, out: str | Path, false_rejection: floa
     calibration = {"score": SCORE, "thresholds": thresholds, "false_rejection": false_rejection,
                    "calibrated_on": f"{recipe.dataset} training classes (split seed {recipe.split_seed}), {ways}-way, "
                                     f"{episodes} episodes per shot count, {queries} queries a class"}
-    recipe = replace(recipe, unknown_calibration=calibration,
-                     command="; ".join(filter(None, (recipe.command, command))))
-    save_model(out, network, recipe, dtype=stored_dtype(source))
-    return recipe
+    return save_changed_copy(source, out, network, recipe, command, unknown_calibration=calibration)
