@@ -112,3 +112,14 @@ def frozen_part_cache(tmp_path_factory):
     import os
 
     os.environ["FEWSHOT_SERVE_CACHE"] = str(tmp_path_factory.mktemp("frozen-part-cache"))
+
+
+def with_recipe(source: Path, out: Path, **changes) -> Path:
+    """A copy of the model file ``source`` at ``out`` with ``changes`` to its recipe's fields."""
+    import dataclasses
+
+    from fewshot_serve.files.model_file import load_model, save_model
+
+    network, recipe = load_model(source)
+    save_model(out, network, dataclasses.replace(recipe, **changes))
+    return out

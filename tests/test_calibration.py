@@ -3,18 +3,18 @@ and every serving path (torch, onnxruntime's frozen part, predict, ONNX export, 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import pytest
 import torch
+from conftest import with_recipe
 from test_frozen_runtime import saved, task
 from test_text import SUPPORT, save_tiny_text_model
 
 import fewshot_serve
 from fewshot_serve.calibration import METHOD, CalibratedSoftmax, temperature_for, unsure_below
 from fewshot_serve.data.datasets import load_folder_tree
-from fewshot_serve.files.model_file import ModelFileError, load_model, save_model
+from fewshot_serve.files.model_file import ModelFileError, load_model
 from fewshot_serve.training.probability_calibration import (
     EpisodeSource,
     calibrate_probabilities,
@@ -27,12 +27,6 @@ from fewshot_serve.training.probability_calibration import (
 )
 
 CALIBRATION = {"method": METHOD, "temperatures": {"1": 0.5, "5": 0.25}, "unsure_below": 0.7}
-
-
-def with_calibration(source, out, calibration):
-    network, recipe = load_model(source)
-    save_model(out, network, dataclasses.replace(recipe, probability_calibration=calibration))
-    return out
 
 
 def test_the_temperature_is_read_between_the_fitted_shot_counts():
@@ -90,7 +84,8 @@ def test_a_bad_temperature_is_refused(temperature):
     ([1, 2], "JSON object"),
 ])
 def test_a_bad_calibration_in_a_model_file_is_refused(tmp_path, calibration, message):
-    path = with_calibration(saved(tmp_path, "efficientnet head only"), tmp_path / "bad.safetensors", calibration)
+    path = with_recipe(saved(tmp_path, "efficientnet head only"), tmp_path / "bad.safetensors",
+                       probability_calibration=calibration)
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
 
@@ -98,7 +93,7 @@ def test_a_bad_calibration_in_a_model_file_is_refused(tmp_path, calibration, mes
 @pytest.mark.parametrize("runtime", ["torch", "onnxruntime"])
 def test_every_serving_path_divides_the_logits_by_the_files_temperature(tmp_path, runtime):
     source = saved(tmp_path, "efficientnet head only")
-    path = with_calibration(source, tmp_path / "calibrated.safetensors", CALIBRATION)
+    path = with_recipe(source, tmp_path / "calibrated.safetensors", probability_calibration=CALIBRATION)
     support, queries = task(shots=3)  # 3 shots: between the fitted counts, temperature 0.375
     plain = fewshot_serve.load(source, "cpu", runtime=runtime).adapt(support).classify(queries)
     adapted = fewshot_serve.load(path, "cpu", runtime=runtime).adapt(support)
@@ -117,8 +112,8 @@ def test_every_serving_path_divides_the_logits_by_the_files_temperature(tmp_path
 def test_the_onnx_export_carries_the_temperature(tmp_path):
     from conftest import assert_onnx_export_agrees
 
-    path = with_calibration(saved(tmp_path, "efficientnet head only"), tmp_path / "calibrated.safetensors",
-                            CALIBRATION)
+    path = with_recipe(saved(tmp_path, "efficientnet head only"), tmp_path / "calibrated.safetensors",
+                       probability_calibration=CALIBRATION)
     support, queries = task(shots=1)
     adapted = fewshot_serve.load(path, "cpu", runtime="torch").adapt(support)
     assert adapted.softmax.temperature == 0.5
@@ -127,8 +122,8 @@ def test_the_onnx_export_carries_the_temperature(tmp_path):
 
 def test_a_text_model_applies_its_temperature(tmp_path):
     source = save_tiny_text_model(tmp_path / "text.safetensors", adapt_from=2)
-    path = with_calibration(source, tmp_path / "calibrated.safetensors",
-                            {"method": METHOD, "temperatures": {"2": 0.5}})
+    path = with_recipe(source, tmp_path / "calibrated.safetensors",
+                       probability_calibration={"method": METHOD, "temperatures": {"2": 0.5}})
     queries = ["refund the order", "is it sunny"]
     plain = fewshot_serve.load(source).adapt(SUPPORT).classify(queries)
     rows = fewshot_serve.load(path).adapt(SUPPORT).classify(queries)

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from conftest import with_recipe
 from test_efficientnet_lite import recipe_for, tiny_lite
 from test_frozen_runtime import NETWORKS, saved, task
 
@@ -19,12 +20,6 @@ from fewshot_serve.training.unknown_calibration import ScoredEpisodes, calibrate
 from fewshot_serve.unknown import SCORE, threshold_for
 
 CALIBRATION = {"score": SCORE, "thresholds": {"1": 0.9, "5": 0.5}, "false_rejection": 0.05}
-
-
-def with_calibration(source, out, calibration):
-    network, recipe = load_model(source)
-    save_model(out, network, dataclasses.replace(recipe, unknown_calibration=calibration))
-    return out
 
 
 def test_the_threshold_is_read_between_the_calibrated_shot_counts():
@@ -76,8 +71,8 @@ def test_predict_rejects_above_the_files_threshold(tmp_path):
     support, queries = task(shots=2)
     scores = [p.unknown_score for p in fewshot_serve.load(source, "cpu").adapt(support).predict(queries)]
     middle = sorted(scores)[len(scores) // 2]
-    path = with_calibration(source, tmp_path / "calibrated.safetensors",
-                            {**CALIBRATION, "thresholds": {"1": 10.0, "2": middle}})
+    path = with_recipe(source, tmp_path / "calibrated.safetensors",
+                       unknown_calibration={**CALIBRATION, "thresholds": {"1": 10.0, "2": middle}})
     adapted = fewshot_serve.load(path, "cpu").adapt(support)  # 2 shots: the "2" threshold
     assert adapted.unknown_threshold == middle
     predictions = adapted.predict(queries, reject_unknown=True)
@@ -106,7 +101,8 @@ def test_rejection_is_refused_without_a_calibration_or_with_a_bad_option(tmp_pat
     ([1, 2], "JSON object"),
 ])
 def test_a_bad_calibration_in_a_file_is_refused(tmp_path, calibration, message):
-    path = with_calibration(saved(tmp_path, "efficientnet head only"), tmp_path / "bad.safetensors", calibration)
+    path = with_recipe(saved(tmp_path, "efficientnet head only"), tmp_path / "bad.safetensors",
+                       unknown_calibration=calibration)
     with pytest.raises(ModelFileError, match=message):
         load_model(path)
 
